@@ -1,0 +1,56 @@
+# fastlightgen: the two commands a newcomer runs are `make demo` and `make test`.
+# Both install what they need first (`make setup`), and every step is idempotent:
+# a second run skips what is already there.
+
+SHELL := /bin/bash
+VENV  := $(CURDIR)/.venv
+TORCH_VERSION := 2.13.0
+DEBS  := libopenmpi-dev openmpi-bin libclang-dev clang pkg-config build-essential
+
+# libtorch comes from the torch wheel in the project's virtual environment; torch-sys finds it
+# through the environment's python. The binaries embed its directory as an rpath (worker/build.rs),
+# so they run without LD_LIBRARY_PATH.
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
+CARGO := cargo
+
+.PHONY: setup debs venv build test demo fmt clean-runs help
+
+help:
+	@echo "make demo   - set up, build, and run the laptop demo (see README.md)"
+	@echo "make test   - set up, build, and run every test"
+	@echo "make setup  - install Debian packages and the torch wheel (idempotent)"
+	@echo "make build  - build the release binaries into target/release/"
+
+setup: debs venv
+
+# Debian packages: OpenMPI (workers), libclang (the mpi crate's bindgen), a C/C++ toolchain.
+debs:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# The torch wheel provides libtorch (and the NCCL that cudarc loads on GPU machines).
+venv:
+	@if ! $(VENV)/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH_VERSION)' else 1)" 2>/dev/null; then \
+	  echo "installing torch==$(TORCH_VERSION) into $(VENV) (about 5 GB, a few minutes)"; \
+	  python3 -m venv $(VENV) && \
+	  $(VENV)/bin/pip install -q --disable-pip-version-check torch==$(TORCH_VERSION) numpy; \
+	fi
+
+build: setup
+	$(CARGO) build --release --workspace --bins
+
+test: build
+	$(CARGO) test --release --workspace 2>&1 | tee target/test.log; exit $${PIPESTATUS[0]}
+
+demo: build
+	./target/release/fastlightgen validate cluster-configs/demo-cpu.toml
+	./target/release/fastlightgen data shapes --out data/moving-shapes --num 4096
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,272 @@
+//! Experiment configuration: schema (`schema.rs`), model presets (`model.rs`) and the checks
+//! (`validate.rs`).
+//!
+//! `load` reports *every* problem it can find, each naming the file, the key and what was
+//! expected, so a user fixes a config in one round instead of one error at a time.
+//!
+//! Relative paths in a config are taken relative to the current directory, like any command-line
+//! tool; the resolved copy written into the run directory has them absolute.
+
+mod model;
+mod schema;
+mod validate;
+
+pub use model::{preset, ModelDims, PRESETS};
+pub use schema::*;
+pub use validate::moving_shapes_geometry;
+
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in a config: which key, and what was expected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `cluster.world_size`; `<file>` for problems of the whole file.
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything wrong with one config file.
+#[derive(Clone, Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.issues {
+            writeln!(
+                f,
+                "  {}: {}: {}",
+                self.file.display(),
+                issue.key,
+                issue.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// True when some issue is about exactly this key.
+    pub fn mentions(&self, key: &str) -> bool {
+        self.issues.iter().any(|i| i.key == key)
+    }
+}
+
+/// Collects issues while a config is read and checked.
+#[derive(Debug, Default)]
+pub(crate) struct Issues(pub Vec<ConfigIssue>);
+
+impl Issues {
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Top-level section names the file may contain.
+const SECTIONS: [&str; 10] = [
+    "experiment",
+    "cluster",
+    "model",
+    "data",
+    "pretrain",
+    "importance",
+    "pruning",
+    "distill",
+    "checkpoint",
+    "eval",
+];
+
+/// What `Config::load_with` checks beyond the file's own contents.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Check the files the config names (weights, data directory, hostfile) exist and fit the
+    /// model. Off for a config meant for another machine (`validate --skip-files`).
+    pub check_files: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { check_files: true }
+    }
+}
+
+impl Config {
+    /// Reads, parses and checks a config file, including the files it names.
+    /// Problems come back all together.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, LoadOptions::default())
+    }
+
+    /// `load` with a choice of checks.
+    pub fn load_with(path: &Path, options: LoadOptions) -> Result<Config, ConfigError> {
+        let fail = |key: &str, message: String| ConfigError {
+            file: path.to_path_buf(),
+            issues: vec![ConfigIssue {
+                key: key.into(),
+                message,
+            }],
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail("<file>", format!("cannot read the config file: {e}")))?;
+        Config::parse(&text, path, options)
+    }
+
+    /// Parses and checks config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path, options: LoadOptions) -> Result<Config, ConfigError> {
+        let mut issues = Issues::default();
+        let config = parse_sections(text, &mut issues);
+        if let Some(config) = &config {
+            validate::check(config, options, &mut issues);
+        }
+        match config {
+            Some(config) if issues.0.is_empty() => Ok(config),
+            _ => Err(ConfigError {
+                file: path.to_path_buf(),
+                issues: issues.0,
+            }),
+        }
+    }
+
+    /// The run directory: `<output_dir>/<name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.experiment.output_dir.join(&self.experiment.name)
+    }
+
+    /// The model's dimensions: the preset with the file's overrides applied.
+    /// Only valid on a config that passed `load` (the preset is known and complete).
+    pub fn model_dims(&self) -> ModelDims {
+        validate::resolve_model(&self.model).expect("model section was validated by Config::load")
+    }
+
+    /// Whether the experiment runs this stage.
+    pub fn runs_stage(&self, stage: &str) -> bool {
+        self.experiment.stages.iter().any(|s| s == stage)
+    }
+
+    /// The config as TOML, e.g. for the resolved copy in the run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serialises")
+    }
+
+    /// Checks that the config's world size is the one the workers were started with
+    /// (`mpirun -np`). Called by every rank at start-up, before any collective.
+    pub fn check_world_size(&self, file: &Path, actual: u32) -> Result<(), ConfigError> {
+        if self.cluster.world_size == actual {
+            return Ok(());
+        }
+        Err(ConfigError {
+            file: file.to_path_buf(),
+            issues: vec![ConfigIssue {
+                key: "cluster.world_size".into(),
+                message: format!(
+                    "the config says {} ranks but the workers were started with {actual} \
+                     (mpirun -np {actual}); make them agree",
+                    self.cluster.world_size
+                ),
+            }],
+        })
+    }
+}
+
+/// Parses each section on its own so that one bad section does not hide another's problems.
+fn parse_sections(text: &str, issues: &mut Issues) -> Option<Config> {
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            issues.push(
+                "<file>",
+                format!("not valid TOML: {}", first_line(&e.to_string())),
+            );
+            return None;
+        }
+    };
+    for key in table.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            issues.push(
+                key.clone(),
+                format!("unknown section; expected one of: {}", SECTIONS.join(", ")),
+            );
+        }
+    }
+    for required in ["experiment", "model"] {
+        if !table.contains_key(required) {
+            issues.push(required, "missing section: every experiment file needs it");
+        }
+    }
+    let experiment = section::<Experiment>(&table, "experiment", issues);
+    let cluster = section::<Cluster>(&table, "cluster", issues);
+    let model = section::<Model>(&table, "model", issues);
+    let data = section::<Data>(&table, "data", issues);
+    let pretrain = section::<Pretrain>(&table, "pretrain", issues);
+    let importance = section::<Importance>(&table, "importance", issues);
+    let pruning = section::<Pruning>(&table, "pruning", issues);
+    let distill = section::<Distill>(&table, "distill", issues);
+    let checkpoint = section::<Checkpoint>(&table, "checkpoint", issues);
+    let eval = section::<Eval>(&table, "eval", issues);
+    Some(Config {
+        experiment: experiment?,
+        cluster: cluster?,
+        model: model?,
+        data: data?,
+        pretrain: pretrain?,
+        importance: importance?,
+        pruning: pruning?,
+        distill: distill?,
+        checkpoint: checkpoint?,
+        eval: eval?,
+    })
+}
+
+/// Deserialises one section (its defaults when absent), recording a failure by key path.
+fn section<T: DeserializeOwned + Default>(
+    table: &toml::Table,
+    name: &str,
+    issues: &mut Issues,
+) -> Option<T> {
+    let Some(value) = table.get(name) else {
+        return Some(T::default());
+    };
+    if !value.is_table() {
+        issues.push(
+            name,
+            format!("expected a [{name}] table, found a {}", value.type_str()),
+        );
+        return None;
+    }
+    match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let key = if path == "." || path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{name}.{path}")
+            };
+            issues.push(key, first_line(&e.inner().to_string()).to_string());
+            None
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
+
+#[cfg(test)]
+mod tests;

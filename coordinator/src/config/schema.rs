@@ -1,0 +1,411 @@
+//! The experiment file's schema: one struct per TOML section.
+//!
+//! Every section rejects unknown keys and fills missing ones from its `Default`, so a config
+//! names only what differs from the defaults. Every `[choice]` of METHOD.md is a key here.
+//! Range and cross-field checks live in `validate.rs`; this file only says what exists.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The whole experiment. Sections appear in the file under these names; `load` reads them one
+/// by one so that a mistake in one section does not hide the mistakes in the others.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Config {
+    pub experiment: Experiment,
+    pub cluster: Cluster,
+    pub model: Model,
+    pub data: Data,
+    pub pretrain: Pretrain,
+    pub importance: Importance,
+    pub pruning: Pruning,
+    pub distill: Distill,
+    pub checkpoint: Checkpoint,
+    pub eval: Eval,
+}
+
+/// The pipeline's stages, in the order they run.
+pub const STAGES: [&str; 6] = [
+    "pretrain",
+    "importance",
+    "pruning",
+    "distill",
+    "export",
+    "eval",
+];
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Experiment {
+    /// Run name; the run directory is `<output_dir>/<name>/`.
+    pub name: String,
+    /// Global seed: model init, data order, timesteps, the Stage II skip masks.
+    pub seed: u64,
+    pub output_dir: PathBuf,
+    /// Which stages this experiment runs, a subset of [`STAGES`] in that order.
+    pub stages: Vec<String>,
+}
+
+impl Default for Experiment {
+    fn default() -> Self {
+        Experiment {
+            name: String::new(),
+            seed: 0,
+            output_dir: PathBuf::from("runs"),
+            stages: ["importance", "pruning", "distill", "export", "eval"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+/// Which library moves tensors between ranks. `Auto` is NCCL on CUDA, MPI on the CPU.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Auto,
+    Mpi,
+    Nccl,
+}
+
+/// Compute precision. Master weights, optimizer moments and reductions are always f32.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Bf16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Number of worker ranks; must equal the `mpirun -np` the workers start with.
+    pub world_size: u32,
+    pub device: Device,
+    pub backend: Backend,
+    pub precision: Precision,
+    /// Address the coordinator's gRPC server listens on. Port 0 picks a free port.
+    pub coordinator_addr: String,
+    /// Ranks send a heartbeat this often.
+    pub heartbeat_interval_s: f64,
+    /// A rank silent for this long is declared dead and the workers are restarted.
+    pub heartbeat_timeout_s: f64,
+    /// How many times the launcher restarts dead workers before giving up.
+    pub max_restarts: u32,
+    /// Optional MPI hostfile for multi-node runs (`mpirun --hostfile`).
+    pub hostfile: Option<PathBuf>,
+    /// Extra arguments passed to `mpirun` as they are.
+    pub mpirun_args: Vec<String>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            world_size: 1,
+            device: Device::Cpu,
+            backend: Backend::Auto,
+            precision: Precision::Fp32,
+            coordinator_addr: "127.0.0.1:0".into(),
+            heartbeat_interval_s: 1.0,
+            heartbeat_timeout_s: 30.0,
+            max_restarts: 2,
+            hostfile: None,
+            mpirun_args: Vec::new(),
+        }
+    }
+}
+
+/// The model: a preset, optionally with some dimensions overridden, and where its weights are.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Model {
+    /// `tiny`, `small-100m` or `wan2.1-t2v-1.3b`; `custom` takes every dimension from the file.
+    pub preset: String,
+    /// Teacher weights (safetensors, Wan 2.1 key names) the pipeline starts from.
+    pub weights: Option<PathBuf>,
+    pub dim: Option<i64>,
+    pub num_blocks: Option<i64>,
+    pub num_heads: Option<i64>,
+    pub ffn_dim: Option<i64>,
+    pub freq_dim: Option<i64>,
+    pub text_dim: Option<i64>,
+    pub text_len: Option<i64>,
+    pub in_channels: Option<i64>,
+    pub out_channels: Option<i64>,
+    /// Patch size over (frames, height, width).
+    pub patch: Option<[i64; 3]>,
+    pub eps: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum DataKind {
+    /// The synthetic data set of ARCHITECTURE.md, generated on demand.
+    #[serde(rename = "moving-shapes")]
+    MovingShapes,
+    /// Pre-encoded latents and text embeddings on disk.
+    #[serde(rename = "latents")]
+    Latents,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Data {
+    pub kind: DataKind,
+    /// Data directory (`dataset.json` + shards). For `moving-shapes` it is generated there if
+    /// missing; when unset it goes to `<run dir>/data`. Required for `latents`.
+    pub path: Option<PathBuf>,
+    /// moving-shapes: number of videos to generate.
+    pub num_samples: u64,
+    /// moving-shapes: frames per video (T).
+    pub frames: i64,
+    /// moving-shapes: frame side in pixels (S).
+    pub size: i64,
+    /// moving-shapes: tokens per "prompt" embedding (L).
+    pub text_len: i64,
+    /// moving-shapes: width of the "prompt" embedding (D).
+    pub text_dim: i64,
+    /// moving-shapes: seed of the videos (directions, positions).
+    pub seed: u64,
+    /// moving-shapes: seed of the fixed class-embedding table.
+    pub text_seed: u64,
+    /// Videos per shard file when generating.
+    pub shard_size: u64,
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Data {
+            kind: DataKind::MovingShapes,
+            path: None,
+            num_samples: 4096,
+            frames: 8,
+            size: 16,
+            text_len: 4,
+            text_dim: 32,
+            seed: 0,
+            text_seed: 20260301,
+            shard_size: 1024,
+        }
+    }
+}
+
+/// Optimiser settings shared by the trained roles.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Optim {
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    pub grad_clip: f64,
+}
+
+impl Default for Optim {
+    fn default() -> Self {
+        Optim {
+            lr: 1e-4,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// Teacher pretraining with flow matching.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pretrain {
+    pub steps: u64,
+    /// Global batch, split evenly over the ranks.
+    pub batch_size: u64,
+    pub optim: Optim,
+    /// Probability of replacing the prompt with the null prompt (for CFG).
+    pub cfg_dropout: f64,
+    /// EMA decay of the weights; 0 disables the EMA.
+    pub ema_decay: f64,
+    /// Timestep shift `s` in `t' = s t / (1 + (s - 1) t)`.
+    pub shift: f64,
+    pub log_every: u64,
+}
+
+impl Default for Pretrain {
+    fn default() -> Self {
+        Pretrain {
+            steps: 1000,
+            batch_size: 32,
+            optim: Optim {
+                lr: 1e-3,
+                warmup_steps: 100,
+                weight_decay: 0.0,
+                ..Optim::default()
+            },
+            cfg_dropout: 0.1,
+            ema_decay: 0.999,
+            shift: 1.0,
+            log_every: 10,
+        }
+    }
+}
+
+/// Stage I: block importance and the candidate set.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Importance {
+    /// Calibration videos drawn (seeded) from the training data.
+    pub calibration_samples: u64,
+    /// Timesteps drawn per calibration video. [choice] uniform after shift.
+    pub timesteps_per_sample: u64,
+    pub shift: f64,
+    /// Share of the blocks' parameters to remove, in (0, 1). [choice] 0.3.
+    pub prune_ratio: f64,
+    pub batch_size: u64,
+}
+
+impl Default for Importance {
+    fn default() -> Self {
+        Importance {
+            calibration_samples: 256,
+            timesteps_per_sample: 4,
+            shift: 1.0,
+            prune_ratio: 0.3,
+            batch_size: 32,
+        }
+    }
+}
+
+/// Stage II: dynamic probabilistic pruning.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pruning {
+    pub steps: u64,
+    pub batch_size: u64,
+    pub optim: Optim,
+    /// Probability that each candidate block is skipped at a step (paper: 0.5).
+    pub skip_prob: f64,
+    /// Weight of the self-distillation term; `1 - alpha` weights the flow loss (paper: 1).
+    pub alpha: f64,
+    pub shift: f64,
+    pub cfg_dropout: f64,
+}
+
+impl Default for Pruning {
+    fn default() -> Self {
+        Pruning {
+            steps: 500,
+            batch_size: 32,
+            optim: Optim {
+                lr: 1e-4,
+                warmup_steps: 20,
+                ..Optim::default()
+            },
+            skip_prob: 0.5,
+            alpha: 1.0,
+            shift: 1.0,
+            cfg_dropout: 0.1,
+        }
+    }
+}
+
+/// Stage III: distribution matching with the well-guided teacher (DMD2 style).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Distill {
+    pub steps: u64,
+    pub batch_size: u64,
+    pub generator_optim: Optim,
+    pub fake_optim: Optim,
+    /// The generator is updated once every `generator_every` fake-score updates (DMD2: 5).
+    pub generator_every: u64,
+    /// The student's timesteps, after shift, from noise to data. [choice] [1, .75, .5, .25].
+    pub timesteps: Vec<f64>,
+    pub shift: f64,
+    /// Later steps take the generator's own rollout as input. [choice] true.
+    pub backward_simulation: bool,
+    /// Range of the text-CFG scale b1, drawn uniformly per step. [choice] [3, 4].
+    pub b1_range: [f64; 2],
+    /// Range of the intra (full-vs-pruned) guidance b2, drawn uniformly per step. [choice] [0, 0.5].
+    pub b2_range: [f64; 2],
+    /// Range of the noise level used to compare the scores.
+    pub t_range: [f64; 2],
+    /// Remove the Stage I candidates from the generator (false: a full-size generator).
+    pub prune_generator: bool,
+    pub ema_decay: f64,
+}
+
+impl Default for Distill {
+    fn default() -> Self {
+        Distill {
+            steps: 500,
+            batch_size: 16,
+            generator_optim: Optim {
+                lr: 5e-7,
+                ..Optim::default()
+            },
+            fake_optim: Optim {
+                lr: 1e-5,
+                ..Optim::default()
+            },
+            generator_every: 5,
+            timesteps: vec![1.0, 0.75, 0.5, 0.25],
+            shift: 1.0,
+            backward_simulation: true,
+            b1_range: [3.0, 4.0],
+            b2_range: [0.0, 0.5],
+            t_range: [0.02, 0.98],
+            prune_generator: true,
+            ema_decay: 0.99,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Checkpoint {
+    /// Commit a checkpoint every this many steps of a training stage; 0: only at stage ends.
+    pub interval_steps: u64,
+    /// Keep the newest this many committed checkpoints.
+    pub keep_last: u32,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint {
+            interval_steps: 100,
+            keep_last: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Eval {
+    /// Videos generated per model evaluated.
+    pub num_samples: u64,
+    /// The teacher's reference sampler: Euler steps and CFG scale.
+    pub teacher_steps: u64,
+    pub teacher_cfg: f64,
+    pub shift: f64,
+}
+
+impl Default for Eval {
+    fn default() -> Self {
+        Eval {
+            num_samples: 64,
+            teacher_steps: 50,
+            teacher_cfg: 4.0,
+            shift: 1.0,
+        }
+    }
+}

@@ -1,0 +1,286 @@
+use super::*;
+use std::path::PathBuf;
+
+const MINIMAL: &str = r#"
+[experiment]
+name = "t"
+stages = ["pretrain", "importance"]
+"#;
+
+fn configs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cluster-configs")
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("exp.toml"), LoadOptions::default())
+}
+
+/// Parses `MINIMAL` with `extra` appended and returns the error (which must exist).
+/// `MINIMAL` plus `extra`, with a tiny `[model]` unless `extra` brings its own.
+fn with(extra: &str) -> String {
+    let model = if extra.contains("[model]") {
+        ""
+    } else {
+        "[model]\npreset = \"tiny\""
+    };
+    format!("{MINIMAL}\n{model}\n{extra}")
+}
+
+fn error_with(extra: &str) -> ConfigError {
+    match parse(&with(extra)) {
+        Ok(_) => panic!("expected an error for:\n{extra}"),
+        Err(e) => e,
+    }
+}
+
+fn issue<'a>(e: &'a ConfigError, key: &str) -> &'a ConfigIssue {
+    e.issues
+        .iter()
+        .find(|i| i.key == key)
+        .unwrap_or_else(|| panic!("no issue for {key}; got:\n{e}"))
+}
+
+#[test]
+fn shipped_demo_config_validates() {
+    let c = Config::load(&configs_dir().join("demo-cpu.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.cluster.world_size, 2);
+    assert_eq!(c.cluster.device, Device::Cpu);
+    assert_eq!(c.model_dims().num_blocks, 10);
+}
+
+#[test]
+fn shipped_wan_config_validates_and_names_its_missing_files() {
+    let path = configs_dir().join("wan2.1-t2v-1.3b-8xh100.toml");
+    let c = Config::load_with(&path, LoadOptions { check_files: false })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.cluster.world_size, 8);
+    assert_eq!(
+        (c.cluster.device, c.cluster.backend, c.cluster.precision),
+        (Device::Cuda, Backend::Nccl, Precision::Bf16)
+    );
+    let d = c.model_dims();
+    assert_eq!(
+        (d.dim, d.num_blocks, d.num_heads, d.ffn_dim, d.text_dim),
+        (1536, 30, 12, 8960, 4096)
+    );
+    // On this machine the weights and latents are not there, and the full check says so by key.
+    let e = Config::load(&path).unwrap_err();
+    assert!(
+        issue(&e, "model.weights").message.contains("no such file"),
+        "{e}"
+    );
+    assert!(
+        issue(&e, "data.path")
+            .message
+            .contains("no such data directory"),
+        "{e}"
+    );
+    assert_eq!(e.issues.len(), 2, "{e}");
+}
+
+#[test]
+fn defaults_fill_what_the_file_leaves_out() {
+    let c = parse(&with("")).unwrap();
+    assert_eq!(c.pruning.skip_prob, 0.5);
+    assert_eq!(c.pruning.alpha, 1.0);
+    assert_eq!(c.importance.prune_ratio, 0.3);
+    assert_eq!(c.distill.timesteps, vec![1.0, 0.75, 0.5, 0.25]);
+    assert_eq!(c.distill.generator_every, 5);
+    assert_eq!(c.distill.generator_optim.lr, 5e-7);
+    assert_eq!(c.run_dir(), PathBuf::from("runs/t"));
+}
+
+#[test]
+fn resolved_config_round_trips_through_toml() {
+    let c = parse(&with("")).unwrap();
+    let again = parse(&c.to_toml()).unwrap();
+    assert_eq!(c, again);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_section() {
+    let e = error_with("[cluster]\nworld_sise = 2");
+    let i = issue(&e, "cluster.world_sise");
+    assert!(
+        i.message.contains("unknown field") && i.message.contains("world_size"),
+        "{}",
+        i.message
+    );
+    let e = error_with("[pruning.optim]\nlearning_rate = 1e-4");
+    issue(&e, "pruning.optim.learning_rate");
+}
+
+#[test]
+fn unknown_section_is_named() {
+    let e = error_with("[distil]\nsteps = 3");
+    assert!(issue(&e, "distil").message.contains("unknown section"));
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let e = error_with("[cluster]\nworld_size = \"two\"");
+    let i = issue(&e, "cluster.world_size");
+    assert!(i.message.contains("invalid type"), "{}", i.message);
+    let e = error_with("[cluster]\ndevice = \"tpu\"");
+    assert!(issue(&e, "cluster.device").message.contains("cpu"));
+    let e = error_with("[distill]\ntimesteps = 4");
+    issue(&e, "distill.timesteps");
+}
+
+#[test]
+fn out_of_range_values_are_named() {
+    let e = error_with("[importance]\nprune_ratio = 1.5");
+    assert!(issue(&e, "importance.prune_ratio")
+        .message
+        .contains("(0, 1)"));
+    let e = error_with("[pruning]\nskip_prob = 0.0\nalpha = 1.2");
+    issue(&e, "pruning.skip_prob");
+    issue(&e, "pruning.alpha");
+    let e = error_with("[pretrain.optim]\nlr = -1.0");
+    issue(&e, "pretrain.optim.lr");
+    let e = error_with("[distill]\ntimesteps = [1.0, 0.5, 0.75]");
+    assert!(issue(&e, "distill.timesteps")
+        .message
+        .contains("strictly down"));
+    let e = error_with("[cluster]\ncoordinator_addr = \"localhost\"");
+    issue(&e, "cluster.coordinator_addr");
+}
+
+#[test]
+fn cross_field_problems_are_named() {
+    // Heads must divide the width.
+    let e = error_with("[model]\npreset = \"tiny\"\nnum_heads = 5");
+    assert!(issue(&e, "model.num_heads")
+        .message
+        .contains("divide model.dim (64)"));
+    // The global batch must split over the ranks.
+    let e = error_with("[cluster]\nworld_size = 3\n[pretrain]\nbatch_size = 32");
+    assert!(issue(&e, "pretrain.batch_size")
+        .message
+        .contains("multiple of cluster.world_size (3)"));
+    // NCCL needs CUDA; bf16 is a CUDA policy.
+    let e = error_with("[cluster]\nbackend = \"nccl\"\nprecision = \"bf16\"");
+    issue(&e, "cluster.backend");
+    issue(&e, "cluster.precision");
+    // The object must stay inside the frame for all frames.
+    let e = error_with("[data]\nframes = 20\nsize = 16");
+    assert!(issue(&e, "data.frames")
+        .message
+        .contains("at most 13 frames"));
+    // The data's text width must be the model's.
+    let e = error_with("[data]\ntext_dim = 48");
+    assert!(issue(&e, "model.text_dim").message.contains("48"));
+    // The patch must divide the frame.
+    let e = error_with("[model]\npreset = \"tiny\"\npatch = [1, 3, 3]");
+    issue(&e, "model.patch");
+    // A heartbeat timeout shorter than the interval would declare every rank dead.
+    let e = error_with("[cluster]\nheartbeat_interval_s = 5.0\nheartbeat_timeout_s = 2.0");
+    issue(&e, "cluster.heartbeat_timeout_s");
+}
+
+#[test]
+fn stages_without_a_teacher_need_weights() {
+    let e =
+        parse("[experiment]\nname = \"t\"\nstages = [\"importance\"]\n[model]\npreset = \"tiny\"")
+            .unwrap_err();
+    assert!(issue(&e, "model.weights").message.contains("teacher"));
+    let e = parse("[experiment]\nname = \"t\"\nstages = [\"pruning\", \"importance\"]\n[model]\npreset = \"tiny\"\nweights = \"/nonexistent.safetensors\"").unwrap_err();
+    assert!(issue(&e, "experiment.stages").message.contains("order"));
+    assert!(issue(&e, "model.weights").message.contains("no such file"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let e = parse(
+        r#"
+[experiment]
+name = "bad name!"
+[cluster]
+world_size = 0
+[model]
+preset = "huge"
+[importance]
+prune_ratio = 0.0
+[eval]
+num_sample = 3
+"#,
+    )
+    .unwrap_err();
+    for key in [
+        "experiment.name",
+        "cluster.world_size",
+        "model.preset",
+        "importance.prune_ratio",
+        "eval.num_sample",
+    ] {
+        issue(&e, key);
+    }
+    // The message names the file and the key on each line.
+    let text = e.to_string();
+    assert!(
+        text.contains("exp.toml: cluster.world_size: must be at least 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn custom_preset_needs_every_dimension() {
+    let e = error_with("[model]\npreset = \"custom\"\ndim = 64");
+    for key in ["model.num_blocks", "model.num_heads", "model.patch"] {
+        assert!(issue(&e, key).message.contains("custom"));
+    }
+    assert!(!e.mentions("model.dim"));
+}
+
+#[test]
+fn syntax_errors_and_missing_files_are_reported() {
+    let e = parse("[experiment\nname = 1").unwrap_err();
+    assert!(issue(&e, "<file>").message.contains("not valid TOML"));
+    let e = Config::load(Path::new("/nonexistent/exp.toml")).unwrap_err();
+    assert!(e
+        .to_string()
+        .contains("/nonexistent/exp.toml: <file>: cannot read"));
+    let e = parse("[model]\npreset = \"tiny\"").unwrap_err();
+    issue(&e, "experiment");
+}
+
+#[test]
+fn world_size_must_match_the_launch() {
+    let c = parse(&with("")).unwrap();
+    c.check_world_size(Path::new("exp.toml"), 1).unwrap();
+    let e = c.check_world_size(Path::new("exp.toml"), 4).unwrap_err();
+    assert!(issue(&e, "cluster.world_size")
+        .message
+        .contains("mpirun -np 4"));
+}
+
+#[test]
+fn latents_data_is_checked_against_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = crate::dataset::DatasetManifest {
+        format: crate::dataset::DATASET_FORMAT.into(),
+        kind: "latents".into(),
+        num_samples: 4,
+        latent_shape: [16, 8, 16, 16],
+        text_shape: [4, 32],
+        has_labels: false,
+        shards: vec![crate::dataset::ShardEntry {
+            file: "shard-00000.safetensors".into(),
+            num_samples: 4,
+        }],
+        moving_shapes: None,
+    };
+    m.write(dir.path()).unwrap();
+    let e = error_with(&format!(
+        "[data]\nkind = \"latents\"\npath = {:?}",
+        dir.path()
+    ));
+    assert!(
+        issue(&e, "model.in_channels")
+            .message
+            .contains("16 channels"),
+        "{e}"
+    );
+    let e = error_with("[data]\nkind = \"latents\"");
+    assert!(issue(&e, "data.path").message.contains("missing"));
+}

@@ -1,0 +1,589 @@
+//! Range and cross-field checks of a parsed config. Each check records an issue naming the key
+//! and what was expected; none stops at the first problem.
+
+use super::*;
+use crate::dataset::DatasetManifest;
+
+pub(super) fn check(c: &Config, options: LoadOptions, issues: &mut Issues) {
+    let files = options.check_files;
+    check_experiment(c, issues);
+    check_cluster(&c.cluster, files, issues);
+    let dims = match resolve_model(&c.model) {
+        Ok(dims) => {
+            check_model(&c.model, &dims, files, issues);
+            Some(dims)
+        }
+        Err(model_issues) => {
+            issues.0.extend(model_issues.0);
+            None
+        }
+    };
+    check_data(c, dims.as_ref(), files, issues);
+    check_training(c, issues);
+}
+
+fn check_experiment(c: &Config, issues: &mut Issues) {
+    let e = &c.experiment;
+    if e.name.is_empty() {
+        issues.push(
+            "experiment.name",
+            "missing: a run name such as \"demo-cpu\"",
+        );
+    } else if !e
+        .name
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+    {
+        issues.push(
+            "experiment.name",
+            format!(
+                "{:?} is used as a directory name: use only letters, digits, '.', '_', '-'",
+                e.name
+            ),
+        );
+    }
+    if e.output_dir.as_os_str().is_empty() {
+        issues.push("experiment.output_dir", "must not be empty");
+    }
+    if e.stages.is_empty() {
+        issues.push(
+            "experiment.stages",
+            format!("empty: list some of {}", STAGES.join(", ")),
+        );
+    }
+    let mut last = None;
+    for stage in &e.stages {
+        match STAGES.iter().position(|s| s == stage) {
+            None => issues.push(
+                "experiment.stages",
+                format!(
+                    "unknown stage {stage:?}; expected some of {}",
+                    STAGES.join(", ")
+                ),
+            ),
+            Some(i) => {
+                if last.is_some_and(|l| i <= l) {
+                    issues.push(
+                        "experiment.stages",
+                        format!(
+                            "{stage:?} is repeated or out of order; stages run in the order {}",
+                            STAGES.join(", ")
+                        ),
+                    );
+                }
+                last = Some(i);
+            }
+        }
+    }
+    let needs_teacher = ["importance", "pruning", "distill"]
+        .iter()
+        .any(|s| c.runs_stage(s));
+    if needs_teacher && !c.runs_stage("pretrain") && c.model.weights.is_none() {
+        issues.push(
+            "model.weights",
+            "missing: the stages start from a teacher, so give its weights file or add \"pretrain\" \
+             to experiment.stages",
+        );
+    }
+}
+
+fn check_cluster(k: &Cluster, files: bool, issues: &mut Issues) {
+    if k.world_size == 0 {
+        issues.push("cluster.world_size", "must be at least 1");
+    }
+    match (k.device, k.backend) {
+        (Device::Cpu, Backend::Nccl) => issues.push(
+            "cluster.backend",
+            "\"nccl\" moves CUDA tensors; with device = \"cpu\" use \"mpi\" or \"auto\"",
+        ),
+        (Device::Cuda, Backend::Mpi) => issues.push(
+            "cluster.backend",
+            "\"mpi\" moves CPU tensors; with device = \"cuda\" use \"nccl\" or \"auto\"",
+        ),
+        _ => {}
+    }
+    if k.precision == Precision::Bf16 && k.device != Device::Cuda {
+        issues.push(
+            "cluster.precision",
+            "\"bf16\" compute is for device = \"cuda\"; the CPU path computes in \"fp32\"",
+        );
+    }
+    if let Err(msg) = check_host_port(&k.coordinator_addr) {
+        issues.push("cluster.coordinator_addr", msg);
+    }
+    positive(
+        issues,
+        "cluster.heartbeat_interval_s",
+        k.heartbeat_interval_s,
+    );
+    if k.heartbeat_timeout_s <= k.heartbeat_interval_s {
+        issues.push(
+            "cluster.heartbeat_timeout_s",
+            format!(
+                "must be longer than cluster.heartbeat_interval_s ({}), got {}",
+                k.heartbeat_interval_s, k.heartbeat_timeout_s
+            ),
+        );
+    }
+    if let Some(h) = k.hostfile.as_ref().filter(|_| files) {
+        if !h.is_file() {
+            issues.push("cluster.hostfile", format!("no such file: {}", h.display()));
+        }
+    }
+}
+
+/// `host:port` with a numeric port; the host may be a name (cluster head nodes usually are).
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected host:port such as \"127.0.0.1:50051\", got {addr:?}"))?;
+    if host.is_empty() {
+        return Err(format!("expected host:port with a host, got {addr:?}"));
+    }
+    port.parse::<u16>()
+        .map(|_| ())
+        .map_err(|_| format!("the port of {addr:?} must be a number from 0 to 65535"))
+}
+
+/// The preset with the file's overrides; every problem is reported by key.
+pub(super) fn resolve_model(m: &Model) -> Result<ModelDims, Issues> {
+    let mut issues = Issues::default();
+    let base = if m.preset.is_empty() {
+        issues.push(
+            "model.preset",
+            format!("missing: one of {}", PRESETS.join(", ")),
+        );
+        return Err(issues);
+    } else if m.preset == "custom" {
+        None
+    } else {
+        match preset(&m.preset) {
+            Some(d) => Some(d),
+            None => {
+                issues.push(
+                    "model.preset",
+                    format!(
+                        "unknown preset {:?}; expected one of {}",
+                        m.preset,
+                        PRESETS.join(", ")
+                    ),
+                );
+                return Err(issues);
+            }
+        }
+    };
+    let mut pick = |key: &str, over: Option<i64>, from: Option<i64>| -> i64 {
+        match over.or(from) {
+            Some(v) if v >= 1 => v,
+            Some(v) => {
+                issues.push(
+                    format!("model.{key}"),
+                    format!("must be at least 1, got {v}"),
+                );
+                1
+            }
+            None => {
+                issues.push(
+                    format!("model.{key}"),
+                    "missing: preset \"custom\" needs every dimension",
+                );
+                1
+            }
+        }
+    };
+    let b = base.as_ref();
+    let dims = ModelDims {
+        dim: pick("dim", m.dim, b.map(|d| d.dim)),
+        num_blocks: pick("num_blocks", m.num_blocks, b.map(|d| d.num_blocks)),
+        num_heads: pick("num_heads", m.num_heads, b.map(|d| d.num_heads)),
+        ffn_dim: pick("ffn_dim", m.ffn_dim, b.map(|d| d.ffn_dim)),
+        freq_dim: pick("freq_dim", m.freq_dim, b.map(|d| d.freq_dim)),
+        text_dim: pick("text_dim", m.text_dim, b.map(|d| d.text_dim)),
+        text_len: pick("text_len", m.text_len, b.map(|d| d.text_len)),
+        in_channels: pick("in_channels", m.in_channels, b.map(|d| d.in_channels)),
+        out_channels: pick("out_channels", m.out_channels, b.map(|d| d.out_channels)),
+        patch: {
+            let p = m.patch.or(b.map(|d| d.patch));
+            match p {
+                Some(p) if p.iter().all(|&v| v >= 1) => p,
+                Some(p) => {
+                    issues.push(
+                        "model.patch",
+                        format!("every entry must be at least 1, got {p:?}"),
+                    );
+                    [1, 1, 1]
+                }
+                None => {
+                    issues.push(
+                        "model.patch",
+                        "missing: preset \"custom\" needs every dimension",
+                    );
+                    [1, 1, 1]
+                }
+            }
+        },
+        eps: m.eps.or(b.map(|d| d.eps)).unwrap_or(1e-6),
+    };
+    if issues.0.is_empty() {
+        Ok(dims)
+    } else {
+        Err(issues)
+    }
+}
+
+fn check_model(m: &Model, d: &ModelDims, files: bool, issues: &mut Issues) {
+    if d.dim % d.num_heads != 0 {
+        issues.push(
+            "model.num_heads",
+            format!("must divide model.dim ({}), got {}", d.dim, d.num_heads),
+        );
+    } else if (d.dim / d.num_heads) % 2 != 0 {
+        issues.push(
+            "model.num_heads",
+            format!(
+                "the head width model.dim / model.num_heads = {} must be even for rotary embeddings",
+                d.dim / d.num_heads
+            ),
+        );
+    }
+    if d.freq_dim % 2 != 0 {
+        issues.push(
+            "model.freq_dim",
+            format!("must be even (sine and cosine halves), got {}", d.freq_dim),
+        );
+    }
+    if !(d.eps > 0.0) {
+        issues.push("model.eps", format!("must be positive, got {}", d.eps));
+    }
+    if let Some(w) = m.weights.as_ref().filter(|_| files) {
+        if !w.is_file() {
+            issues.push("model.weights", format!("no such file: {}", w.display()));
+        }
+    }
+}
+
+fn check_data(c: &Config, dims: Option<&ModelDims>, files: bool, issues: &mut Issues) {
+    let d = &c.data;
+    match d.kind {
+        DataKind::MovingShapes => {
+            for (key, message) in moving_shapes_geometry(d.frames, d.size) {
+                issues.push(format!("data.{key}"), message);
+            }
+            for (key, v) in [("data.text_len", d.text_len), ("data.text_dim", d.text_dim)] {
+                if v < 1 {
+                    issues.push(key, format!("must be at least 1, got {v}"));
+                }
+            }
+            if d.num_samples == 0 {
+                issues.push("data.num_samples", "must be at least 1");
+            }
+            if d.shard_size == 0 {
+                issues.push("data.shard_size", "must be at least 1");
+            }
+            if let Some(dims) = dims {
+                check_data_fits_model(
+                    dims,
+                    [3, d.frames, d.size, d.size],
+                    [d.text_len, d.text_dim],
+                    "data",
+                    issues,
+                );
+            }
+            // A directory generated earlier with other settings would silently be reused.
+            if let Some(path) = d.path.as_ref().filter(|_| files) {
+                if path.join("dataset.json").is_file() {
+                    match DatasetManifest::read(path) {
+                        Ok(m) => {
+                            let want = [3, d.frames, d.size, d.size];
+                            if m.latent_shape != want || m.text_shape != [d.text_len, d.text_dim] {
+                                issues.push(
+                                    "data.path",
+                                    format!(
+                                        "{} holds videos of shape {:?} / text {:?}, but this config asks for \
+                                         {want:?} / {:?}; delete it or point data.path elsewhere",
+                                        path.display(),
+                                        m.latent_shape,
+                                        m.text_shape,
+                                        [d.text_len, d.text_dim]
+                                    ),
+                                );
+                            }
+                        }
+                        Err(e) => issues.push("data.path", e.to_string()),
+                    }
+                }
+            }
+        }
+        DataKind::Latents => match &d.path {
+            None => issues.push(
+                "data.path",
+                "missing: kind = \"latents\" reads a prepared data directory",
+            ),
+            Some(_) if !files => {}
+            Some(path) => match DatasetManifest::read(path) {
+                Ok(m) => {
+                    if let Some(dims) = dims {
+                        check_data_fits_model(
+                            dims,
+                            m.latent_shape,
+                            m.text_shape,
+                            "data.path",
+                            issues,
+                        );
+                    }
+                }
+                Err(e) => issues.push("data.path", e.to_string()),
+            },
+        },
+    }
+}
+
+/// Problems with a moving-shapes geometry, as (`frames` | `size`, message): the object is
+/// `size/4` wide and moves `max(1, size/16)` px per frame, and must stay inside the frame.
+pub fn moving_shapes_geometry(frames: i64, size: i64) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if frames < 2 {
+        problems.push((
+            "frames",
+            format!("must be at least 2 (the shapes move), got {frames}"),
+        ));
+    }
+    if size < 8 || size % 4 != 0 {
+        problems.push((
+            "size",
+            format!("must be a multiple of 4 and at least 8 (objects are size/4 wide), got {size}"),
+        ));
+    } else if frames >= 2 {
+        let step = (size / 16).max(1);
+        if size - size / 4 - step * (frames - 1) < 0 {
+            problems.push((
+                "frames",
+                format!(
+                    "{frames} frames at {step} px/frame carry a {}px object out of a {size}px frame; \
+                     use at most {} frames or a larger size",
+                    size / 4,
+                    (size - size / 4) / step + 1
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// The data's latent and text shapes must fit the model's channels, patch and text width.
+fn check_data_fits_model(
+    dims: &ModelDims,
+    latent: [i64; 4],
+    text: [i64; 2],
+    key: &str,
+    issues: &mut Issues,
+) {
+    let [ch, t, h, w] = latent;
+    if ch != dims.in_channels || ch != dims.out_channels {
+        issues.push(
+            "model.in_channels",
+            format!(
+                "the data has {ch} channels but the model takes {} and predicts {}",
+                dims.in_channels, dims.out_channels
+            ),
+        );
+    }
+    for (name, n, p) in [
+        ("frames", t, dims.patch[0]),
+        ("height", h, dims.patch[1]),
+        ("width", w, dims.patch[2]),
+    ] {
+        if n % p != 0 {
+            issues.push(
+                "model.patch",
+                format!(
+                    "{patch:?} must divide the data's {name} ({n}, from {key})",
+                    patch = dims.patch
+                ),
+            );
+        }
+    }
+    if text[1] != dims.text_dim {
+        issues.push(
+            "model.text_dim",
+            format!(
+                "the data's text embeddings are {} wide but the model takes {}",
+                text[1], dims.text_dim
+            ),
+        );
+    }
+    if text[0] > dims.text_len {
+        issues.push(
+            "model.text_len",
+            format!(
+                "the data has {} text tokens, more than the model's {}",
+                text[0], dims.text_len
+            ),
+        );
+    }
+}
+
+fn check_training(c: &Config, issues: &mut Issues) {
+    let world = u64::from(c.cluster.world_size.max(1));
+    let batch = |issues: &mut Issues, key: &str, b: u64| {
+        if b == 0 || b % world != 0 {
+            issues.push(
+                key,
+                format!(
+                    "the global batch must be a positive multiple of cluster.world_size ({world}) so every \
+                     rank gets the same share, got {b}"
+                ),
+            );
+        }
+    };
+    let p = &c.pretrain;
+    at_least_one(issues, "pretrain.steps", p.steps);
+    batch(issues, "pretrain.batch_size", p.batch_size);
+    check_optim(issues, "pretrain.optim", &p.optim);
+    unit_open_right(issues, "pretrain.cfg_dropout", p.cfg_dropout);
+    unit_open_right(issues, "pretrain.ema_decay", p.ema_decay);
+    positive(issues, "pretrain.shift", p.shift);
+    at_least_one(issues, "pretrain.log_every", p.log_every);
+
+    let i = &c.importance;
+    at_least_one(
+        issues,
+        "importance.calibration_samples",
+        i.calibration_samples,
+    );
+    at_least_one(
+        issues,
+        "importance.timesteps_per_sample",
+        i.timesteps_per_sample,
+    );
+    positive(issues, "importance.shift", i.shift);
+    if !(i.prune_ratio > 0.0 && i.prune_ratio < 1.0) {
+        issues.push(
+            "importance.prune_ratio",
+            format!("must be in (0, 1), got {}", i.prune_ratio),
+        );
+    }
+    batch(issues, "importance.batch_size", i.batch_size);
+
+    let s = &c.pruning;
+    at_least_one(issues, "pruning.steps", s.steps);
+    batch(issues, "pruning.batch_size", s.batch_size);
+    check_optim(issues, "pruning.optim", &s.optim);
+    if !(s.skip_prob > 0.0 && s.skip_prob <= 1.0) {
+        issues.push(
+            "pruning.skip_prob",
+            format!("must be in (0, 1], got {}", s.skip_prob),
+        );
+    }
+    if !(0.0..=1.0).contains(&s.alpha) {
+        issues.push(
+            "pruning.alpha",
+            format!("must be in [0, 1], got {}", s.alpha),
+        );
+    }
+    positive(issues, "pruning.shift", s.shift);
+    unit_open_right(issues, "pruning.cfg_dropout", s.cfg_dropout);
+
+    let d = &c.distill;
+    at_least_one(issues, "distill.steps", d.steps);
+    batch(issues, "distill.batch_size", d.batch_size);
+    check_optim(issues, "distill.generator_optim", &d.generator_optim);
+    check_optim(issues, "distill.fake_optim", &d.fake_optim);
+    at_least_one(issues, "distill.generator_every", d.generator_every);
+    if d.timesteps.is_empty() {
+        issues.push("distill.timesteps", "must list at least one timestep");
+    }
+    if d.timesteps.iter().any(|&t| !(t > 0.0 && t <= 1.0)) {
+        issues.push(
+            "distill.timesteps",
+            format!("every timestep must be in (0, 1], got {:?}", d.timesteps),
+        );
+    }
+    if d.timesteps.windows(2).any(|w| w[1] >= w[0]) {
+        issues.push(
+            "distill.timesteps",
+            format!(
+                "must go strictly down from noise to data, got {:?}",
+                d.timesteps
+            ),
+        );
+    }
+    positive(issues, "distill.shift", d.shift);
+    range(issues, "distill.b1_range", d.b1_range, 0.0, f64::INFINITY);
+    range(issues, "distill.b2_range", d.b2_range, 0.0, f64::INFINITY);
+    range(issues, "distill.t_range", d.t_range, 0.0, 1.0);
+    if d.t_range[0] <= 0.0 || d.t_range[1] >= 1.0 {
+        issues.push(
+            "distill.t_range",
+            format!("must lie strictly inside (0, 1), got {:?}", d.t_range),
+        );
+    }
+    unit_open_right(issues, "distill.ema_decay", d.ema_decay);
+
+    if c.checkpoint.keep_last == 0 {
+        issues.push(
+            "checkpoint.keep_last",
+            "must be at least 1 (the newest committed checkpoint is kept)",
+        );
+    }
+    let e = &c.eval;
+    at_least_one(issues, "eval.num_samples", e.num_samples);
+    at_least_one(issues, "eval.teacher_steps", e.teacher_steps);
+    if !(e.teacher_cfg >= 0.0) {
+        issues.push(
+            "eval.teacher_cfg",
+            format!("must be at least 0, got {}", e.teacher_cfg),
+        );
+    }
+    positive(issues, "eval.shift", e.shift);
+}
+
+fn check_optim(issues: &mut Issues, key: &str, o: &Optim) {
+    positive(issues, &format!("{key}.lr"), o.lr);
+    positive(issues, &format!("{key}.eps"), o.eps);
+    for (name, b) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            issues.push(
+                format!("{key}.{name}"),
+                format!("must be in [0, 1), got {b}"),
+            );
+        }
+    }
+    for (name, v) in [("weight_decay", o.weight_decay), ("grad_clip", o.grad_clip)] {
+        if !(v >= 0.0) {
+            issues.push(
+                format!("{key}.{name}"),
+                format!("must be at least 0, got {v}"),
+            );
+        }
+    }
+}
+
+fn positive(issues: &mut Issues, key: &str, v: f64) {
+    if !(v > 0.0 && v.is_finite()) {
+        issues.push(key, format!("must be a positive number, got {v}"));
+    }
+}
+
+fn at_least_one(issues: &mut Issues, key: &str, v: u64) {
+    if v == 0 {
+        issues.push(key, "must be at least 1, got 0");
+    }
+}
+
+/// A probability-like value in [0, 1).
+fn unit_open_right(issues: &mut Issues, key: &str, v: f64) {
+    if !(0.0..1.0).contains(&v) {
+        issues.push(key, format!("must be in [0, 1), got {v}"));
+    }
+}
+
+/// `[lo, hi]` with lo <= hi inside [min, max].
+fn range(issues: &mut Issues, key: &str, r: [f64; 2], min: f64, max: f64) {
+    if !(r[0] <= r[1] && r[0] >= min && r[1] <= max) {
+        issues.push(
+            key,
+            format!("expected [low, high] with {min} <= low <= high <= {max}, got {r:?}"),
+        );
+    }
+}

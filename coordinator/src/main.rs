@@ -1,0 +1,125 @@
+//! `fastlightgen`: the one command users call.
+//!
+//! Control-plane commands run here (this binary never links libtorch); tensor-side commands
+//! (`data`, `env`) are handed to the `flg-worker` binary installed next to it.
+
+use clap::{Parser, Subcommand};
+use flg_coordinator::config::{Config, LoadOptions};
+use flg_coordinator::launch::worker_binary;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "fastlightgen",
+    version,
+    about = "Distil a video diffusion transformer into a 4-step, ~70%-parameter generator (FastLightGen)",
+    long_about = "Distil a video diffusion transformer into a 4-step, ~70%-parameter generator with the \
+three FastLightGen stages: find the non-critical blocks, train with them stochastically skipped, then \
+distribution-matching distillation against a well-guided teacher.\n\n\
+Every experiment is a TOML file (see cluster-configs/). Start with:\n  \
+fastlightgen validate cluster-configs/demo-cpu.toml"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check an experiment file without starting anything (no MPI, no GPU needed).
+    ///
+    /// Reports every problem found, each with the file, the key and what was expected, and
+    /// exits with status 1 if there is any. Relative paths are taken from the current directory.
+    Validate {
+        /// The experiment file, e.g. cluster-configs/demo-cpu.toml.
+        config: PathBuf,
+        /// Also check that the config matches this number of ranks (the mpirun -np you plan).
+        #[arg(long)]
+        world_size: Option<u32>,
+        /// Check values only, not the files the config names (weights, data, hostfile): for a
+        /// config meant for another machine, e.g. a cluster config checked on a laptop.
+        #[arg(long)]
+        skip_files: bool,
+    },
+    /// Make, inspect and verify data directories: `fastlightgen data shapes --out DIR --num N`.
+    #[command(disable_help_flag = true)]
+    Data {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Show what this machine offers: libtorch, CUDA driver, GPUs, NCCL.
+    Env,
+}
+
+fn main() -> ExitCode {
+    flg_coordinator::init_logging();
+    match Cli::parse().command {
+        Command::Validate {
+            config,
+            world_size,
+            skip_files,
+        } => validate(
+            config,
+            world_size,
+            LoadOptions {
+                check_files: !skip_files,
+            },
+        ),
+        Command::Data { args } => forward("data", args),
+        Command::Env => forward("env", Vec::new()),
+    }
+}
+
+fn validate(path: PathBuf, world_size: Option<u32>, options: LoadOptions) -> ExitCode {
+    let result = Config::load_with(&path, options).and_then(|c| {
+        if let Some(w) = world_size {
+            c.check_world_size(&path, w)?;
+        }
+        Ok(c)
+    });
+    match result {
+        Ok(c) => {
+            let d = c.model_dims();
+            println!("{}: ok", path.display());
+            println!(
+                "  experiment {:?}, run directory {}",
+                c.experiment.name,
+                c.run_dir().display()
+            );
+            println!("  stages: {}", c.experiment.stages.join(" -> "));
+            println!(
+                "  cluster: {} rank(s), {:?}, backend {:?}, {:?}",
+                c.cluster.world_size, c.cluster.device, c.cluster.backend, c.cluster.precision
+            );
+            println!(
+                "  model: {} (dim {}, {} blocks, {} heads, patch {:?})",
+                c.model.preset, d.dim, d.num_blocks, d.num_heads, d.patch
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Replaces this process with `flg-worker <subcommand> args...`.
+fn forward(subcommand: &str, args: Vec<OsString>) -> ExitCode {
+    let bin = match worker_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let err = std::process::Command::new(&bin)
+        .arg(subcommand)
+        .args(args)
+        .exec();
+    eprintln!("error: cannot start {}: {err}", bin.display());
+    ExitCode::FAILURE
+}

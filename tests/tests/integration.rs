@@ -1,0 +1,267 @@
+//! Multi-process integration tests: real `mpirun` ranks, the real `fastlightgen` binary, real
+//! files. One test binary for all of them (each extra binary links libtorch again).
+//!
+//! `make test` builds the release binaries first; these tests find them next to this test
+//! executable's directory (target/release/).
+
+use flg_coordinator::launch::MpiLaunch;
+use flg_worker::data::{self, shapes::ShapesSpec, DataSet, Loader};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+/// target/<profile>/, where cargo puts the binaries.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn fastlightgen(args: &[&str]) -> Output {
+    let bin = bin_dir().join("fastlightgen");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `make build` (make test does)",
+        bin.display()
+    );
+    Command::new(bin).args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn write_config(dir: &Path, world_size: u32, batch: u64) -> PathBuf {
+    let path = dir.join("exp.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[experiment]\nname = \"probe\"\nseed = 5\nstages = [\"pretrain\"]\n\
+             [cluster]\nworld_size = {world_size}\n[model]\npreset = \"tiny\"\n\
+             [pretrain]\nbatch_size = {batch}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn shapes_spec() -> ShapesSpec {
+    ShapesSpec {
+        frames: 8,
+        size: 16,
+        text_len: 4,
+        text_dim: 32,
+        seed: 9,
+        text_seed: 1,
+    }
+}
+
+#[test]
+fn mpi_ranks_read_disjoint_shares_and_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    data::write_moving_shapes(&data_dir, &shapes_spec(), 100, 32, false).unwrap();
+    let (batch, steps, restore_at) = (8u64, 20u64, 9u64);
+    let cfg = write_config(tmp.path(), 2, batch);
+    let out = tmp.path().join("out");
+    let probe = PathBuf::from(env!("CARGO_BIN_EXE_mpi-data-probe"));
+    let args: Vec<std::ffi::OsString> = vec![
+        "--config".into(),
+        cfg.into(),
+        "--data".into(),
+        data_dir.clone().into(),
+        "--steps".into(),
+        steps.to_string().into(),
+        "--restore-at".into(),
+        restore_at.to_string().into(),
+        "--out".into(),
+        out.clone().into(),
+    ];
+    let res = MpiLaunch::single_node(2)
+        .command(&probe, &args)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "mpirun failed:\n{}\n{}",
+        text(&res.stdout),
+        text(&res.stderr)
+    );
+
+    let read = |r: u32| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join(format!("rank-{r}.json"))).unwrap())
+            .unwrap()
+    };
+    let (r0, r1) = (read(0), read(1));
+    assert_eq!(
+        (r0["world"].as_u64(), r1["world"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(
+        r0["total_served"].as_u64(),
+        Some(steps * batch),
+        "MPI all-reduce of the counts"
+    );
+    let batches = |v: &serde_json::Value, key: &str| -> Vec<Vec<u64>> {
+        serde_json::from_value(v[key].clone()).unwrap()
+    };
+    let (s0, s1) = (batches(&r0, "straight"), batches(&r1, "straight"));
+
+    // The same global batches a single rank reads, split into disjoint halves.
+    let ds = Arc::new(DataSet::open(&data_dir).unwrap());
+    let mut single = Loader::new(ds, 5, batch, 0, 1).unwrap();
+    let per_epoch = single.steps_per_epoch() as usize;
+    let mut epoch_seen = HashSet::new();
+    for step in 0..steps as usize {
+        let a: HashSet<u64> = s0[step].iter().copied().collect();
+        let b: HashSet<u64> = s1[step].iter().copied().collect();
+        assert_eq!(a.len() + b.len(), batch as usize);
+        assert!(a.is_disjoint(&b), "step {step}: ranks share a sample");
+        let mut joined = s0[step].clone();
+        joined.extend(&s1[step]);
+        assert_eq!(
+            joined,
+            single.next_batch().indices,
+            "step {step}: union is the 1-rank batch"
+        );
+        if step % per_epoch == 0 {
+            epoch_seen.clear();
+        }
+        assert!(
+            joined.iter().all(|i| epoch_seen.insert(*i)),
+            "step {step}: a sample repeats within an epoch"
+        );
+    }
+    // Each rank's restored loader continued exactly where it stopped.
+    for (r, straight) in [(&r0, &s0), (&r1, &s1)] {
+        assert_eq!(
+            batches(r, "resumed"),
+            straight[restore_at as usize..].to_vec()
+        );
+    }
+}
+
+#[test]
+fn wrong_world_size_is_refused_on_every_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    data::write_moving_shapes(&data_dir, &shapes_spec(), 16, 16, false).unwrap();
+    let cfg = write_config(tmp.path(), 3, 6);
+    let probe = PathBuf::from(env!("CARGO_BIN_EXE_mpi-data-probe"));
+    let args: Vec<std::ffi::OsString> = vec![
+        "--config".into(),
+        cfg.into(),
+        "--data".into(),
+        data_dir.into(),
+        "--steps".into(),
+        "2".into(),
+        "--restore-at".into(),
+        "1".into(),
+        "--out".into(),
+        tmp.path().join("out").into(),
+    ];
+    let res = MpiLaunch::single_node(2)
+        .command(&probe, &args)
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    let err = text(&res.stderr);
+    assert!(
+        err.contains("cluster.world_size") && err.contains("mpirun -np 2"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("out").exists(),
+        "no rank went on to read data"
+    );
+}
+
+#[test]
+fn validate_command_reports_every_problem_and_exits_nonzero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[experiment]\nname = \"x\"\nstages = [\"pretrain\"]\n[cluster]\nworld_size = 2\nbakend = \"mpi\"\n\
+         [model]\npreset = \"tiny\"\nnum_heads = 3\n[pretrain]\nbatch_size = 5\n",
+    )
+    .unwrap();
+    let out = fastlightgen(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let f = bad.display().to_string();
+    for key in ["cluster.bakend", "model.num_heads", "pretrain.batch_size"] {
+        assert!(
+            err.contains(&format!("{f}: {key}: ")),
+            "missing {key} in:\n{err}"
+        );
+    }
+
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let demo = repo.join("cluster-configs/demo-cpu.toml");
+    let out = fastlightgen(&["validate", demo.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok"));
+    let out = fastlightgen(&["validate", "--world-size", "4", demo.to_str().unwrap()]);
+    assert!(text(&out.stderr).contains("cluster.world_size"));
+    let wan = repo.join("cluster-configs/wan2.1-t2v-1.3b-8xh100.toml");
+    let out = fastlightgen(&["validate", "--skip-files", wan.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn data_commands_write_and_check_a_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shapes");
+    let d = dir.to_str().unwrap();
+    let out = fastlightgen(&[
+        "data",
+        "shapes",
+        "--out",
+        d,
+        "--num",
+        "40",
+        "--shard-size",
+        "16",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ds = DataSet::open(&dir).unwrap();
+    assert_eq!((ds.len(), ds.manifest.shards.len()), (40, 3));
+    // What the command wrote is exactly the library's generator output.
+    let v = data::shapes::generate(
+        &ShapesSpec {
+            seed: 0,
+            text_seed: 20260301,
+            ..shapes_spec()
+        },
+        17,
+    );
+    assert_eq!(
+        ds.sample(17).latents,
+        data::shapes::pixels_to_latents(&v.pixels, 8, 16)
+    );
+
+    let out = fastlightgen(&["data", "inspect", d]);
+    assert!(
+        text(&out.stdout).contains("40 samples in 3 shards"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::write(dir.join("shard-00001.safetensors"), b"junk").unwrap();
+    let out = fastlightgen(&["data", "inspect", d]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("shard-00001.safetensors"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = fastlightgen(&["data", "shapes", "--out", d, "--size", "10"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("--size"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = fastlightgen(&["data", "--help"]);
+    assert!(text(&out.stdout).contains("shapes"));
+}

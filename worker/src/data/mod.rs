@@ -1,0 +1,88 @@
+//! Training data: the moving-shapes generator, the shard format and the per-rank loader.
+
+pub mod loader;
+pub mod shapes;
+pub mod shards;
+
+pub use loader::{Batch, DataPosition, Loader, LoaderError};
+pub use shards::{DataError, DataSet, Sample, ShardWriter};
+
+use flg_coordinator::dataset::{DatasetManifest, MovingShapesParams};
+use shapes::{ShapesSpec, NUM_CLASSES};
+use std::path::Path;
+
+/// The generation parameters recorded in `dataset.json` for a spec.
+pub fn shapes_params(spec: &ShapesSpec) -> MovingShapesParams {
+    MovingShapesParams {
+        frames: spec.frames as i64,
+        size: spec.size as i64,
+        seed: spec.seed,
+        text_seed: spec.text_seed,
+        num_classes: NUM_CLASSES,
+    }
+}
+
+/// Writes `num` moving-shapes videos to `dir` in the shard format, with a progress bar when
+/// `progress` is set.
+pub fn write_moving_shapes(
+    dir: &Path,
+    spec: &ShapesSpec,
+    num: u64,
+    shard_size: u64,
+    progress: bool,
+) -> std::io::Result<DatasetManifest> {
+    let (t, s) = (spec.frames as i64, spec.size as i64);
+    let table = shapes::text_table(spec);
+    let per_class = spec.text_len * spec.text_dim;
+    let mut writer = ShardWriter::create(
+        dir,
+        "moving-shapes",
+        [3, t, s, s],
+        [spec.text_len as i64, spec.text_dim as i64],
+        true,
+        shard_size as usize,
+    )?;
+    let bar = if progress {
+        crate::progress::bar(num, "moving-shapes")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for i in 0..num {
+        let video = shapes::generate(spec, i);
+        let latents = shapes::pixels_to_latents(&video.pixels, spec.frames, spec.size);
+        let c = video.class as usize;
+        writer.push(
+            &latents,
+            &table[c * per_class..(c + 1) * per_class],
+            Some(i64::from(video.class)),
+        )?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    writer.finish(Some(shapes_params(spec)))
+}
+
+/// Uses the moving-shapes data in `dir` if it was made from the same spec and count,
+/// otherwise (re)generates it. Returns whether it generated.
+pub fn ensure_moving_shapes(
+    dir: &Path,
+    spec: &ShapesSpec,
+    num: u64,
+    shard_size: u64,
+    progress: bool,
+) -> std::io::Result<bool> {
+    if let Ok(m) = DatasetManifest::read(dir) {
+        let same = m.kind == "moving-shapes"
+            && m.num_samples == num
+            && m.moving_shapes == Some(shapes_params(spec))
+            && m.text_shape == [spec.text_len as i64, spec.text_dim as i64];
+        if same && DataSet::open(dir).is_ok() {
+            return Ok(false);
+        }
+    }
+    write_moving_shapes(dir, spec, num, shard_size, progress)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests;

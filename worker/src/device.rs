@@ -1,0 +1,161 @@
+//! Which device the tensors live on and which collective backend moves them.
+//!
+//! CUDA and NCCL are loaded at run time (cudarc's dynamic loading), so the same binary builds
+//! and runs on a machine without them. Before any GPU call we check that the libraries are
+//! present: a missing driver or NCCL is a clear error, never a panic inside cudarc.
+
+use flg_coordinator::config::{Backend, Device};
+
+/// The backend that carries tensor collectives for a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CollectiveBackend {
+    /// OpenMPI on CPU tensors (sums in f32).
+    Mpi,
+    /// NCCL on CUDA tensors, one GPU per rank.
+    Nccl,
+}
+
+/// What this machine offers for GPU work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuEnv {
+    /// The CUDA driver library (libcuda.so) could be loaded.
+    pub cuda_driver: bool,
+    /// libnccl.so could be loaded (the build links it to the torch wheel's NCCL).
+    pub nccl: bool,
+    /// CUDA devices libtorch sees.
+    pub torch_cuda_devices: i64,
+}
+
+impl GpuEnv {
+    /// Probes the machine. Loads no symbol and calls no GPU function.
+    pub fn detect() -> GpuEnv {
+        // SAFETY: these only try to dlopen the libraries by name and report success.
+        let cuda_driver = unsafe { cudarc::driver::sys::is_culib_present() };
+        let nccl = unsafe { cudarc::nccl::sys::is_culib_present() };
+        let torch_cuda_devices = if cuda_driver {
+            tch::Cuda::device_count()
+        } else {
+            0
+        };
+        GpuEnv {
+            cuda_driver,
+            nccl,
+            torch_cuda_devices,
+        }
+    }
+}
+
+/// Chooses the collective backend for a config's device and backend on this machine.
+/// `auto` is NCCL for CUDA and MPI for the CPU.
+pub fn select_backend(
+    device: Device,
+    backend: Backend,
+    env: &GpuEnv,
+) -> Result<CollectiveBackend, String> {
+    let chosen = match (device, backend) {
+        (Device::Cpu, Backend::Auto | Backend::Mpi) => CollectiveBackend::Mpi,
+        (Device::Cuda, Backend::Auto | Backend::Nccl) => CollectiveBackend::Nccl,
+        (Device::Cpu, Backend::Nccl) => {
+            return Err("cluster.backend = \"nccl\" needs cluster.device = \"cuda\"".into())
+        }
+        (Device::Cuda, Backend::Mpi) => {
+            return Err(
+                "cluster.backend = \"mpi\" moves CPU tensors; use \"nccl\" with CUDA".into(),
+            )
+        }
+    };
+    if chosen == CollectiveBackend::Nccl {
+        if !env.cuda_driver {
+            return Err(
+                "cluster.device = \"cuda\" but no CUDA driver (libcuda.so) was found on this \
+                        machine; run on a GPU node or set device = \"cpu\""
+                    .into(),
+            );
+        }
+        if env.torch_cuda_devices == 0 {
+            return Err(
+                "the CUDA driver loads but libtorch sees no GPU; check CUDA_VISIBLE_DEVICES \
+                        and the driver version"
+                    .into(),
+            );
+        }
+        if !env.nccl {
+            return Err(format!(
+                "NCCL (libnccl.so) was not found; the build links it to the torch wheel's \
+                 nvidia/nccl/lib/libnccl.so.2 ({}); reinstall with `make setup`",
+                if env!("FLG_NCCL_LINK").is_empty() {
+                    "no such file at build time"
+                } else {
+                    env!("FLG_NCCL_LINK")
+                }
+            ));
+        }
+    }
+    Ok(chosen)
+}
+
+/// The tch device for a rank: CPU, or the rank's local GPU.
+pub fn tch_device(device: Device, local_rank: usize) -> tch::Device {
+    match device {
+        Device::Cpu => tch::Device::Cpu,
+        Device::Cuda => tch::Device::Cuda(local_rank),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_GPU: GpuEnv = GpuEnv {
+        cuda_driver: false,
+        nccl: true,
+        torch_cuda_devices: 0,
+    };
+    const GPU: GpuEnv = GpuEnv {
+        cuda_driver: true,
+        nccl: true,
+        torch_cuda_devices: 8,
+    };
+
+    #[test]
+    fn auto_picks_mpi_on_cpu_and_nccl_on_cuda() {
+        assert_eq!(
+            select_backend(Device::Cpu, Backend::Auto, &NO_GPU),
+            Ok(CollectiveBackend::Mpi)
+        );
+        assert_eq!(
+            select_backend(Device::Cuda, Backend::Auto, &GPU),
+            Ok(CollectiveBackend::Nccl)
+        );
+        assert_eq!(
+            select_backend(Device::Cuda, Backend::Nccl, &GPU),
+            Ok(CollectiveBackend::Nccl)
+        );
+    }
+
+    #[test]
+    fn nccl_without_gpu_or_library_is_a_clear_error() {
+        let e = select_backend(Device::Cuda, Backend::Nccl, &NO_GPU).unwrap_err();
+        assert!(e.contains("no CUDA driver"), "{e}");
+        let no_nccl = GpuEnv { nccl: false, ..GPU };
+        let e = select_backend(Device::Cuda, Backend::Auto, &no_nccl).unwrap_err();
+        assert!(e.contains("libnccl.so"), "{e}");
+        let e = select_backend(Device::Cpu, Backend::Nccl, &GPU).unwrap_err();
+        assert!(e.contains("cluster.backend"), "{e}");
+    }
+
+    #[test]
+    fn detection_on_this_machine_agrees_with_libtorch() {
+        // Runs on any machine: it must not panic, and it must agree with libtorch.
+        let env = GpuEnv::detect();
+        assert_eq!(env.torch_cuda_devices > 0, tch::Cuda::is_available());
+        if !env.cuda_driver {
+            assert!(select_backend(Device::Cuda, Backend::Auto, &env).is_err());
+        }
+        // The build links libnccl.so to the torch wheel's NCCL, so it must load here too.
+        assert!(
+            env.nccl || env!("FLG_NCCL_LINK").is_empty(),
+            "libnccl.so link exists but does not load"
+        );
+    }
+}

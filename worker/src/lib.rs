@@ -1,0 +1,10 @@
+//! fastlightgen's worker: everything that touches tensors.
+//!
+//! Started by `mpirun` (one process per rank) or by the `fastlightgen` command for single-process
+//! tools (data generation, sampling, evaluation).
+
+pub mod data;
+pub mod device;
+pub mod progress;
+pub mod ranks;
+pub mod rng;
