@@ -45,8 +45,12 @@ venv:
 build: setup
 	$(CARGO) build --release --workspace --bins
 
+# Unit tests of each crate, then the multi-process integration tests (real mpirun ranks).
+# The last line sums up every test binary's result.
 test: build
-	$(CARGO) test --release --workspace 2>&1 | tee target/test.log; exit $${PIPESTATUS[0]}
+	@set -o pipefail; $(CARGO) test --release --workspace 2>&1 | tee target/test.log; status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log; \
+	exit $$status
 
 demo: build
 	./target/release/fastlightgen validate cluster-configs/demo-cpu.toml

@@ -183,14 +183,14 @@ fn validate_command_reports_every_problem_and_exits_nonzero() {
     std::fs::write(
         &bad,
         "[experiment]\nname = \"x\"\nstages = [\"pretrain\"]\n[cluster]\nworld_size = 2\nbakend = \"mpi\"\n\
-         [model]\npreset = \"tiny\"\nnum_heads = 3\n[pretrain]\nbatch_size = 5\n",
+         [model]\npreset = \"tiny\"\nnum_heads = 3\n[pretrain]\ncfg_dropout = 1.5\n",
     )
     .unwrap();
     let out = fastlightgen(&["validate", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     let f = bad.display().to_string();
-    for key in ["cluster.bakend", "model.num_heads", "pretrain.batch_size"] {
+    for key in ["cluster.bakend", "model.num_heads", "pretrain.cfg_dropout"] {
         assert!(
             err.contains(&format!("{f}: {key}: ")),
             "missing {key} in:\n{err}"

@@ -130,16 +130,28 @@ impl Config {
     /// Parses and checks config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path, options: LoadOptions) -> Result<Config, ConfigError> {
         let mut issues = Issues::default();
-        let config = parse_sections(text, &mut issues);
-        if let Some(config) = &config {
-            validate::check(config, options, &mut issues);
-        }
-        match config {
-            Some(config) if issues.0.is_empty() => Ok(config),
-            _ => Err(ConfigError {
+        let Some((config, broken)) = parse_sections(text, &mut issues) else {
+            return Err(ConfigError {
                 file: path.to_path_buf(),
                 issues: issues.0,
-            }),
+            });
+        };
+        // Check the values too, with defaults standing in for sections that did not parse,
+        // and keep only what is said about the sections that did: one typo must not hide the
+        // rest of the file's problems, nor produce complaints about the defaults.
+        let mut checked = Issues::default();
+        validate::check(&config, options, &mut checked);
+        issues.0.extend(checked.0.into_iter().filter(|i| {
+            let section = i.key.split('.').next().unwrap_or("");
+            !broken.contains(&section)
+        }));
+        if issues.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: path.to_path_buf(),
+                issues: issues.0,
+            })
         }
     }
 
@@ -185,7 +197,9 @@ impl Config {
 }
 
 /// Parses each section on its own so that one bad section does not hide another's problems.
-fn parse_sections(text: &str, issues: &mut Issues) -> Option<Config> {
+/// Returns the config (defaults in place of sections that failed) and the failed sections'
+/// names; `None` when the file is not TOML at all.
+fn parse_sections(text: &str, issues: &mut Issues) -> Option<(Config, Vec<&'static str>)> {
     let table: toml::Table = match toml::from_str(text) {
         Ok(t) => t,
         Err(e) => {
@@ -204,53 +218,50 @@ fn parse_sections(text: &str, issues: &mut Issues) -> Option<Config> {
             );
         }
     }
+    let mut broken = Vec::new();
     for required in ["experiment", "model"] {
         if !table.contains_key(required) {
             issues.push(required, "missing section: every experiment file needs it");
+            broken.push(required);
         }
     }
-    let experiment = section::<Experiment>(&table, "experiment", issues);
-    let cluster = section::<Cluster>(&table, "cluster", issues);
-    let model = section::<Model>(&table, "model", issues);
-    let data = section::<Data>(&table, "data", issues);
-    let pretrain = section::<Pretrain>(&table, "pretrain", issues);
-    let importance = section::<Importance>(&table, "importance", issues);
-    let pruning = section::<Pruning>(&table, "pruning", issues);
-    let distill = section::<Distill>(&table, "distill", issues);
-    let checkpoint = section::<Checkpoint>(&table, "checkpoint", issues);
-    let eval = section::<Eval>(&table, "eval", issues);
-    Some(Config {
-        experiment: experiment?,
-        cluster: cluster?,
-        model: model?,
-        data: data?,
-        pretrain: pretrain?,
-        importance: importance?,
-        pruning: pruning?,
-        distill: distill?,
-        checkpoint: checkpoint?,
-        eval: eval?,
-    })
+    let take = |name: &'static str| -> Option<toml::Value> { table.get(name).cloned() };
+    let config = Config {
+        experiment: section(take("experiment"), "experiment", issues, &mut broken),
+        cluster: section(take("cluster"), "cluster", issues, &mut broken),
+        model: section(take("model"), "model", issues, &mut broken),
+        data: section(take("data"), "data", issues, &mut broken),
+        pretrain: section(take("pretrain"), "pretrain", issues, &mut broken),
+        importance: section(take("importance"), "importance", issues, &mut broken),
+        pruning: section(take("pruning"), "pruning", issues, &mut broken),
+        distill: section(take("distill"), "distill", issues, &mut broken),
+        checkpoint: section(take("checkpoint"), "checkpoint", issues, &mut broken),
+        eval: section(take("eval"), "eval", issues, &mut broken),
+    };
+    Some((config, broken))
 }
 
-/// Deserialises one section (its defaults when absent), recording a failure by key path.
+/// Deserialises one section (its defaults when absent). On failure it records the issue by
+/// key path, marks the section broken and returns the defaults.
 fn section<T: DeserializeOwned + Default>(
-    table: &toml::Table,
-    name: &str,
+    value: Option<toml::Value>,
+    name: &'static str,
     issues: &mut Issues,
-) -> Option<T> {
-    let Some(value) = table.get(name) else {
-        return Some(T::default());
+    broken: &mut Vec<&'static str>,
+) -> T {
+    let Some(value) = value else {
+        return T::default();
     };
     if !value.is_table() {
         issues.push(
             name,
             format!("expected a [{name}] table, found a {}", value.type_str()),
         );
-        return None;
+        broken.push(name);
+        return T::default();
     }
-    match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-        Ok(v) => Some(v),
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => v,
         Err(e) => {
             let path = e.path().to_string();
             let key = if path == "." || path.is_empty() {
@@ -259,7 +270,8 @@ fn section<T: DeserializeOwned + Default>(
                 format!("{name}.{path}")
             };
             issues.push(key, first_line(&e.inner().to_string()).to_string());
-            None
+            broken.push(name);
+            T::default()
         }
     }
 }

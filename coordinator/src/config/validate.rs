@@ -436,89 +436,99 @@ fn check_training(c: &Config, issues: &mut Issues) {
             );
         }
     };
-    let p = &c.pretrain;
-    at_least_one(issues, "pretrain.steps", p.steps);
-    batch(issues, "pretrain.batch_size", p.batch_size);
-    check_optim(issues, "pretrain.optim", &p.optim);
-    unit_open_right(issues, "pretrain.cfg_dropout", p.cfg_dropout);
-    unit_open_right(issues, "pretrain.ema_decay", p.ema_decay);
-    positive(issues, "pretrain.shift", p.shift);
-    at_least_one(issues, "pretrain.log_every", p.log_every);
+    // A stage's section is checked only when the experiment runs that stage: a run that
+    // only pretrains need not tune the distillation's batch.
+    if c.runs_stage("pretrain") {
+        let p = &c.pretrain;
+        at_least_one(issues, "pretrain.steps", p.steps);
+        batch(issues, "pretrain.batch_size", p.batch_size);
+        check_optim(issues, "pretrain.optim", &p.optim);
+        unit_open_right(issues, "pretrain.cfg_dropout", p.cfg_dropout);
+        unit_open_right(issues, "pretrain.ema_decay", p.ema_decay);
+        positive(issues, "pretrain.shift", p.shift);
+        at_least_one(issues, "pretrain.log_every", p.log_every);
+    }
 
-    let i = &c.importance;
-    at_least_one(
-        issues,
-        "importance.calibration_samples",
-        i.calibration_samples,
-    );
-    at_least_one(
-        issues,
-        "importance.timesteps_per_sample",
-        i.timesteps_per_sample,
-    );
-    positive(issues, "importance.shift", i.shift);
-    if !(i.prune_ratio > 0.0 && i.prune_ratio < 1.0) {
-        issues.push(
-            "importance.prune_ratio",
-            format!("must be in (0, 1), got {}", i.prune_ratio),
+    if c.runs_stage("importance") {
+        let i = &c.importance;
+        at_least_one(
+            issues,
+            "importance.calibration_samples",
+            i.calibration_samples,
         );
+        at_least_one(
+            issues,
+            "importance.timesteps_per_sample",
+            i.timesteps_per_sample,
+        );
+        positive(issues, "importance.shift", i.shift);
+        if !(i.prune_ratio > 0.0 && i.prune_ratio < 1.0) {
+            issues.push(
+                "importance.prune_ratio",
+                format!("must be in (0, 1), got {}", i.prune_ratio),
+            );
+        }
+        batch(issues, "importance.batch_size", i.batch_size);
     }
-    batch(issues, "importance.batch_size", i.batch_size);
 
-    let s = &c.pruning;
-    at_least_one(issues, "pruning.steps", s.steps);
-    batch(issues, "pruning.batch_size", s.batch_size);
-    check_optim(issues, "pruning.optim", &s.optim);
-    if !(s.skip_prob > 0.0 && s.skip_prob <= 1.0) {
-        issues.push(
-            "pruning.skip_prob",
-            format!("must be in (0, 1], got {}", s.skip_prob),
-        );
+    if c.runs_stage("pruning") {
+        let s = &c.pruning;
+        at_least_one(issues, "pruning.steps", s.steps);
+        batch(issues, "pruning.batch_size", s.batch_size);
+        check_optim(issues, "pruning.optim", &s.optim);
+        if !(s.skip_prob > 0.0 && s.skip_prob <= 1.0) {
+            issues.push(
+                "pruning.skip_prob",
+                format!("must be in (0, 1], got {}", s.skip_prob),
+            );
+        }
+        if !(0.0..=1.0).contains(&s.alpha) {
+            issues.push(
+                "pruning.alpha",
+                format!("must be in [0, 1], got {}", s.alpha),
+            );
+        }
+        positive(issues, "pruning.shift", s.shift);
+        unit_open_right(issues, "pruning.cfg_dropout", s.cfg_dropout);
     }
-    if !(0.0..=1.0).contains(&s.alpha) {
-        issues.push(
-            "pruning.alpha",
-            format!("must be in [0, 1], got {}", s.alpha),
-        );
-    }
-    positive(issues, "pruning.shift", s.shift);
-    unit_open_right(issues, "pruning.cfg_dropout", s.cfg_dropout);
 
-    let d = &c.distill;
-    at_least_one(issues, "distill.steps", d.steps);
-    batch(issues, "distill.batch_size", d.batch_size);
-    check_optim(issues, "distill.generator_optim", &d.generator_optim);
-    check_optim(issues, "distill.fake_optim", &d.fake_optim);
-    at_least_one(issues, "distill.generator_every", d.generator_every);
-    if d.timesteps.is_empty() {
-        issues.push("distill.timesteps", "must list at least one timestep");
+    if c.runs_stage("distill") {
+        let d = &c.distill;
+        at_least_one(issues, "distill.steps", d.steps);
+        batch(issues, "distill.batch_size", d.batch_size);
+        check_optim(issues, "distill.generator_optim", &d.generator_optim);
+        check_optim(issues, "distill.fake_optim", &d.fake_optim);
+        at_least_one(issues, "distill.generator_every", d.generator_every);
+        if d.timesteps.is_empty() {
+            issues.push("distill.timesteps", "must list at least one timestep");
+        }
+        if d.timesteps.iter().any(|&t| !(t > 0.0 && t <= 1.0)) {
+            issues.push(
+                "distill.timesteps",
+                format!("every timestep must be in (0, 1], got {:?}", d.timesteps),
+            );
+        }
+        if d.timesteps.windows(2).any(|w| w[1] >= w[0]) {
+            issues.push(
+                "distill.timesteps",
+                format!(
+                    "must go strictly down from noise to data, got {:?}",
+                    d.timesteps
+                ),
+            );
+        }
+        positive(issues, "distill.shift", d.shift);
+        range(issues, "distill.b1_range", d.b1_range, 0.0, f64::INFINITY);
+        range(issues, "distill.b2_range", d.b2_range, 0.0, f64::INFINITY);
+        range(issues, "distill.t_range", d.t_range, 0.0, 1.0);
+        if d.t_range[0] <= 0.0 || d.t_range[1] >= 1.0 {
+            issues.push(
+                "distill.t_range",
+                format!("must lie strictly inside (0, 1), got {:?}", d.t_range),
+            );
+        }
+        unit_open_right(issues, "distill.ema_decay", d.ema_decay);
     }
-    if d.timesteps.iter().any(|&t| !(t > 0.0 && t <= 1.0)) {
-        issues.push(
-            "distill.timesteps",
-            format!("every timestep must be in (0, 1], got {:?}", d.timesteps),
-        );
-    }
-    if d.timesteps.windows(2).any(|w| w[1] >= w[0]) {
-        issues.push(
-            "distill.timesteps",
-            format!(
-                "must go strictly down from noise to data, got {:?}",
-                d.timesteps
-            ),
-        );
-    }
-    positive(issues, "distill.shift", d.shift);
-    range(issues, "distill.b1_range", d.b1_range, 0.0, f64::INFINITY);
-    range(issues, "distill.b2_range", d.b2_range, 0.0, f64::INFINITY);
-    range(issues, "distill.t_range", d.t_range, 0.0, 1.0);
-    if d.t_range[0] <= 0.0 || d.t_range[1] >= 1.0 {
-        issues.push(
-            "distill.t_range",
-            format!("must lie strictly inside (0, 1), got {:?}", d.t_range),
-        );
-    }
-    unit_open_right(issues, "distill.ema_decay", d.ema_decay);
 
     if c.checkpoint.keep_last == 0 {
         issues.push(
@@ -526,16 +536,18 @@ fn check_training(c: &Config, issues: &mut Issues) {
             "must be at least 1 (the newest committed checkpoint is kept)",
         );
     }
-    let e = &c.eval;
-    at_least_one(issues, "eval.num_samples", e.num_samples);
-    at_least_one(issues, "eval.teacher_steps", e.teacher_steps);
-    if !(e.teacher_cfg >= 0.0) {
-        issues.push(
-            "eval.teacher_cfg",
-            format!("must be at least 0, got {}", e.teacher_cfg),
-        );
+    if c.runs_stage("eval") {
+        let e = &c.eval;
+        at_least_one(issues, "eval.num_samples", e.num_samples);
+        at_least_one(issues, "eval.teacher_steps", e.teacher_steps);
+        if !(e.teacher_cfg >= 0.0) {
+            issues.push(
+                "eval.teacher_cfg",
+                format!("must be at least 0, got {}", e.teacher_cfg),
+            );
+        }
+        positive(issues, "eval.shift", e.shift);
     }
-    positive(issues, "eval.shift", e.shift);
 }
 
 fn check_optim(issues: &mut Issues, key: &str, o: &Optim) {

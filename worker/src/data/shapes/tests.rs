@@ -133,7 +133,7 @@ fn check_video(spec: &ShapesSpec, v: &ShapeVideo) -> (u32, (i64, i64)) {
 
 #[test]
 fn videos_match_the_definition_and_cover_every_class_and_direction() {
-    for (frames, size) in [(8, 16), (4, 32), (16, 32)] {
+    for (frames, size) in [(8, 16), (4, 32), (12, 32), (8, 64)] {
         let spec = spec(frames, size, 1);
         let mut classes = HashSet::new();
         let mut directions = HashSet::new();
