@@ -5,6 +5,11 @@
 
 pub mod data;
 pub mod device;
+pub mod flow;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod pretrain;
 pub mod progress;
 pub mod ranks;
 pub mod rng;

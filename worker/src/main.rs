@@ -4,9 +4,11 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use flg_coordinator::config::moving_shapes_geometry;
+use flg_coordinator::config::Config;
 use flg_worker::data::{self, shapes::ShapesSpec, DataSet};
 use flg_worker::device::GpuEnv;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +28,17 @@ enum Command {
     Data(DataCommand),
     /// Show what this machine offers: libtorch, CUDA driver, GPUs, NCCL, MPI.
     Env,
+    /// Run a config's teacher pretraining in this one process (no coordinator, no MPI).
+    ///
+    /// Writes into the run directory `<output_dir>/<name>/`: the resolved `config.toml`,
+    /// `metrics.jsonl`, `pretrain/teacher.safetensors` and EMA snapshots.
+    Train {
+        /// The experiment file, e.g. cluster-configs/teacher-cpu.toml.
+        config: PathBuf,
+        /// Also save an EMA snapshot every this many steps (for quality-vs-time curves); 0: none.
+        #[arg(long, default_value_t = 0)]
+        snapshot_every: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +133,24 @@ fn run(cli: Cli) -> Result<()> {
             for (file, sha) in ds.sha256_of_shards() {
                 println!("  {sha}  {file}");
             }
+        }
+        Command::Train {
+            config,
+            snapshot_every,
+        } => {
+            let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !cfg.runs_stage("pretrain") {
+                bail!(
+                    "{}: experiment.stages has no \"pretrain\"; nothing to train in one process",
+                    config.display()
+                );
+            }
+            let run_dir = cfg.run_dir();
+            std::fs::create_dir_all(&run_dir)?;
+            std::fs::write(run_dir.join("config.toml"), cfg.to_toml())?;
+            let data = Arc::new(data::open_or_generate(&cfg, &run_dir)?);
+            let out = flg_worker::pretrain::run(&cfg, &run_dir, data, snapshot_every)?;
+            println!("teacher written to {}", out.display());
         }
         Command::Env => {
             let env = GpuEnv::detect();

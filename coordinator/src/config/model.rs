@@ -28,18 +28,21 @@ pub const PRESETS: [&str; 4] = ["tiny", "small-100m", "wan2.1-t2v-1.3b", "custom
 /// The dimensions of a named preset, `None` for `custom` or an unknown name.
 pub fn preset(name: &str) -> Option<ModelDims> {
     match name {
-        // Trains on a 2-core CPU in minutes; 10 blocks so that pruning 30% removes 3 of them.
+        // The CPU preset: 10 blocks so that pruning 30% removes 3 of them; patch 1x4x4 keeps a
+        // 8x16x16 video at 128 tokens (1x2x2 would be 512 tokens and 6x slower per sample on a
+        // 2-core CPU: 16 vs 99 samples/s at dim 64, measured). Width 96 is the recipe of
+        // cluster-configs/teacher-cpu.toml (BENCHMARKS.md).
         "tiny" => Some(ModelDims {
-            dim: 64,
+            dim: 96,
             num_blocks: 10,
             num_heads: 4,
-            ffn_dim: 256,
+            ffn_dim: 384,
             freq_dim: 64,
             text_dim: 32,
             text_len: 4,
             in_channels: 3,
             out_channels: 3,
-            patch: [1, 2, 2],
+            patch: [1, 4, 4],
             eps: 1e-6,
         }),
         // About 100M parameters: big enough that parameters, gradients and optimizer state

@@ -155,7 +155,7 @@ fn cross_field_problems_are_named() {
     let e = error_with("[model]\npreset = \"tiny\"\nnum_heads = 5");
     assert!(issue(&e, "model.num_heads")
         .message
-        .contains("divide model.dim (64)"));
+        .contains("divide model.dim (96)"));
     // The global batch must split over the ranks.
     let e = error_with("[cluster]\nworld_size = 3\n[pretrain]\nbatch_size = 32");
     assert!(issue(&e, "pretrain.batch_size")

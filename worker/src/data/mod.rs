@@ -7,6 +7,7 @@ pub mod shards;
 pub use loader::{Batch, DataPosition, Loader, LoaderError};
 pub use shards::{DataError, DataSet, Sample, ShardWriter};
 
+use flg_coordinator::config::{Config, DataKind};
 use flg_coordinator::dataset::{DatasetManifest, MovingShapesParams};
 use shapes::{ShapesSpec, NUM_CLASSES};
 use std::path::Path;
@@ -82,6 +83,27 @@ pub fn ensure_moving_shapes(
     }
     write_moving_shapes(dir, spec, num, shard_size, progress)?;
     Ok(true)
+}
+
+/// The data set a config trains on: the `latents` directory, or the moving-shapes set in
+/// `data.path` (default `<run dir>/data`), generated there first if missing or different.
+pub fn open_or_generate(cfg: &Config, run_dir: &Path) -> anyhow::Result<DataSet> {
+    let d = &cfg.data;
+    let dir = d.path.clone().unwrap_or_else(|| run_dir.join("data"));
+    if d.kind == DataKind::MovingShapes {
+        let spec = ShapesSpec {
+            frames: d.frames as usize,
+            size: d.size as usize,
+            text_len: d.text_len as usize,
+            text_dim: d.text_dim as usize,
+            seed: d.seed,
+            text_seed: d.text_seed,
+        };
+        if ensure_moving_shapes(&dir, &spec, d.num_samples, d.shard_size, true)? {
+            tracing::info!(dir = %dir.display(), videos = d.num_samples, "generated moving-shapes");
+        }
+    }
+    Ok(DataSet::open(&dir)?)
 }
 
 #[cfg(test)]

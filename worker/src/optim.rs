@@ -1,0 +1,171 @@
+//! AdamW, gradient clipping and EMA over plain lists of tensors.
+//!
+//! Written against lists rather than a `VarStore` so the same code runs on whole parameters
+//! (one process) and on the flat local shards of the sharding layer, where the global gradient
+//! norm is a sum of per-rank squares.
+
+use flg_coordinator::config::Optim;
+use tch::{Kind, Tensor};
+
+/// Decoupled-weight-decay Adam with linear warmup.
+pub struct AdamW {
+    pub cfg: Optim,
+    /// Updates taken so far.
+    pub step: u64,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+impl AdamW {
+    pub fn new(cfg: &Optim, params: &[Tensor]) -> AdamW {
+        let zeros = |p: &Tensor| Tensor::zeros_like(p).to_kind(Kind::Float);
+        AdamW {
+            cfg: cfg.clone(),
+            step: 0,
+            m: params.iter().map(zeros).collect(),
+            v: params.iter().map(zeros).collect(),
+        }
+    }
+
+    /// The learning rate of update number `step` (0-based): linear warmup, then constant.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let w = self.cfg.warmup_steps;
+        if w > 0 && step < w {
+            self.cfg.lr * (step + 1) as f64 / w as f64
+        } else {
+            self.cfg.lr
+        }
+    }
+
+    /// One update of `params` in place from `grads`, after scaling the gradients by `scale`
+    /// (the clipping factor).
+    pub fn update(&mut self, params: &[Tensor], grads: &[Tensor], scale: f64) {
+        let _guard = tch::no_grad_guard();
+        let lr = self.lr_at(self.step);
+        self.step += 1;
+        let (b1, b2, eps, wd) = (
+            self.cfg.beta1,
+            self.cfg.beta2,
+            self.cfg.eps,
+            self.cfg.weight_decay,
+        );
+        let bc1 = 1.0 - b1.powi(self.step as i32);
+        let bc2 = 1.0 - b2.powi(self.step as i32);
+        for ((p, g), (m, v)) in params
+            .iter()
+            .zip(grads)
+            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+        {
+            let g = g.to_kind(Kind::Float) * scale;
+            let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+            let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
+            let denom = (&*v / bc2).sqrt() + eps;
+            let step = (&*m / bc1) / denom * lr;
+            let mut p = p.shallow_clone();
+            if wd > 0.0 && p.dim() >= 2 {
+                let _ = p.g_mul_scalar_(1.0 - lr * wd);
+            }
+            let _ = p.g_sub_(&step.to_kind(p.kind()));
+        }
+    }
+
+    /// Optimizer state tensors (first and second moments), in parameter order.
+    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.m, &self.v)
+    }
+
+    /// Restores moments and step count (from a checkpoint).
+    pub fn restore(&mut self, step: u64, m: Vec<Tensor>, v: Vec<Tensor>) {
+        assert_eq!((m.len(), v.len()), (self.m.len(), self.v.len()));
+        self.step = step;
+        self.m = m;
+        self.v = v;
+    }
+}
+
+/// Sum of squares of the gradients (the caller all-reduces it across ranks when sharded).
+pub fn grad_sq_sum(grads: &[Tensor]) -> f64 {
+    grads
+        .iter()
+        .map(|g| {
+            g.to_kind(Kind::Double)
+                .square()
+                .sum(Kind::Double)
+                .double_value(&[])
+        })
+        .sum()
+}
+
+/// The factor that scales gradients of global norm `norm` down to `max_norm` (1 if below, or
+/// if clipping is off).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+/// Exponential moving average of parameters.
+pub struct Ema {
+    pub decay: f64,
+    pub shadow: Vec<Tensor>,
+}
+
+impl Ema {
+    pub fn new(decay: f64, params: &[Tensor]) -> Ema {
+        let _guard = tch::no_grad_guard();
+        Ema {
+            decay,
+            shadow: params.iter().map(|p| p.detach().copy()).collect(),
+        }
+    }
+
+    /// `shadow = decay * shadow + (1 - decay) * params`. The decay ramps up as
+    /// `min(decay, (1 + n) / (10 + n))` so early averages are not dominated by the random init.
+    pub fn update(&mut self, params: &[Tensor], updates_so_far: u64) {
+        let _guard = tch::no_grad_guard();
+        let n = updates_so_far as f64;
+        let d = self.decay.min((1.0 + n) / (10.0 + n));
+        for (s, p) in self.shadow.iter_mut().zip(params) {
+            let _ = s.g_mul_scalar_(d).g_add_(&(p.detach() * (1.0 - d)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adamw_minimises_a_quadratic() {
+        let p = Tensor::from_slice(&[3.0f32, -2.0]).set_requires_grad(true);
+        let cfg = Optim {
+            lr: 0.1,
+            warmup_steps: 5,
+            ..Optim::default()
+        };
+        let mut opt = AdamW::new(&cfg, std::slice::from_ref(&p));
+        for _ in 0..300 {
+            let loss = p.square().sum(Kind::Float);
+            let g = Tensor::run_backward(&[loss], std::slice::from_ref(&p), false, false);
+            opt.update(std::slice::from_ref(&p), &g, 1.0);
+        }
+        assert!(p.abs().max().double_value(&[]) < 0.05, "{p}");
+        assert!((opt.lr_at(0) - 0.02).abs() < 1e-12);
+    }
+
+    #[test]
+    fn clipping_and_ema() {
+        let g = [Tensor::from_slice(&[3.0f32, 4.0])];
+        let n = grad_sq_sum(&g).sqrt();
+        assert!((n - 5.0).abs() < 1e-9);
+        assert!((clip_factor(n, 1.0) * n - 1.0).abs() < 1e-5);
+        assert_eq!(clip_factor(n, 10.0), 1.0);
+        let p = [Tensor::from_slice(&[0.0f32])];
+        let mut ema = Ema::new(0.5, &p);
+        let _ = p[0].shallow_clone().fill_(2.0);
+        ema.update(&p, 1000);
+        assert!((ema.shadow[0].double_value(&[0]) - 1.0).abs() < 1e-6);
+    }
+}
