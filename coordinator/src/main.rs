@@ -52,6 +52,24 @@ enum Command {
     },
     /// Show what this machine offers: libtorch, CUDA driver, GPUs, NCCL.
     Env,
+    /// Generate videos with a model (videos.npy, labels.npy, GIFs, grid.png); see --help.
+    #[command(disable_help_flag = true)]
+    Sample {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Score generated moving-shapes videos in DIR; writes DIR/eval.json; see --help.
+    #[command(disable_help_flag = true)]
+    Eval {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Train a config's teacher (stage "pretrain") in this one process; see --help.
+    #[command(disable_help_flag = true)]
+    Train {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +88,9 @@ fn main() -> ExitCode {
         ),
         Command::Data { args } => forward("data", args),
         Command::Env => forward("env", Vec::new()),
+        Command::Sample { args } => forward("sample", args),
+        Command::Eval { args } => forward("eval", args),
+        Command::Train { args } => forward("train", args),
     }
 }
 

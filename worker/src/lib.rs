@@ -5,7 +5,9 @@
 
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod flow;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod optim;
@@ -13,3 +15,4 @@ pub mod pretrain;
 pub mod progress;
 pub mod ranks;
 pub mod rng;
+pub mod sample;

@@ -7,6 +7,7 @@ use flg_coordinator::config::moving_shapes_geometry;
 use flg_coordinator::config::Config;
 use flg_worker::data::{self, shapes::ShapesSpec, DataSet};
 use flg_worker::device::GpuEnv;
+use flg_worker::sample;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -28,6 +29,74 @@ enum Command {
     Data(DataCommand),
     /// Show what this machine offers: libtorch, CUDA driver, GPUs, NCCL, MPI.
     Env,
+    /// Generate videos with a model: videos.npy, labels.npy, a GIF per video and grid.png.
+    ///
+    /// Euler sampler over `--steps` shifted steps with classifier-free guidance `--cfg`
+    /// (1 = no guidance: one network evaluation per step instead of two). A distilled student
+    /// records its own timesteps and guidance, used unless overridden. Video i starts from
+    /// noise seeded by (--seed, i), so two models sampled with the same seed and labels get the
+    /// same prompts and noise.
+    Sample {
+        /// Weights file (fastlightgen safetensors, or a released checkpoint with --preset).
+        #[arg(long)]
+        model: PathBuf,
+        /// Dimensions for a file without fastlightgen metadata (e.g. wan2.1-t2v-1.3b).
+        #[arg(long)]
+        preset: Option<String>,
+        /// Take the prompt table from this moving-shapes data directory (for a file that does
+        /// not record one).
+        #[arg(long)]
+        prompts_from: Option<PathBuf>,
+        /// Euler steps [default: the model's recorded sampler, else 50].
+        #[arg(long)]
+        steps: Option<usize>,
+        /// CFG scale [default: the model's recorded sampler, else 4].
+        #[arg(long)]
+        cfg: Option<f64>,
+        /// Timestep shift of the Euler grid.
+        #[arg(long, default_value_t = 1.0)]
+        shift: f64,
+        /// Number of videos.
+        #[arg(long, default_value_t = 16)]
+        num: usize,
+        /// Class labels to cycle through, e.g. "0,5"; default all 8 classes in turn.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<i64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Videos per network batch.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also score the videos (writes eval.json, as `fastlightgen eval`).
+        #[arg(long)]
+        eval: bool,
+    },
+    /// Score generated moving-shapes videos (DIR/videos.npy + DIR/labels.npy) against the
+    /// data set's definition; writes DIR/eval.json.
+    ///
+    /// Scores in [0, 1]: prompt following (right colour and shape), frame quality (one clean
+    /// object of the right size), background (dark outside the object), motion smoothness
+    /// (constant velocity), subject consistency (same shape and colour throughout), dynamic
+    /// degree (it moves); their average; and the Fréchet distance between per-video features
+    /// of the generated videos and of real ones (lower is better).
+    Eval { dir: PathBuf },
+    /// Write a model file with fastlightgen metadata (dimensions, blocks, prompt table) from a
+    /// file without it, e.g. a released checkpoint or an older run's weights.
+    Annotate {
+        #[arg(long)]
+        model: PathBuf,
+        /// The model's dimensions.
+        #[arg(long)]
+        preset: String,
+        /// Moving-shapes data directory whose prompt table the model was trained with.
+        #[arg(long)]
+        prompts_from: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run a config's teacher pretraining in this one process (no coordinator, no MPI).
     ///
     /// Writes into the run directory `<output_dir>/<name>/`: the resolved `config.toml`,
@@ -152,6 +221,83 @@ fn run(cli: Cli) -> Result<()> {
             let out = flg_worker::pretrain::run(&cfg, &run_dir, data, snapshot_every)?;
             println!("teacher written to {}", out.display());
         }
+        Command::Sample {
+            model,
+            preset,
+            prompts_from,
+            steps,
+            cfg,
+            shift,
+            num,
+            labels,
+            seed,
+            batch,
+            out,
+            eval,
+        } => {
+            let (m, meta) = load_model(&model, preset.as_deref())?;
+            let prompts = match (&prompts_from, meta.as_ref().and_then(|m| m.prompts.clone())) {
+                (Some(dir), _) => prompts_of(dir)?,
+                (None, Some(p)) => p,
+                (None, None) => bail!(
+                    "{}: records no prompt table; give the moving-shapes data it was trained on with --prompts-from DIR",
+                    model.display()
+                ),
+            };
+            let recorded = meta.as_ref().and_then(|m| m.sampler.clone());
+            let times = match (steps, &recorded) {
+                (None, Some(r)) => r.timesteps.iter().copied().chain([0.0]).collect(),
+                _ => flg_worker::flow::euler_times(steps.unwrap_or(50), shift),
+            };
+            let cfg = cfg.or(recorded.as_ref().map(|r| r.cfg)).unwrap_or(4.0);
+            let labels = sample::labels_for(num, &labels);
+            let text = sample::class_text(&prompts, &labels);
+            let shape = [
+                m.dims.in_channels,
+                prompts.shapes.frames,
+                prompts.shapes.size,
+                prompts.shapes.size,
+            ];
+            let noise = sample::initial_noise(num, shape, seed);
+            let (latents, seconds) = sample::generate(&m, &noise, &text, &times, cfg, batch.max(1));
+            let (pixels, vshape) = sample::to_pixels(&latents);
+            sample::write_samples(&out, &pixels, vshape, &labels)?;
+            let nfe = (times.len() - 1) * if cfg != 1.0 { 2 } else { 1 };
+            let info = serde_json::json!({
+                "model": model, "steps": times.len() - 1, "timesteps": times, "cfg": cfg, "nfe": nfe,
+                "num": num, "seed": seed, "seconds": seconds, "seconds_per_video": seconds / num as f64,
+                "params": m.param_count(),
+            });
+            std::fs::write(
+                out.join("sample.json"),
+                serde_json::to_string_pretty(&info)?,
+            )?;
+            println!(
+                "{num} videos ({} steps, cfg {cfg}, {nfe} NFE) in {seconds:.2}s -> {}",
+                times.len() - 1,
+                out.display()
+            );
+            if eval {
+                print_eval(&eval_dir(&out)?);
+            }
+        }
+        Command::Annotate {
+            model,
+            preset,
+            prompts_from,
+            out,
+        } => {
+            let (m, _) = load_model(&model, Some(&preset))?;
+            let meta = flg_worker::model::file::ModelMeta {
+                dims: m.dims.clone(),
+                block_ids: m.block_ids.clone(),
+                prompts: prompts_from.as_deref().map(prompts_of).transpose()?,
+                sampler: None,
+            };
+            flg_worker::model::file::save(&out, &m.named_tensors(), &meta)?;
+            println!("wrote {}", out.display());
+        }
+        Command::Eval { dir } => print_eval(&eval_dir(&dir)?),
         Command::Env => {
             let env = GpuEnv::detect();
             println!("libtorch:        {}", env!("FLG_LIBTORCH_DIR"));
@@ -196,4 +342,74 @@ fn print_summary(ds: &DataSet) {
             p.frames, p.size, p.seed, p.text_seed
         );
     }
+}
+
+/// Scores DIR/videos.npy against DIR/labels.npy and writes DIR/eval.json.
+fn eval_dir(dir: &std::path::Path) -> Result<flg_worker::eval::EvalReport> {
+    use flg_worker::media::npy;
+    let (shape, pixels) = npy::read_u8(&dir.join("videos.npy")).map_err(anyhow::Error::msg)?;
+    let labels = npy::read_i64(&dir.join("labels.npy")).map_err(anyhow::Error::msg)?;
+    if shape.len() != 5 || shape[4] != 3 || shape[2] != shape[3] || shape[0] != labels.len() {
+        bail!(
+            "{}: expected videos [N, T, S, S, 3] with N = {} labels, got {shape:?}",
+            dir.join("videos.npy").display(),
+            labels.len()
+        );
+    }
+    if shape[2] % 4 != 0 || shape[2] < 8 {
+        bail!(
+            "{}: frame side {} is not a moving-shapes size (a multiple of 4, at least 8)",
+            dir.display(),
+            shape[2]
+        );
+    }
+    let report = flg_worker::eval::evaluate(&pixels, &labels, shape[1], shape[2]);
+    std::fs::write(
+        dir.join("eval.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok(report)
+}
+
+fn print_eval(r: &flg_worker::eval::EvalReport) {
+    println!(
+        "{} videos of {} frames, {}x{}:",
+        r.num_videos, r.frames, r.size, r.size
+    );
+    for (name, v) in flg_worker::eval::SCORE_NAMES.iter().zip(r.scores.values()) {
+        println!("  {name:<20} {v:.3}");
+    }
+    println!("  {:<20} {:.3}", "average", r.average);
+    println!("  {:<20} {:.4}", "frechet_distance", r.frechet_distance);
+}
+
+/// Loads a model file, with a preset's dimensions when the file records none.
+fn load_model(
+    path: &std::path::Path,
+    preset: Option<&str>,
+) -> Result<(
+    flg_worker::model::Dit,
+    Option<flg_worker::model::file::ModelMeta>,
+)> {
+    let fallback = match preset {
+        Some(p) => Some(
+            flg_coordinator::config::preset(p)
+                .ok_or_else(|| anyhow::anyhow!("unknown --preset {p}"))?,
+        ),
+        None => None,
+    };
+    flg_worker::model::file::load(path, fallback.as_ref())
+}
+
+/// The prompt table of a moving-shapes data directory.
+fn prompts_of(dir: &std::path::Path) -> Result<flg_worker::model::file::Prompts> {
+    let m = flg_coordinator::dataset::DatasetManifest::read(dir)?;
+    let shapes = m
+        .moving_shapes
+        .ok_or_else(|| anyhow::anyhow!("{}: not a moving-shapes data set", dir.display()))?;
+    Ok(flg_worker::model::file::Prompts {
+        text_len: m.text_shape[0],
+        text_dim: m.text_shape[1],
+        shapes,
+    })
 }

@@ -11,6 +11,7 @@
 use crate::data::{Batch, DataSet, Loader};
 use crate::flow;
 use crate::metrics::MetricsLog;
+use crate::model::file::{self, ModelMeta, Prompts};
 use crate::model::Dit;
 use crate::optim::{clip_factor, grad_sq_sum, AdamW, Ema};
 use crate::rng::Rng;
@@ -89,7 +90,7 @@ pub fn run(
     let dims = cfg.model_dims();
     let device = Device::Cpu;
     let model = match &cfg.model.weights {
-        Some(w) => Dit::load(&dims, w)?,
+        Some(w) => file::load(w, Some(&dims))?.0,
         None => Dit::init(&dims, cfg.experiment.seed),
     };
     let params: Vec<Tensor> = model
@@ -149,19 +150,20 @@ pub fn run(
             save_weights(
                 &model,
                 ema.as_ref(),
+                &data,
                 &dir.join(format!("snapshots/step-{done:07}.safetensors")),
             )?;
         }
     }
     bar.finish();
     let out = dir.join("teacher.safetensors");
-    save_weights(&model, ema.as_ref(), &out)?;
+    save_weights(&model, ema.as_ref(), &data, &out)?;
     tracing::info!(path = %out.display(), seconds = start.elapsed().as_secs_f64(), "teacher written");
     Ok(out)
 }
 
-/// Saves the EMA weights when there is an EMA, else the raw ones.
-fn save_weights(model: &Dit, ema: Option<&Ema>, path: &Path) -> Result<()> {
+/// Saves the EMA weights when there is an EMA, else the raw ones, with the model's metadata.
+fn save_weights(model: &Dit, ema: Option<&Ema>, data: &DataSet, path: &Path) -> Result<()> {
     let named = model.named_tensors();
     let tensors: Vec<(String, Tensor)> = match ema {
         Some(e) => named
@@ -169,11 +171,23 @@ fn save_weights(model: &Dit, ema: Option<&Ema>, path: &Path) -> Result<()> {
             .zip(&e.shadow)
             .map(|((n, _), s)| (n, s.shallow_clone()))
             .collect(),
-        None => named.into_iter().map(|(n, t)| (n, t.detach())).collect(),
+        None => named,
     };
-    let tmp = path.with_extension("tmp");
-    Tensor::write_safetensors(&tensors, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    file::save(path, &tensors, &model_meta(model, data))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Metadata for a model trained on `data`: its dimensions, blocks, and (moving-shapes) prompts.
+pub fn model_meta(model: &Dit, data: &DataSet) -> ModelMeta {
+    let m = &data.manifest;
+    ModelMeta {
+        dims: model.dims.clone(),
+        block_ids: model.block_ids.clone(),
+        prompts: m.moving_shapes.clone().map(|shapes| Prompts {
+            text_len: m.text_shape[0],
+            text_dim: m.text_shape[1],
+            shapes,
+        }),
+        sampler: None,
+    }
 }

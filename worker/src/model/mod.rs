@@ -3,6 +3,7 @@
 //! pruning). The sharded roles of the distributed workers feed the same `dit::forward`.
 
 pub mod dit;
+pub mod file;
 pub mod params;
 pub mod rope;
 

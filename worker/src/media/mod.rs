@@ -1,0 +1,78 @@
+//! Files people look at: `.npy` arrays, animated GIFs and PNG grids of videos.
+
+pub mod npy;
+
+use std::path::Path;
+
+/// Nearest-neighbour upscaling of one RGB frame [H, W, 3] by `k`.
+fn upscale(frame: &[u8], h: usize, w: usize, k: usize) -> Vec<u8> {
+    let mut out = vec![0u8; h * k * w * k * 3];
+    for r in 0..h * k {
+        for c in 0..w * k {
+            let src = ((r / k) * w + c / k) * 3;
+            let dst = (r * w * k + c) * 3;
+            out[dst..dst + 3].copy_from_slice(&frame[src..src + 3]);
+        }
+    }
+    out
+}
+
+/// Writes a looping GIF of one video [T, H, W, 3], each pixel drawn `scale` x `scale`.
+pub fn write_gif(
+    path: &Path,
+    video: &[u8],
+    frames: usize,
+    h: usize,
+    w: usize,
+    scale: usize,
+) -> std::io::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let (hh, ww) = ((h * scale) as u16, (w * scale) as u16);
+    let mut enc = gif::Encoder::new(file, ww, hh, &[]).map_err(std::io::Error::other)?;
+    enc.set_repeat(gif::Repeat::Infinite)
+        .map_err(std::io::Error::other)?;
+    let per = h * w * 3;
+    for t in 0..frames {
+        let big = upscale(&video[t * per..(t + 1) * per], h, w, scale);
+        let mut frame = gif::Frame::from_rgb_speed(ww, hh, &big, 10);
+        frame.delay = 15; // 150 ms: an 8-frame clip loops in about a second
+        enc.write_frame(&frame).map_err(std::io::Error::other)?;
+    }
+    Ok(())
+}
+
+/// Writes a PNG grid: one row per video, one column per frame, 1-pixel grey gutters.
+/// `videos` is [N, T, H, W, 3].
+pub fn write_grid_png(
+    path: &Path,
+    videos: &[u8],
+    n: usize,
+    frames: usize,
+    h: usize,
+    w: usize,
+    scale: usize,
+) -> std::io::Result<()> {
+    let (ch, cw) = (h * scale + 1, w * scale + 1);
+    let (height, width) = (n * ch + 1, frames * cw + 1);
+    let mut img = vec![64u8; height * width * 3];
+    let per = h * w * 3;
+    for i in 0..n {
+        for t in 0..frames {
+            let at = (i * frames + t) * per;
+            let big = upscale(&videos[at..at + per], h, w, scale);
+            for r in 0..h * scale {
+                let dst = ((i * ch + 1 + r) * width + t * cw + 1) * 3;
+                img[dst..dst + w * scale * 3]
+                    .copy_from_slice(&big[r * w * scale * 3..(r + 1) * w * scale * 3]);
+            }
+        }
+    }
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut enc = png::Encoder::new(file, width as u32, height as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()
+        .map_err(std::io::Error::other)?
+        .write_image_data(&img)
+        .map_err(std::io::Error::other)
+}
