@@ -64,6 +64,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Benchmarks against references measured in the same run; see --help.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Train a config's teacher (stage "pretrain") in this one process; see --help.
     #[command(disable_help_flag = true)]
     Train {
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
         Command::Sample { args } => forward("sample", args),
         Command::Eval { args } => forward("eval", args),
         Command::Train { args } => forward("train", args),
+        Command::Bench { args } => forward("bench", args),
     }
 }
 

@@ -265,3 +265,103 @@ fn data_commands_write_and_check_a_data_directory() {
     let out = fastlightgen(&["data", "--help"]);
     assert!(text(&out.stdout).contains("shapes"));
 }
+
+#[test]
+fn sample_and_eval_commands_write_what_they_promise() {
+    use flg_worker::media::npy;
+    use flg_worker::model::{file, Dit};
+    let tmp = tempfile::tempdir().unwrap();
+    let dims = flg_coordinator::config::preset("tiny").unwrap();
+    let model = Dit::init(&dims, 0);
+    let spec = shapes_spec();
+    let meta = file::ModelMeta {
+        dims: dims.clone(),
+        block_ids: model.block_ids.clone(),
+        prompts: Some(file::Prompts {
+            text_len: 4,
+            text_dim: 32,
+            shapes: data::shapes_params(&spec),
+        }),
+        sampler: None,
+    };
+    let weights = tmp.path().join("m.safetensors");
+    file::save(&weights, &model.named_tensors(), &meta).unwrap();
+    let out_dir = tmp.path().join("samples");
+    let o = out_dir.to_str().unwrap();
+    let res = fastlightgen(&[
+        "sample",
+        "--model",
+        weights.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--cfg",
+        "2",
+        "--num",
+        "3",
+        "--out",
+        o,
+        "--eval",
+    ]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let (shape, _) = npy::read_u8(&out_dir.join("videos.npy")).unwrap();
+    assert_eq!(shape, vec![3, 8, 16, 16, 3]);
+    assert_eq!(
+        npy::read_i64(&out_dir.join("labels.npy")).unwrap(),
+        vec![0, 1, 2]
+    );
+    let gifs = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "gif")
+        })
+        .count();
+    assert_eq!(gifs, 3);
+    assert!(std::fs::read(out_dir.join("grid.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
+    assert!(std::fs::read(out_dir.join("video-0001-class1.gif"))
+        .unwrap()
+        .starts_with(b"GIF89a"));
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("sample.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["nfe"], 4, "2 steps with CFG = 4 network evaluations");
+    let ev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("eval.json")).unwrap()).unwrap();
+    assert!(
+        ev["average"].as_f64().unwrap() < 0.5,
+        "an untrained model's samples are not videos of shapes"
+    );
+
+    // Real videos written the same way score near 1 through the command.
+    let real_dir = tmp.path().join("real");
+    std::fs::create_dir_all(&real_dir).unwrap();
+    let vids: Vec<_> = (0..16).map(|i| data::shapes::generate(&spec, i)).collect();
+    let px: Vec<u8> = vids.iter().flat_map(|v| v.pixels.clone()).collect();
+    npy::write_u8(&real_dir.join("videos.npy"), &[16, 8, 16, 16, 3], &px).unwrap();
+    npy::write_i64(
+        &real_dir.join("labels.npy"),
+        &vids.iter().map(|v| i64::from(v.class)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let res = fastlightgen(&["eval", real_dir.to_str().unwrap()]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let ev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(real_dir.join("eval.json")).unwrap())
+            .unwrap();
+    assert!(ev["average"].as_f64().unwrap() > 0.99, "{ev}");
+
+    // A file without metadata needs --preset, and says so.
+    let bare = tmp.path().join("bare.safetensors");
+    model.save(&bare).unwrap();
+    let res = fastlightgen(&["sample", "--model", bare.to_str().unwrap(), "--out", o]);
+    assert!(
+        !res.status.success() && text(&res.stderr).contains("--preset"),
+        "{}",
+        text(&res.stderr)
+    );
+}

@@ -3,6 +3,7 @@
 //! Started by `mpirun` (one process per rank) or by the `fastlightgen` command for single-process
 //! tools (data generation, sampling, evaluation).
 
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod eval;

@@ -83,6 +83,9 @@ enum Command {
     /// degree (it moves); their average; and the Fréchet distance between per-video features
     /// of the generated videos and of real ones (lower is better).
     Eval { dir: PathBuf },
+    /// Benchmarks; each compares against a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Write a model file with fastlightgen metadata (dimensions, blocks, prompt table) from a
     /// file without it, e.g. a released checkpoint or an older run's weights.
     Annotate {
@@ -145,6 +148,33 @@ enum DataCommand {
     Inspect { dir: PathBuf },
     /// Like inspect, and also print the sha256 of every shard (reads every byte).
     Verify { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Training throughput (samples/s) of the pretraining step in Rust and the same step in
+    /// plain PyTorch (bench/pytorch_train_step.py, same libtorch, same sizes), one after the
+    /// other, and their ratio.
+    TrainStep {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, default_value_t = 32)]
+        batch: i64,
+        #[arg(long, default_value_t = 8)]
+        frames: i64,
+        #[arg(long, default_value_t = 16)]
+        size: i64,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+        /// Repeat the pair this many times (alternating) and report the median ratio.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -296,6 +326,41 @@ fn run(cli: Cli) -> Result<()> {
             };
             flg_worker::model::file::save(&out, &m.named_tensors(), &meta)?;
             println!("wrote {}", out.display());
+        }
+        Command::Bench(BenchCommand::TrainStep {
+            preset,
+            batch,
+            frames,
+            size,
+            warmup,
+            steps,
+            rounds,
+            out,
+        }) => {
+            let dims = flg_coordinator::config::preset(&preset)
+                .ok_or_else(|| anyhow::anyhow!("unknown --preset {preset}"))?;
+            let mut rows = Vec::new();
+            for round in 0..rounds.max(1) {
+                let rust =
+                    flg_worker::bench::rust_train_step(&dims, frames, size, batch, warmup, steps);
+                let py = flg_worker::bench::pytorch_train_step(
+                    &dims, frames, size, batch, warmup, steps,
+                )?;
+                let pys = py["samples_per_s"].as_f64().unwrap_or(f64::NAN);
+                println!("round {round}: rust {rust:.1} samples/s, pytorch {pys:.1} samples/s, ratio {:.3}", rust / pys);
+                rows.push(serde_json::json!({"rust_samples_per_s": rust, "pytorch": py, "ratio": rust / pys}));
+            }
+            let mut ratios: Vec<f64> = rows.iter().map(|r| r["ratio"].as_f64().unwrap()).collect();
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios[ratios.len() / 2];
+            println!(
+                "median rust/pytorch throughput ratio: {median:.3} ({} threads)",
+                tch::get_num_threads()
+            );
+            if let Some(out) = out {
+                let v = serde_json::json!({"preset": preset, "batch": batch, "rounds": rows, "median_ratio": median});
+                std::fs::write(out, serde_json::to_string_pretty(&v)?)?;
+            }
         }
         Command::Eval { dir } => print_eval(&eval_dir(&dir)?),
         Command::Env => {
