@@ -75,7 +75,10 @@ impl MpiLaunch {
             None => {
                 // One node: allow more ranks than cores, and let each rank's threads use any core
                 // (OpenMPI would pin each rank to one core, starving libtorch's thread pool).
+                // Ranks waiting in a collective yield the core instead of spinning on it, which
+                // matters when there are more ranks than cores.
                 cmd.args(["--oversubscribe", "--bind-to", "none"]);
+                cmd.env("OMPI_MCA_mpi_yield_when_idle", "1");
             }
         }
         // Containers often forbid the cross-memory-attach syscalls of OpenMPI's shared-memory

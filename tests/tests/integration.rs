@@ -365,3 +365,158 @@ fn sample_and_eval_commands_write_what_they_promise() {
         text(&res.stderr)
     );
 }
+
+/// A pretraining config for the equivalence runs: 20 steps, global batch 8, no EMA.
+fn equivalence_config(dir: &Path, world: u32, data_dir: &Path) -> PathBuf {
+    let path = dir.join(format!("w{world}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[experiment]\nname = \"eq-w{world}\"\nseed = 3\noutput_dir = {out:?}\nstages = [\"pretrain\"]\n\
+             [cluster]\nworld_size = {world}\n[model]\npreset = \"tiny\"\n\
+             [data]\npath = {data:?}\nnum_samples = 64\n\
+             [pretrain]\nsteps = 20\nbatch_size = 8\nema_decay = 0.0\nlog_every = 1\n\
+             [pretrain.optim]\nlr = 1e-3\nwarmup_steps = 5\n",
+            out = dir.join("runs"),
+            data = data_dir,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Largest difference between two models' tensors, relative to each tensor's largest entry.
+fn max_relative_difference(a: &Path, b: &Path) -> f64 {
+    let a: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(a)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let b: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(b)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .map(|(k, ta)| {
+            let tb = &b[k];
+            let scale = ta.abs().max().double_value(&[]).max(1e-12);
+            (ta - tb).abs().max().double_value(&[]) / scale
+        })
+        .fold(0.0, f64::max)
+}
+
+fn run_mpi(np: u32, program: &Path, args: &[std::ffi::OsString]) {
+    let res = MpiLaunch::single_node(np)
+        .command(program, args)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "mpirun -np {np} failed:\n{}\n{}",
+        text(&res.stdout),
+        text(&res.stderr)
+    );
+}
+
+#[test]
+fn sharded_pretraining_on_2_and_4_ranks_equals_1_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    data::write_moving_shapes(&data_dir, &shapes_spec(), 64, 64, false).unwrap();
+    let worker = bin_dir().join("flg-worker");
+    let losses = |w: u32| -> Vec<f64> {
+        std::fs::read_to_string(tmp.path().join(format!("runs/eq-w{w}/metrics.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["last_loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    for w in [1, 2, 4] {
+        let cfg = equivalence_config(tmp.path(), w, &data_dir);
+        run_mpi(w, &worker, &["run".into(), "--config".into(), cfg.into()]);
+    }
+    let params = |w: u32| {
+        tmp.path()
+            .join(format!("runs/eq-w{w}/pretrain/teacher.safetensors"))
+    };
+    let base = losses(1);
+    assert_eq!(base.len(), 20);
+    assert!(base[19] < base[0], "training lowers the loss: {base:?}");
+    for w in [2, 4] {
+        let d = max_relative_difference(&params(1), &params(w));
+        assert!(
+            d <= 1e-4,
+            "W={w}: parameters differ from W=1 by {d:e} (relative)"
+        );
+        for (a, b) in base.iter().zip(losses(w)) {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "W={w}: loss {b} vs {a}");
+        }
+    }
+}
+
+#[test]
+fn sharded_training_with_skipped_blocks_equals_1_rank_and_masks_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    data::write_moving_shapes(&data_dir, &shapes_spec(), 64, 64, false).unwrap();
+    let probe = PathBuf::from(env!("CARGO_BIN_EXE_fsdp-probe"));
+    for w in [1, 2, 4] {
+        let cfg = equivalence_config(tmp.path(), w, &data_dir);
+        let out = tmp.path().join(format!("probe-w{w}"));
+        run_mpi(
+            w,
+            &probe,
+            &[
+                "--config".into(),
+                cfg.into(),
+                "--candidates".into(),
+                "3,4,5,6".into(),
+                "--out".into(),
+                out.into(),
+            ],
+        );
+    }
+    let out = |w: u32| tmp.path().join(format!("probe-w{w}"));
+    let masks = |w: u32, r: u32| -> Vec<Vec<usize>> {
+        serde_json::from_str(
+            &std::fs::read_to_string(out(w).join(format!("masks-{r}.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let m = masks(1, 0);
+    assert!(m.iter().any(|a| a.len() < 10), "some step skipped blocks");
+    assert!(
+        m.windows(2).any(|p| p[0] != p[1]),
+        "the mask changes from step to step"
+    );
+    for r in 0..4 {
+        assert_eq!(
+            masks(4, r),
+            m,
+            "rank {r} of 4 drew the same masks as 1 rank"
+        );
+    }
+    for w in [2, 4] {
+        let d = max_relative_difference(
+            &out(1).join("params.safetensors"),
+            &out(w).join("params.safetensors"),
+        );
+        assert!(
+            d <= 1e-4,
+            "W={w} with skipped blocks: parameters differ by {d:e}"
+        );
+        let la: Vec<f64> =
+            serde_json::from_str(&std::fs::read_to_string(out(1).join("losses.json")).unwrap())
+                .unwrap();
+        let lb: Vec<f64> =
+            serde_json::from_str(&std::fs::read_to_string(out(w).join("losses.json")).unwrap())
+                .unwrap();
+        for (a, b) in la.iter().zip(&lb) {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "W={w}: loss {b} vs {a}");
+        }
+    }
+}

@@ -38,7 +38,11 @@ pub fn rust_train_step(
     let mut step = || {
         let loss = flow_loss(|x, t, c| model.forward(x, t, c, None), &x0, &text, 1.0, 0.1);
         let g = Tensor::run_backward(&[&loss], &params, false, false);
-        opt.update(&params, &g, clip_factor(grad_sq_sum(&g).sqrt(), 1.0));
+        opt.update(
+            &params,
+            &crate::optim::all_present(&g),
+            clip_factor(grad_sq_sum(&g).sqrt(), 1.0),
+        );
     };
     for _ in 0..warmup {
         step();

@@ -4,6 +4,7 @@
 //! tools (data generation, sampling, evaluation).
 
 pub mod bench;
+pub mod collective;
 pub mod data;
 pub mod device;
 pub mod eval;
@@ -17,3 +18,5 @@ pub mod progress;
 pub mod ranks;
 pub mod rng;
 pub mod sample;
+pub mod shard;
+pub mod train;

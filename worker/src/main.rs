@@ -100,6 +100,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A worker rank: started by `mpirun -np W flg-worker run --config CFG`, one per rank.
+    ///
+    /// Joins the MPI job, checks W against cluster.world_size, picks the collective backend
+    /// (NCCL on CUDA, MPI on the CPU), shards every model across the ranks and runs the
+    /// config's training stages data-parallel. This build runs the "pretrain" stage.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Also save an EMA snapshot every this many pretraining steps; 0: none.
+        #[arg(long, default_value_t = 0)]
+        snapshot_every: u64,
+    },
     /// Run a config's teacher pretraining in this one process (no coordinator, no MPI).
     ///
     /// Writes into the run directory `<output_dir>/<name>/`: the resolved `config.toml`,
@@ -248,7 +260,16 @@ fn run(cli: Cli) -> Result<()> {
             std::fs::create_dir_all(&run_dir)?;
             std::fs::write(run_dir.join("config.toml"), cfg.to_toml())?;
             let data = Arc::new(data::open_or_generate(&cfg, &run_dir)?);
-            let out = flg_worker::pretrain::run(&cfg, &run_dir, data, snapshot_every)?;
+            let solo = flg_worker::shard::Solo;
+            let out = flg_worker::pretrain::run(
+                &cfg,
+                &run_dir,
+                data,
+                &solo,
+                tch::Device::Cpu,
+                tch::Kind::Float,
+                snapshot_every,
+            )?;
             println!("teacher written to {}", out.display());
         }
         Command::Sample {
@@ -363,6 +384,10 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Eval { dir } => print_eval(&eval_dir(&dir)?),
+        Command::Run {
+            config,
+            snapshot_every,
+        } => run_rank(&config, snapshot_every)?,
         Command::Env => {
             let env = GpuEnv::detect();
             println!("libtorch:        {}", env!("FLG_LIBTORCH_DIR"));
@@ -477,4 +502,67 @@ fn prompts_of(dir: &std::path::Path) -> Result<flg_worker::model::file::Prompts>
         text_dim: m.text_shape[1],
         shapes,
     })
+}
+
+/// One rank of an `mpirun` job.
+fn run_rank(path: &std::path::Path, snapshot_every: u64) -> Result<()> {
+    use flg_coordinator::config::Precision;
+    use flg_worker::{collective, device};
+    let cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ranks = flg_worker::ranks::init(&cfg, path)?;
+    let supported = ["pretrain"];
+    if let Some(s) = cfg
+        .experiment
+        .stages
+        .iter()
+        .find(|s| !supported.contains(&s.as_str()))
+    {
+        bail!(
+            "{}: experiment.stages lists {s:?}; this worker runs {supported:?}",
+            path.display()
+        );
+    }
+    let backend = device::select_backend(
+        cfg.cluster.device,
+        cfg.cluster.backend,
+        &device::GpuEnv::detect(),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let local = collective::local_rank();
+    let comm = collective::connect(backend, &ranks.universe, local).map_err(anyhow::Error::msg)?;
+    // Ranks on one node share its cores.
+    let local_size: i32 = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(1);
+    tch::set_num_threads((cores / local_size).max(1));
+    let device = device::tch_device(cfg.cluster.device, local);
+    let kind = if cfg.cluster.precision == Precision::Bf16 {
+        tch::Kind::BFloat16
+    } else {
+        tch::Kind::Float
+    };
+    let run_dir = cfg.run_dir();
+    if ranks.rank == 0 {
+        std::fs::create_dir_all(&run_dir)?;
+        std::fs::write(run_dir.join("config.toml"), cfg.to_toml())?;
+        data::open_or_generate(&cfg, &run_dir)?; // generated once, by rank 0
+    }
+    comm.barrier();
+    let data = Arc::new(data::open_or_generate(&cfg, &run_dir)?);
+    if cfg.runs_stage("pretrain") {
+        flg_worker::pretrain::run(
+            &cfg,
+            &run_dir,
+            data,
+            comm.as_ref(),
+            device,
+            kind,
+            snapshot_every,
+        )?;
+    }
+    Ok(())
 }

@@ -7,23 +7,41 @@
 use flg_coordinator::config::Optim;
 use tch::{Kind, Tensor};
 
-/// Decoupled-weight-decay Adam with linear warmup.
+/// Decoupled-weight-decay Adam with linear warmup. Like PyTorch's, a parameter that gets no
+/// gradient in a step is left alone (its moments and its own step count too).
 pub struct AdamW {
     pub cfg: Optim,
-    /// Updates taken so far.
+    /// Optimiser steps taken so far (drives the warmup schedule).
     pub step: u64,
+    /// Per parameter: updates it has received (drives its bias correction).
+    counts: Vec<u64>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// Per parameter: 1 where weight decay applies, 0 where not (a scalar or a mask).
+    decay: Vec<Tensor>,
 }
 
 impl AdamW {
+    /// Weight decay on matrices and kernels (2-D and up), not on vectors.
     pub fn new(cfg: &Optim, params: &[Tensor]) -> AdamW {
+        let masks = params
+            .iter()
+            .map(|p| Tensor::from(if p.dim() >= 2 { 1f32 } else { 0f32 }).to_device(p.device()))
+            .collect();
+        AdamW::with_decay_masks(cfg, params, masks)
+    }
+
+    /// With explicit weight-decay masks (for flat shards that mix matrices and vectors).
+    pub fn with_decay_masks(cfg: &Optim, params: &[Tensor], decay: Vec<Tensor>) -> AdamW {
+        assert_eq!(params.len(), decay.len());
         let zeros = |p: &Tensor| Tensor::zeros_like(p).to_kind(Kind::Float);
         AdamW {
             cfg: cfg.clone(),
             step: 0,
+            counts: vec![0; params.len()],
             m: params.iter().map(zeros).collect(),
             v: params.iter().map(zeros).collect(),
+            decay,
         }
     }
 
@@ -37,9 +55,9 @@ impl AdamW {
         }
     }
 
-    /// One update of `params` in place from `grads`, after scaling the gradients by `scale`
-    /// (the clipping factor).
-    pub fn update(&mut self, params: &[Tensor], grads: &[Tensor], scale: f64) {
+    /// One update of `params` in place from `grads` (each scaled by `scale`, the clipping
+    /// factor); parameters whose gradient is `None` are skipped.
+    pub fn update(&mut self, params: &[Tensor], grads: &[Option<Tensor>], scale: f64) {
         let _guard = tch::no_grad_guard();
         let lr = self.lr_at(self.step);
         self.step += 1;
@@ -49,21 +67,19 @@ impl AdamW {
             self.cfg.eps,
             self.cfg.weight_decay,
         );
-        let bc1 = 1.0 - b1.powi(self.step as i32);
-        let bc2 = 1.0 - b2.powi(self.step as i32);
-        for ((p, g), (m, v)) in params
-            .iter()
-            .zip(grads)
-            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
-        {
+        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            let Some(g) = g else { continue };
+            self.counts[i] += 1;
+            let n = self.counts[i] as i32;
+            let (bc1, bc2) = (1.0 - b1.powi(n), 1.0 - b2.powi(n));
             let g = g.to_kind(Kind::Float) * scale;
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
             let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
             let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
-            let denom = (&*v / bc2).sqrt() + eps;
-            let step = (&*m / bc1) / denom * lr;
+            let step = (&*m / bc1) / ((&*v / bc2).sqrt() + eps) * lr;
             let mut p = p.shallow_clone();
-            if wd > 0.0 && p.dim() >= 2 {
-                let _ = p.g_mul_scalar_(1.0 - lr * wd);
+            if wd > 0.0 {
+                let _ = p.g_mul_(&(-(&self.decay[i] * (lr * wd)) + 1.0));
             }
             let _ = p.g_sub_(&step.to_kind(p.kind()));
         }
@@ -74,10 +90,19 @@ impl AdamW {
         (&self.m, &self.v)
     }
 
-    /// Restores moments and step count (from a checkpoint).
-    pub fn restore(&mut self, step: u64, m: Vec<Tensor>, v: Vec<Tensor>) {
-        assert_eq!((m.len(), v.len()), (self.m.len(), self.v.len()));
+    /// Per-parameter update counts.
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// Restores moments and step counts (from a checkpoint).
+    pub fn restore(&mut self, step: u64, counts: Vec<u64>, m: Vec<Tensor>, v: Vec<Tensor>) {
+        assert_eq!(
+            (m.len(), v.len(), counts.len()),
+            (self.m.len(), self.v.len(), self.counts.len())
+        );
         self.step = step;
+        self.counts = counts;
         self.m = m;
         self.v = v;
     }
@@ -94,6 +119,11 @@ pub fn grad_sq_sum(grads: &[Tensor]) -> f64 {
                 .double_value(&[])
         })
         .sum()
+}
+
+/// Wraps every gradient as present (for `AdamW::update`).
+pub fn all_present(grads: &[Tensor]) -> Vec<Option<Tensor>> {
+    grads.iter().map(|g| Some(g.shallow_clone())).collect()
 }
 
 /// The factor that scales gradients of global norm `norm` down to `max_norm` (1 if below, or
@@ -149,7 +179,7 @@ mod tests {
         for _ in 0..300 {
             let loss = p.square().sum(Kind::Float);
             let g = Tensor::run_backward(&[loss], std::slice::from_ref(&p), false, false);
-            opt.update(std::slice::from_ref(&p), &g, 1.0);
+            opt.update(std::slice::from_ref(&p), &[Some(g[0].shallow_clone())], 1.0);
         }
         assert!(p.abs().max().double_value(&[]) < 0.05, "{p}");
         assert!((opt.lr_at(0) - 0.02).abs() < 1e-12);

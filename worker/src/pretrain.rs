@@ -5,30 +5,24 @@
 //! the network regresses the velocity `eps - x0` at `x_t`. AdamW with warmup, global-norm
 //! clipping, and an EMA of the weights that becomes the teacher.
 //!
-//! All randomness of step `s` comes from libtorch's generator seeded with `(seed, s)`, so a run
-//! resumed at step `s` draws exactly what an uninterrupted run draws.
+//! Runs on the sharded engine (`shard.rs`) over any number of ranks; the random draws of a
+//! sample depend only on `(seed, step, its place in the global batch)` (`train::draws`), so
+//! W ranks train exactly what one rank trains with the same global batch.
 
+use crate::collective::Collective;
 use crate::data::{Batch, DataSet, Loader};
 use crate::flow;
 use crate::metrics::MetricsLog;
 use crate::model::file::{self, ModelMeta, Prompts};
 use crate::model::Dit;
-use crate::optim::{clip_factor, grad_sq_sum, AdamW, Ema};
-use crate::rng::Rng;
+use crate::shard::ShardedDit;
+use crate::train::{draws, stage_id, Draws, Role};
 use anyhow::{Context, Result};
 use flg_coordinator::config::Config;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-/// Stream tag of the per-step torch seed.
-const STEP_STREAM: u64 = 0x5354_4550; // "STEP"
-
-/// Seeds libtorch's global generator for one step of one stage.
-pub fn seed_step(seed: u64, stage: u64, step: u64) {
-    tch::manual_seed((Rng::derive(seed, &[STEP_STREAM, stage, step]).next_u64() >> 1) as i64);
-}
 
 /// A batch as tensors: x0 [b, C, T, H, W] and text [b, L, D].
 pub fn batch_tensors(batch: &Batch, data: &DataSet, device: Device) -> (Tensor, Tensor) {
@@ -72,108 +66,171 @@ pub fn flow_loss(
     flow::mse(&v, &(eps - x0))
 }
 
+/// The flow-matching loss of a sharded model on a local batch, backpropagated into its shard
+/// gradients; returns the loss averaged over all ranks. `d` holds this batch's draws; only the
+/// `active` blocks run.
+#[allow(clippy::too_many_arguments)]
+pub fn flow_matching_backward(
+    model: &mut ShardedDit,
+    comm: &dyn Collective,
+    x0: &Tensor,
+    text: &Tensor,
+    d: &Draws,
+    shift: f64,
+    cfg_dropout: f64,
+    active: &[usize],
+) -> f64 {
+    let t = flow::shift_t(&d.u, shift);
+    let text = text
+        * d.keep_u
+            .ge(cfg_dropout)
+            .to_kind(Kind::Float)
+            .view([-1, 1, 1]);
+    let xt = flow::noisy(x0, &d.eps, &t);
+    let target = &d.eps - x0;
+    let (out, tape) = model.forward(comm, &xt, &t, &text, active);
+    let local = flow::mse(&out, &target).double_value(&[]);
+    let grad_out = (&out - &target) * (2.0 / out.numel() as f64);
+    model.backward(comm, tape, &grad_out);
+    crate::collective::all_reduce_scalar(comm, local) / comm.world() as f64
+}
+
 /// Where pretraining writes inside the run directory.
 pub fn out_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("pretrain")
 }
 
-/// Trains the teacher. Writes `pretrain/teacher.safetensors` (the EMA weights, or the raw
-/// weights without EMA), periodic EMA snapshots in `pretrain/snapshots/`, and one line per
-/// logged step to `metrics.jsonl`.
+/// Trains the teacher, sharded over the ranks of `comm` (a `Solo` world of one works too).
+/// Rank 0 writes `pretrain/teacher.safetensors` (the EMA weights, or the raw weights without
+/// EMA), periodic EMA snapshots in `pretrain/snapshots/`, and one line per logged step to
+/// `metrics.jsonl`.
 pub fn run(
     cfg: &Config,
     run_dir: &Path,
     data: Arc<DataSet>,
+    comm: &dyn Collective,
+    device: Device,
+    compute_kind: Kind,
     snapshot_every: u64,
 ) -> Result<PathBuf> {
     let p = &cfg.pretrain;
     let dims = cfg.model_dims();
-    let device = Device::Cpu;
-    let model = match &cfg.model.weights {
+    let (rank, world) = (comm.rank(), comm.world());
+    let lead = rank == 0;
+    let full = match &cfg.model.weights {
         Some(w) => file::load(w, Some(&dims))?.0,
         None => Dit::init(&dims, cfg.experiment.seed),
     };
-    let params: Vec<Tensor> = model
-        .parameters()
-        .into_iter()
-        .map(|t| t.set_requires_grad(true))
-        .collect();
-    let mut opt = AdamW::new(&p.optim, &params);
-    let mut ema = (p.ema_decay > 0.0).then(|| Ema::new(p.ema_decay, &params));
-    let mut loader = Loader::new(data.clone(), cfg.experiment.seed, p.batch_size, 0, 1)?;
+    let mut role = Role::new(
+        ShardedDit::from_dit(&full, comm, device, compute_kind),
+        &p.optim,
+        p.ema_decay,
+        comm,
+    );
+    let param_count = full.param_count();
+    drop(full);
+    let mut loader = Loader::new(
+        data.clone(),
+        cfg.experiment.seed,
+        p.batch_size,
+        rank as u64,
+        world as u64,
+    )?;
+    let local_b = loader.local_batch() as usize;
+    let all_blocks: Vec<usize> = (0..dims.num_blocks as usize).collect();
     let dir = out_dir(run_dir);
-    std::fs::create_dir_all(dir.join("snapshots"))?;
-    let mut log = MetricsLog::open(&run_dir.join("metrics.jsonl"))?;
-    let bar = crate::progress::bar(p.steps, "pretrain");
+    let mut log = None;
+    if lead {
+        std::fs::create_dir_all(dir.join("snapshots"))?;
+        log = Some(MetricsLog::open(&run_dir.join("metrics.jsonl"))?);
+    }
+    let bar = if lead {
+        crate::progress::bar(p.steps, "pretrain")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let start = Instant::now();
     let (mut window_loss, mut window_n) = (0.0, 0u64);
-    tracing::info!(
-        params = model.param_count(),
-        steps = p.steps,
-        batch = p.batch_size,
-        "pretraining the teacher"
-    );
+    if lead {
+        tracing::info!(
+            params = param_count,
+            steps = p.steps,
+            batch = p.batch_size,
+            world,
+            "pretraining the teacher"
+        );
+    }
     for step in 0..p.steps {
-        seed_step(cfg.experiment.seed, 0, step);
         let batch = loader.next_batch();
         let (x0, text) = batch_tensors(&batch, &data, device);
-        let loss = flow_loss(
-            |x, t, c| model.forward(x, t, c, None),
+        let shape = &x0.size()[1..];
+        let d = draws(
+            cfg.experiment.seed,
+            stage_id::PRETRAIN,
+            step,
+            rank * local_b,
+            local_b,
+            shape,
+            device,
+        );
+        let loss = flow_matching_backward(
+            &mut role.model,
+            comm,
             &x0,
             &text,
+            &d,
             p.shift,
             p.cfg_dropout,
+            &all_blocks,
         );
-        let grads = Tensor::run_backward(&[&loss], &params, false, false);
-        let norm = grad_sq_sum(&grads).sqrt();
-        opt.update(&params, &grads, clip_factor(norm, p.optim.grad_clip));
-        if let Some(e) = ema.as_mut() {
-            e.update(&params, step);
-        }
-        let l = loss.double_value(&[]);
-        window_loss += l;
+        let norm = role.step(comm);
+        window_loss += loss;
         window_n += 1;
         bar.inc(1);
         let done = step + 1;
-        if done % p.log_every == 0 || done == p.steps {
+        if let Some(log) = log
+            .as_mut()
+            .filter(|_| done % p.log_every == 0 || done == p.steps)
+        {
             let elapsed = start.elapsed().as_secs_f64();
             let avg = window_loss / window_n as f64;
             bar.set_message(format!("pretrain {avg:.4}"));
             log.write(&serde_json::json!({
-                "stage": "pretrain", "step": done, "loss": avg, "grad_norm": norm,
-                "lr": opt.lr_at(step), "samples": done * p.batch_size,
+                "stage": "pretrain", "step": done, "loss": avg, "last_loss": loss, "grad_norm": norm,
+                "lr": role.opt.lr_at(step), "samples": done * p.batch_size, "world": world,
                 "samples_per_s": (done * p.batch_size) as f64 / elapsed, "elapsed_s": elapsed,
+                "collective_s": comm.seconds_waiting(),
             }))?;
+        }
+        if done % p.log_every == 0 || done == p.steps {
             (window_loss, window_n) = (0.0, 0);
         }
         if snapshot_every > 0 && done % snapshot_every == 0 {
-            save_weights(
-                &model,
-                ema.as_ref(),
-                &data,
-                &dir.join(format!("snapshots/step-{done:07}.safetensors")),
-            )?;
+            // Every rank joins the gather; rank 0 writes.
+            let model = role.averaged_dit(comm);
+            if lead {
+                save_model(
+                    &model,
+                    &data,
+                    &dir.join(format!("snapshots/step-{done:07}.safetensors")),
+                )?;
+            }
         }
     }
     bar.finish();
     let out = dir.join("teacher.safetensors");
-    save_weights(&model, ema.as_ref(), &data, &out)?;
-    tracing::info!(path = %out.display(), seconds = start.elapsed().as_secs_f64(), "teacher written");
+    let model = role.averaged_dit(comm);
+    if lead {
+        save_model(&model, &data, &out)?;
+        tracing::info!(path = %out.display(), seconds = start.elapsed().as_secs_f64(), "teacher written");
+    }
+    comm.barrier();
     Ok(out)
 }
 
-/// Saves the EMA weights when there is an EMA, else the raw ones, with the model's metadata.
-fn save_weights(model: &Dit, ema: Option<&Ema>, data: &DataSet, path: &Path) -> Result<()> {
-    let named = model.named_tensors();
-    let tensors: Vec<(String, Tensor)> = match ema {
-        Some(e) => named
-            .into_iter()
-            .zip(&e.shadow)
-            .map(|((n, _), s)| (n, s.shallow_clone()))
-            .collect(),
-        None => named,
-    };
-    file::save(path, &tensors, &model_meta(model, data))
+/// Saves a whole model with its metadata.
+fn save_model(model: &Dit, data: &DataSet, path: &Path) -> Result<()> {
+    file::save(path, &model.named_tensors(), &model_meta(model, data))
         .with_context(|| format!("writing {}", path.display()))
 }
 

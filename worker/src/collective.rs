@@ -1,0 +1,393 @@
+//! Tensor collectives across the ranks of an `mpirun` job, with two backends behind one
+//! interface: MPI (OpenMPI, CPU tensors) and NCCL (cudarc, CUDA tensors, one GPU per rank).
+//!
+//! Every rank must call the same collectives in the same order with the same sizes; the
+//! sharding layer guarantees that by deriving everything that shapes a step (batch split,
+//! skip masks) from the seed and the step, never from rank-local state.
+
+use crate::device::{CollectiveBackend, GpuEnv};
+use mpi::collective::SystemOperation;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator, CommunicatorCollectives, Root};
+use std::cell::Cell;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Collectives over flat tensors. Reductions happen in f32 (bf16 inputs are widened first).
+pub trait Collective {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Every rank's `local` (same length everywhere) concatenated in rank order.
+    fn all_gather(&self, local: &Tensor) -> Tensor;
+    /// `full` (length W n) summed over ranks; this rank's n-long part, divided by W.
+    fn reduce_scatter_mean(&self, full: &Tensor) -> Tensor;
+    /// Element-wise sum over ranks (f32 or f64).
+    fn all_reduce_sum(&self, t: &Tensor) -> Tensor;
+    /// The root's tensor, on every rank (same shape and kind everywhere).
+    fn broadcast(&self, t: &Tensor, root: usize) -> Tensor;
+    fn barrier(&self);
+    /// Seconds spent inside collectives so far (for the scaling benchmark).
+    fn seconds_waiting(&self) -> f64;
+}
+
+/// Sums a scalar over ranks.
+pub fn all_reduce_scalar(c: &dyn Collective, v: f64) -> f64 {
+    c.all_reduce_sum(&Tensor::from_slice(&[v]))
+        .double_value(&[0])
+}
+
+/// The bytes of a contiguous CPU tensor.
+///
+/// # Safety
+/// The tensor must stay alive and unmodified while the slice is used.
+unsafe fn bytes(t: &Tensor) -> &[u8] {
+    std::slice::from_raw_parts(
+        t.data_ptr() as *const u8,
+        t.numel() * t.kind().elt_size_in_bytes(),
+    )
+}
+
+/// # Safety
+/// As [`bytes`], and nothing else may read the tensor meanwhile.
+unsafe fn bytes_mut(t: &Tensor) -> &mut [u8] {
+    std::slice::from_raw_parts_mut(
+        t.data_ptr() as *mut u8,
+        t.numel() * t.kind().elt_size_in_bytes(),
+    )
+}
+
+// ------------------------------------------------------------------------------------- MPI
+
+/// MPI on CPU tensors. Data moves straight from and to tensor memory.
+pub struct MpiCollective {
+    comm: SimpleCommunicator,
+    waited: Cell<f64>,
+}
+
+impl MpiCollective {
+    pub fn new(universe: &mpi::environment::Universe) -> MpiCollective {
+        MpiCollective {
+            comm: universe.world(),
+            waited: Cell::new(0.0),
+        }
+    }
+
+    fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = f();
+        self.waited
+            .set(self.waited.get() + start.elapsed().as_secs_f64());
+        r
+    }
+}
+
+fn cpu_contiguous(t: &Tensor) -> Tensor {
+    assert_eq!(t.device(), Device::Cpu, "the MPI backend moves CPU tensors");
+    t.contiguous()
+}
+
+impl Collective for MpiCollective {
+    fn rank(&self) -> usize {
+        self.comm.rank() as usize
+    }
+
+    fn world(&self) -> usize {
+        self.comm.size() as usize
+    }
+
+    fn all_gather(&self, local: &Tensor) -> Tensor {
+        let local = cpu_contiguous(local).view(-1);
+        let out = Tensor::empty(
+            [local.numel() as i64 * self.world() as i64],
+            (local.kind(), Device::Cpu),
+        );
+        // SAFETY: both tensors are contiguous, alive, and only MPI touches them here.
+        self.timed(|| unsafe { self.comm.all_gather_into(bytes(&local), bytes_mut(&out)) });
+        out
+    }
+
+    fn reduce_scatter_mean(&self, full: &Tensor) -> Tensor {
+        let full = cpu_contiguous(&full.to_kind(Kind::Float)).view(-1);
+        let n = full.numel() / self.world();
+        assert_eq!(
+            n * self.world(),
+            full.numel(),
+            "reduce-scatter of a length not divisible by W"
+        );
+        let out = Tensor::empty([n as i64], (Kind::Float, Device::Cpu));
+        // SAFETY: f32 tensors, contiguous, alive.
+        self.timed(|| unsafe {
+            let send = std::slice::from_raw_parts(full.data_ptr() as *const f32, full.numel());
+            let recv = std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, n);
+            self.comm
+                .reduce_scatter_block_into(send, recv, SystemOperation::sum());
+        });
+        out / self.world() as f64
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Tensor {
+        let kind = if t.kind() == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
+        let src = cpu_contiguous(&t.to_kind(kind));
+        let out = Tensor::empty_like(&src);
+        // SAFETY: same kind and length on both sides, contiguous, alive.
+        self.timed(|| unsafe {
+            match kind {
+                Kind::Double => {
+                    let s = std::slice::from_raw_parts(src.data_ptr() as *const f64, src.numel());
+                    let r = std::slice::from_raw_parts_mut(out.data_ptr() as *mut f64, src.numel());
+                    self.comm.all_reduce_into(s, r, SystemOperation::sum());
+                }
+                _ => {
+                    let s = std::slice::from_raw_parts(src.data_ptr() as *const f32, src.numel());
+                    let r = std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, src.numel());
+                    self.comm.all_reduce_into(s, r, SystemOperation::sum());
+                }
+            }
+        });
+        out
+    }
+
+    fn broadcast(&self, t: &Tensor, root: usize) -> Tensor {
+        let out = cpu_contiguous(t).copy();
+        // SAFETY: `out` is our own contiguous copy.
+        self.timed(|| unsafe {
+            self.comm
+                .process_at_rank(root as i32)
+                .broadcast_into(bytes_mut(&out))
+        });
+        out
+    }
+
+    fn barrier(&self) {
+        self.timed(|| self.comm.barrier());
+    }
+
+    fn seconds_waiting(&self) -> f64 {
+        self.waited.get()
+    }
+}
+
+// ------------------------------------------------------------------------------------ NCCL
+
+/// NCCL on CUDA tensors, one GPU per rank, on the default stream (where libtorch queues its
+/// work too, so ordering with compute needs no extra events).
+pub struct NcclCollective {
+    comm: cudarc::nccl::sys::ncclComm_t,
+    rank: usize,
+    world: usize,
+    device: usize,
+    waited: Cell<f64>,
+    /// Keeps the CUDA primary context of our GPU current for NCCL.
+    _ctx: std::sync::Arc<cudarc::driver::CudaContext>,
+}
+
+impl NcclCollective {
+    /// Joins the NCCL communicator: rank 0 makes the unique id and MPI carries it to all ranks.
+    /// The caller has checked (`device::select_backend`) that CUDA and NCCL are present.
+    pub fn new(
+        universe: &mpi::environment::Universe,
+        local_gpu: usize,
+    ) -> Result<NcclCollective, String> {
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        let ctx = cudarc::driver::CudaContext::new(local_gpu)
+            .map_err(|e| format!("CUDA device {local_gpu}: {e:?}"))?;
+        ctx.bind_to_thread()
+            .map_err(|e| format!("CUDA device {local_gpu}: {e:?}"))?;
+        let mut id_bytes = [0u8; 128];
+        if rank == 0 {
+            let id = cudarc::nccl::result::get_uniqueid()
+                .map_err(|e| format!("ncclGetUniqueId: {e:?}"))?;
+            for (b, c) in id_bytes.iter_mut().zip(id.internal) {
+                *b = c as u8;
+            }
+        }
+        world.process_at_rank(0).broadcast_into(&mut id_bytes[..]);
+        let mut id = cudarc::nccl::sys::ncclUniqueId { internal: [0; 128] };
+        for (c, b) in id.internal.iter_mut().zip(id_bytes) {
+            *c = b as _;
+        }
+        let mut comm = std::ptr::null_mut();
+        // SAFETY: `comm` is a valid out-pointer; every rank calls this with the same id and size.
+        unsafe { cudarc::nccl::result::comm_init_rank(&mut comm, size as i32, id, rank as i32) }
+            .map_err(|e| format!("ncclCommInitRank: {e:?}"))?;
+        Ok(NcclCollective {
+            comm,
+            rank,
+            world: size,
+            device: local_gpu,
+            waited: Cell::new(0.0),
+            _ctx: ctx,
+        })
+    }
+
+    fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
+        let start = Instant::now();
+        let r = f();
+        tch::Cuda::synchronize(self.device as i64);
+        self.waited
+            .set(self.waited.get() + start.elapsed().as_secs_f64());
+        r
+    }
+
+    fn nccl_kind(kind: Kind) -> cudarc::nccl::sys::ncclDataType_t {
+        use cudarc::nccl::sys::ncclDataType_t as T;
+        match kind {
+            Kind::Float => T::ncclFloat32,
+            Kind::Double => T::ncclFloat64,
+            Kind::BFloat16 => T::ncclBfloat16,
+            Kind::Half => T::ncclFloat16,
+            Kind::Uint8 | Kind::Bool => T::ncclUint8,
+            Kind::Int64 => T::ncclInt64,
+            Kind::Int => T::ncclInt32,
+            other => panic!("NCCL cannot move {other:?} tensors"),
+        }
+    }
+}
+
+impl Collective for NcclCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_gather(&self, local: &Tensor) -> Tensor {
+        let local = local.contiguous().view(-1);
+        let out = Tensor::empty(
+            [local.numel() as i64 * self.world as i64],
+            (local.kind(), local.device()),
+        );
+        self.timed(|| unsafe {
+            cudarc::nccl::result::all_gather(
+                local.data_ptr(),
+                out.data_ptr(),
+                local.numel(),
+                Self::nccl_kind(local.kind()),
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        })
+        .expect("ncclAllGather");
+        out
+    }
+
+    fn reduce_scatter_mean(&self, full: &Tensor) -> Tensor {
+        let full = full.to_kind(Kind::Float).contiguous().view(-1);
+        let n = full.numel() / self.world;
+        let out = Tensor::empty([n as i64], (Kind::Float, full.device()));
+        self.timed(|| unsafe {
+            cudarc::nccl::result::reduce_scatter(
+                full.data_ptr(),
+                out.data_ptr(),
+                n,
+                Self::nccl_kind(Kind::Float),
+                cudarc::nccl::sys::ncclRedOp_t::ncclAvg,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        })
+        .expect("ncclReduceScatter");
+        out
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Tensor {
+        let kind = if t.kind() == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
+        let src = t
+            .to_kind(kind)
+            .to_device(Device::Cuda(self.device))
+            .contiguous();
+        let out = Tensor::empty_like(&src);
+        self.timed(|| unsafe {
+            cudarc::nccl::result::all_reduce(
+                src.data_ptr(),
+                out.data_ptr(),
+                src.numel(),
+                Self::nccl_kind(kind),
+                cudarc::nccl::sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        })
+        .expect("ncclAllReduce");
+        out.to_device(t.device())
+    }
+
+    fn broadcast(&self, t: &Tensor, root: usize) -> Tensor {
+        let src = t.to_device(Device::Cuda(self.device)).contiguous();
+        let out = Tensor::empty_like(&src);
+        self.timed(|| unsafe {
+            cudarc::nccl::result::broadcast(
+                src.data_ptr(),
+                out.data_ptr(),
+                src.numel() * src.kind().elt_size_in_bytes(),
+                Self::nccl_kind(Kind::Uint8),
+                root as i32,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        })
+        .expect("ncclBroadcast");
+        out.to_device(t.device())
+    }
+
+    fn barrier(&self) {
+        // An all-reduce of one value orders every rank like a barrier.
+        let _ = self.all_reduce_sum(&Tensor::zeros(
+            [1],
+            (Kind::Float, Device::Cuda(self.device)),
+        ));
+    }
+
+    fn seconds_waiting(&self) -> f64 {
+        self.waited.get()
+    }
+}
+
+impl Drop for NcclCollective {
+    fn drop(&mut self) {
+        // SAFETY: the communicator was created by comm_init_rank and is not used after this.
+        unsafe {
+            let _ = cudarc::nccl::result::comm_destroy(self.comm);
+        }
+    }
+}
+
+/// The collective for a chosen backend. `local_gpu` is this rank's GPU on its node.
+pub fn connect(
+    backend: CollectiveBackend,
+    universe: &mpi::environment::Universe,
+    local_gpu: usize,
+) -> Result<Box<dyn Collective>, String> {
+    match backend {
+        CollectiveBackend::Mpi => Ok(Box::new(MpiCollective::new(universe))),
+        CollectiveBackend::Nccl => {
+            // Checked again here: no cudarc call may run without the libraries.
+            let env = GpuEnv::detect();
+            if !env.cuda_driver || !env.nccl {
+                return Err(
+                    "NCCL needs the CUDA driver and libnccl.so; see `fastlightgen env`".into(),
+                );
+            }
+            Ok(Box::new(NcclCollective::new(universe, local_gpu)?))
+        }
+    }
+}
+
+/// This rank's index among the ranks on its node (OpenMPI sets it), for picking its GPU.
+pub fn local_rank() -> usize {
+    std::env::var("OMPI_COMM_WORLD_LOCAL_RANK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,580 @@
+//! FSDP-style sharding of a DiT across ranks (what PyTorch FSDP does, written for our model).
+//!
+//! - A *unit* is one transformer block; the stem (embeddings, time projection, head) is one
+//!   more. Each unit's parameters are flattened into one buffer, padded to a multiple of W,
+//!   and rank r keeps the r-th contiguous shard: an f32 master copy, its gradient, and (in the
+//!   optimiser) its moments. So each rank holds 1/W of the parameters, gradients and state.
+//! - Forward: a unit's parameters are all-gathered just before it runs and dropped after.
+//! - Backward (activation checkpointing at block granularity): the forward keeps only each
+//!   block's input; the backward walks the blocks in reverse, gathers a block again, recomputes
+//!   it with autograd, backpropagates the incoming gradient, reduce-scatters the block's
+//!   gradient into the local shard (mean over ranks), and drops the gathered copy.
+//! - The losses are computed outside: `forward` returns the output and a tape, the caller
+//!   computes its loss and `d loss / d output`, and `backward` takes that gradient. Any loss
+//!   of the output (flow matching, self-distillation, DMD) uses the same path.
+//!
+//! **Rule for every caller: the active block set is part of the step's inputs and must be the
+//! same on every rank (derive it from the seed and the step, never from a rank-local random
+//! generator). A rank that skips a block another rank runs calls a different sequence of
+//! collectives, and the job hangs.**
+//!
+//! Prefetching: the MPI backend's collectives are blocking, so a unit's gather is not
+//! overlapped with the previous unit's compute on the CPU path.
+
+use crate::collective::{all_reduce_scalar, Collective};
+use crate::model::dit::{self, BlockInputs, Unit, UnitSource};
+use crate::model::params::{block_specs, stem_specs, ParamSpec};
+use crate::model::rope::Rope;
+use crate::model::Dit;
+use flg_coordinator::config::ModelDims;
+use std::borrow::Cow;
+use tch::{Device, Kind, Tensor};
+
+/// Where each parameter of a unit sits in its flat buffer.
+#[derive(Clone, Debug)]
+pub struct UnitLayout {
+    pub specs: Vec<ParamSpec>,
+    offsets: Vec<i64>,
+    /// Elements of the unit's parameters.
+    pub numel: i64,
+    /// Elements per rank (numel padded to a multiple of W, divided by W).
+    pub shard_len: i64,
+}
+
+impl UnitLayout {
+    pub fn new(specs: Vec<ParamSpec>, world: usize) -> UnitLayout {
+        let mut offsets = Vec::with_capacity(specs.len());
+        let mut numel = 0;
+        for s in &specs {
+            offsets.push(numel);
+            numel += s.shape.iter().product::<i64>();
+        }
+        let w = world as i64;
+        UnitLayout {
+            specs,
+            offsets,
+            numel,
+            shard_len: (numel + w - 1) / w,
+        }
+    }
+
+    /// The unit's tensors (in `specs` order) as one flat f32 buffer padded to W shards.
+    pub fn flatten(&self, tensors: &[Tensor], world: usize) -> Tensor {
+        let mut parts: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| t.to_kind(Kind::Float).reshape([-1]))
+            .collect();
+        let pad = self.shard_len * world as i64 - self.numel;
+        if pad > 0 {
+            parts.push(Tensor::zeros([pad], (Kind::Float, tensors[0].device())));
+        }
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Views of a full flat buffer as the unit's tensors.
+    pub fn unflatten(&self, flat: &Tensor) -> Vec<Tensor> {
+        self.specs
+            .iter()
+            .zip(&self.offsets)
+            .map(|(s, &o)| {
+                flat.narrow(0, o, s.shape.iter().product())
+                    .view(s.shape.as_slice())
+            })
+            .collect()
+    }
+
+    /// 1 for elements of parameters that take weight decay (matrices and kernels), 0 for
+    /// vectors (biases, norms), as a shard of this rank.
+    pub fn decay_mask_shard(&self, rank: usize, world: usize) -> Tensor {
+        let parts: Vec<Tensor> = self
+            .specs
+            .iter()
+            .map(|s| {
+                let v = if s.shape.len() >= 2 && !s.name.ends_with("modulation") {
+                    1.0
+                } else {
+                    0.0
+                };
+                Tensor::full(
+                    [s.shape.iter().product::<i64>()],
+                    v,
+                    (Kind::Float, Device::Cpu),
+                )
+            })
+            .collect();
+        let full = self.flatten(&parts, world);
+        full.narrow(0, rank as i64 * self.shard_len, self.shard_len)
+            .copy()
+    }
+}
+
+/// One unit's local state.
+pub struct ShardedUnit {
+    pub layout: UnitLayout,
+    /// This rank's shard of the parameters (f32 master copy), on the compute device.
+    pub shard: Tensor,
+    /// Gradient accumulated into this rank's shard since the last `zero_grad`.
+    pub grad: Option<Tensor>,
+}
+
+/// A model role (teacher, student, fake score) sharded across the ranks.
+pub struct ShardedDit {
+    pub dims: ModelDims,
+    /// Original indices of the blocks this model holds (all, or the kept ones when pruned).
+    pub block_ids: Vec<usize>,
+    /// Unit 0 is the stem; unit 1 + k holds `block_ids[k]`.
+    pub units: Vec<ShardedUnit>,
+    pub device: Device,
+    /// Kind the gathered parameters compute in (f32, or bf16 on CUDA).
+    pub compute_kind: Kind,
+}
+
+/// What `forward` keeps for `backward`.
+pub struct Tape {
+    x: Tensor,
+    t: Tensor,
+    text: Tensor,
+    active: Vec<usize>,
+    /// The input of each active block, then the input of the head.
+    inputs: Vec<Tensor>,
+    e: Tensor,
+    e0: Tensor,
+    context: Tensor,
+    grid: [i64; 3],
+}
+
+fn leaf(t: &Tensor) -> Tensor {
+    t.detach().set_requires_grad(true)
+}
+
+fn grad_or_zeros(g: &Tensor, like: &Tensor) -> Tensor {
+    if g.defined() {
+        g.shallow_clone()
+    } else {
+        like.zeros_like()
+    }
+}
+
+impl ShardedDit {
+    /// Shards a whole model: every rank passes the same full model and keeps its own shards.
+    pub fn from_dit(
+        model: &Dit,
+        comm: &dyn Collective,
+        device: Device,
+        compute_kind: Kind,
+    ) -> ShardedDit {
+        let (rank, world) = (comm.rank(), comm.world());
+        let mut units = Vec::new();
+        let mut add = |specs: Vec<ParamSpec>, u: &Unit| {
+            let layout = UnitLayout::new(specs, world);
+            let tensors = dit::unit_tensors(u, &layout.specs);
+            let flat = layout.flatten(&tensors, world);
+            let shard = flat
+                .narrow(0, rank as i64 * layout.shard_len, layout.shard_len)
+                .to_device(device)
+                .copy();
+            units.push(ShardedUnit {
+                layout,
+                shard,
+                grad: None,
+            });
+        };
+        add(stem_specs(&model.dims), &model.stem);
+        for u in &model.blocks {
+            add(block_specs(&model.dims), u);
+        }
+        ShardedDit {
+            dims: model.dims.clone(),
+            block_ids: model.block_ids.clone(),
+            units,
+            device,
+            compute_kind,
+        }
+    }
+
+    fn unit_index(&self, block_id: usize) -> usize {
+        1 + self
+            .block_ids
+            .iter()
+            .position(|&b| b == block_id)
+            .unwrap_or_else(|| {
+                panic!(
+                    "block {block_id} is not in this model ({:?})",
+                    self.block_ids
+                )
+            })
+    }
+
+    /// All-gathers unit `i` into full tensors of the compute kind.
+    pub fn gather_unit(&self, i: usize, comm: &dyn Collective) -> Vec<Tensor> {
+        let u = &self.units[i];
+        let full = comm.all_gather(&u.shard.to_kind(self.compute_kind));
+        u.layout.unflatten(&full.narrow(0, 0, u.layout.numel))
+    }
+
+    fn gathered(&self, i: usize, comm: &dyn Collective) -> Unit {
+        Unit::from_specs(&self.units[i].layout.specs, self.gather_unit(i, comm))
+    }
+
+    /// The whole model, unsharded, on every rank (for export and sampling).
+    pub fn to_dit(&self, comm: &dyn Collective) -> Dit {
+        Dit {
+            dims: self.dims.clone(),
+            block_ids: self.block_ids.clone(),
+            stem: self.gathered(0, comm),
+            blocks: (1..self.units.len())
+                .map(|i| self.gathered(i, comm))
+                .collect(),
+        }
+    }
+
+    /// The same model with other local shards (e.g. an EMA's), sharing the layouts.
+    pub fn with_shards(&self, shards: Vec<Tensor>) -> ShardedDit {
+        assert_eq!(shards.len(), self.units.len());
+        ShardedDit {
+            dims: self.dims.clone(),
+            block_ids: self.block_ids.clone(),
+            units: self
+                .units
+                .iter()
+                .zip(shards)
+                .map(|(u, shard)| ShardedUnit {
+                    layout: u.layout.clone(),
+                    shard,
+                    grad: None,
+                })
+                .collect(),
+            device: self.device,
+            compute_kind: self.compute_kind,
+        }
+    }
+
+    /// Parameters, gradients and optimizer-free state held by this rank, in bytes.
+    pub fn local_bytes(&self) -> i64 {
+        self.units
+            .iter()
+            .map(|u| {
+                let g = u.grad.as_ref().map_or(0, |g| g.numel() as i64 * 4);
+                u.shard.numel() as i64 * 4 + g
+            })
+            .sum()
+    }
+
+    /// Runs the model without building a graph, keeping each block's input for `backward`.
+    pub fn forward(
+        &self,
+        comm: &dyn Collective,
+        x: &Tensor,
+        t: &Tensor,
+        text: &Tensor,
+        active: &[usize],
+    ) -> (Tensor, Tape) {
+        let _guard = tch::no_grad_guard();
+        let kind = self.compute_kind;
+        let stem = self.gathered(0, comm);
+        let emb = dit::embed(&stem, &x.to_kind(kind), t, &text.to_kind(kind), &self.dims);
+        let rope = Rope::new(&self.dims, emb.grid, self.device);
+        let mut inputs = Vec::with_capacity(active.len() + 1);
+        let mut h = emb.tokens;
+        {
+            let bi = BlockInputs {
+                e0: &emb.e0,
+                context: &emb.context,
+                rope: &rope,
+            };
+            for &id in active {
+                let u = self.gathered(self.unit_index(id), comm);
+                inputs.push(h.shallow_clone());
+                h = dit::block_forward(&u, &h, &bi, &self.dims);
+            }
+        }
+        inputs.push(h.shallow_clone());
+        let out = dit::head(&stem, &h, &emb.e, emb.grid, &self.dims).to_kind(Kind::Float);
+        let tape = Tape {
+            x: x.shallow_clone(),
+            t: t.shallow_clone(),
+            text: text.shallow_clone(),
+            active: active.to_vec(),
+            inputs,
+            e: emb.e,
+            e0: emb.e0,
+            context: emb.context,
+            grid: emb.grid,
+        };
+        (out, tape)
+    }
+
+    /// Backpropagates `grad_out` (d loss / d output, same shape as the output) through the
+    /// taped forward, adding each unit's gradient (mean over ranks) to its local shard.
+    pub fn backward(&mut self, comm: &dyn Collective, tape: Tape, grad_out: &Tensor) {
+        let kind = self.compute_kind;
+        let world = comm.world();
+        let stem_tensors: Vec<Tensor> = self.gather_unit(0, comm).iter().map(leaf).collect();
+        let stem = Unit::from_specs(
+            &self.units[0].layout.specs,
+            stem_tensors.iter().map(|t| t.shallow_clone()).collect(),
+        );
+        let mut stem_grads: Vec<Tensor> = stem_tensors.iter().map(|t| t.zeros_like()).collect();
+        let grad_out = grad_out.to_kind(kind);
+
+        // Head.
+        let h_last = leaf(tape.inputs.last().unwrap());
+        let e = leaf(&tape.e);
+        let out = dit::head(&stem, &h_last, &e, tape.grid, &self.dims);
+        let mut wrt = vec![h_last.shallow_clone(), e.shallow_clone()];
+        wrt.extend(stem_tensors.iter().map(|t| t.shallow_clone()));
+        let g = Tensor::run_backward(&[(out * &grad_out).sum(Kind::Float)], &wrt, false, false);
+        let mut g_h = g[0].shallow_clone();
+        let g_e = grad_or_zeros(&g[1], &e);
+        for (acc, gi) in stem_grads.iter_mut().zip(&g[2..]) {
+            if gi.defined() {
+                *acc += gi;
+            }
+        }
+
+        // Blocks, last to first, each recomputed from its saved input.
+        let e0 = leaf(&tape.e0);
+        let ctx = leaf(&tape.context);
+        let rope = Rope::new(&self.dims, tape.grid, self.device);
+        let mut g_e0 = e0.zeros_like();
+        let mut g_ctx = ctx.zeros_like();
+        for (k, &id) in tape.active.iter().enumerate().rev() {
+            let ui = self.unit_index(id);
+            let params: Vec<Tensor> = self.gather_unit(ui, comm).iter().map(leaf).collect();
+            let u = Unit::from_specs(
+                &self.units[ui].layout.specs,
+                params.iter().map(|t| t.shallow_clone()).collect(),
+            );
+            let h_in = leaf(&tape.inputs[k]);
+            let bi = BlockInputs {
+                e0: &e0,
+                context: &ctx,
+                rope: &rope,
+            };
+            let y = dit::block_forward(&u, &h_in, &bi, &self.dims);
+            let mut wrt = vec![
+                h_in.shallow_clone(),
+                e0.shallow_clone(),
+                ctx.shallow_clone(),
+            ];
+            wrt.extend(params.iter().map(|t| t.shallow_clone()));
+            let g = Tensor::run_backward(&[(y * &g_h).sum(Kind::Float)], &wrt, false, false);
+            g_h = g[0].shallow_clone();
+            g_e0 += grad_or_zeros(&g[1], &e0);
+            g_ctx += grad_or_zeros(&g[2], &ctx);
+            let grads: Vec<Tensor> = g[3..]
+                .iter()
+                .zip(&params)
+                .map(|(gi, p)| grad_or_zeros(gi, p))
+                .collect();
+            self.accumulate(ui, &grads, comm, world);
+        }
+
+        // Embeddings: the token, time and text paths all lead back to the stem.
+        let emb = dit::embed(
+            &stem,
+            &tape.x.to_kind(kind),
+            &tape.t,
+            &tape.text.to_kind(kind),
+            &self.dims,
+        );
+        let total = (emb.tokens * &g_h).sum(Kind::Float)
+            + (emb.e * &g_e).sum(Kind::Float)
+            + (emb.e0 * &g_e0).sum(Kind::Float)
+            + (emb.context * &g_ctx).sum(Kind::Float);
+        let g = Tensor::run_backward(&[total], &stem_tensors, false, false);
+        for (acc, gi) in stem_grads.iter_mut().zip(&g) {
+            if gi.defined() {
+                *acc += gi;
+            }
+        }
+        self.accumulate(0, &stem_grads, comm, world);
+    }
+
+    /// Reduce-scatters a unit's full gradient and adds this rank's part to its shard gradient.
+    fn accumulate(&mut self, i: usize, grads: &[Tensor], comm: &dyn Collective, world: usize) {
+        let _guard = tch::no_grad_guard();
+        let flat = self.units[i].layout.flatten(grads, world);
+        let part = comm.reduce_scatter_mean(&flat);
+        let u = &mut self.units[i];
+        u.grad = Some(match u.grad.take() {
+            Some(g) => g + part,
+            None => part,
+        });
+    }
+
+    pub fn zero_grad(&mut self) {
+        for u in &mut self.units {
+            u.grad = None;
+        }
+    }
+
+    /// The global gradient norm over all ranks' shards.
+    pub fn grad_norm(&self, comm: &dyn Collective) -> f64 {
+        let local: f64 = self
+            .units
+            .iter()
+            .filter_map(|u| u.grad.as_ref())
+            .map(|g| {
+                g.to_kind(Kind::Double)
+                    .square()
+                    .sum(Kind::Double)
+                    .double_value(&[])
+            })
+            .sum();
+        all_reduce_scalar(comm, local).sqrt()
+    }
+
+    /// The local shards (parameters to optimise), stem first.
+    pub fn shards(&self) -> Vec<Tensor> {
+        self.units.iter().map(|u| u.shard.shallow_clone()).collect()
+    }
+
+    /// The local gradient shards (`None` for units that got no gradient this step).
+    pub fn grads(&self) -> Vec<Option<Tensor>> {
+        self.units
+            .iter()
+            .map(|u| u.grad.as_ref().map(|g| g.shallow_clone()))
+            .collect()
+    }
+
+    /// Weight-decay masks of the local shards.
+    pub fn decay_masks(&self, comm: &dyn Collective) -> Vec<Tensor> {
+        self.units
+            .iter()
+            .map(|u| {
+                u.layout
+                    .decay_mask_shard(comm.rank(), comm.world())
+                    .to_device(self.device)
+            })
+            .collect()
+    }
+}
+
+/// Gathers units on demand for inference (sampling, a frozen teacher): `dit::forward` over a
+/// sharded model.
+pub struct Gathering<'a> {
+    pub model: &'a ShardedDit,
+    pub comm: &'a dyn Collective,
+}
+
+impl UnitSource for Gathering<'_> {
+    fn stem(&self) -> Cow<'_, Unit> {
+        Cow::Owned(self.model.gathered(0, self.comm))
+    }
+
+    fn block(&self, id: usize) -> Cow<'_, Unit> {
+        Cow::Owned(self.model.gathered(self.model.unit_index(id), self.comm))
+    }
+}
+
+/// A world of one process: collectives are identities. Used by single-process training and
+/// tests; the same sharded code path runs unchanged.
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_gather(&self, local: &Tensor) -> Tensor {
+        local.reshape([-1])
+    }
+    fn reduce_scatter_mean(&self, full: &Tensor) -> Tensor {
+        full.to_kind(Kind::Float).reshape([-1])
+    }
+    fn all_reduce_sum(&self, t: &Tensor) -> Tensor {
+        t.shallow_clone()
+    }
+    fn broadcast(&self, t: &Tensor, _root: usize) -> Tensor {
+        t.shallow_clone()
+    }
+    fn barrier(&self) {}
+    fn seconds_waiting(&self) -> f64 {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flg_coordinator::config::preset;
+
+    #[test]
+    fn sharded_backward_matches_plain_autograd() {
+        let d = preset("tiny").unwrap();
+        let m = Dit::init(&d, 5);
+        let _ = m
+            .stem
+            .p("head.head.weight")
+            .shallow_clone()
+            .normal_(0.0, 0.05);
+        tch::manual_seed(2);
+        let x = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
+        let t = Tensor::rand([2], (Kind::Float, Device::Cpu));
+        let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
+        let target = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
+        let active = [0usize, 2, 3, 5, 6, 9];
+
+        // Plain autograd on the whole model.
+        let params: Vec<Tensor> = m
+            .parameters()
+            .into_iter()
+            .map(|p| p.set_requires_grad(true))
+            .collect();
+        let loss = crate::flow::mse(&m.forward(&x, &t, &text, Some(&active)), &target);
+        let want = Tensor::run_backward(&[&loss], &params, false, false);
+
+        // The sharded path with one rank.
+        let mut s = ShardedDit::from_dit(&m, &Solo, Device::Cpu, Kind::Float);
+        let (out, tape) = s.forward(&Solo, &x, &t, &text, &active);
+        assert!(out.allclose(
+            &m.forward(&x, &t, &text, Some(&active)).detach(),
+            1e-5,
+            1e-5,
+            false
+        ));
+        let n = out.numel() as f64;
+        let grad_out = (&out - &target) * (2.0 / n);
+        s.backward(&Solo, tape, &grad_out);
+
+        // Compare unit by unit (flattened in the same order as the layouts).
+        let stem_n = s.units[0].layout.specs.len();
+        let per_block = s.units[1].layout.specs.len();
+        let mut k = 0;
+        for (ui, u) in s.units.iter().enumerate() {
+            let count = if ui == 0 { stem_n } else { per_block };
+            let want_flat = u.layout.flatten(
+                &want[k..k + count]
+                    .iter()
+                    .map(|g| {
+                        if g.defined() {
+                            g.shallow_clone()
+                        } else {
+                            Tensor::zeros([1], (Kind::Float, Device::Cpu))
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+                1,
+            );
+            k += count;
+            let block_id = if ui == 0 { None } else { Some(ui - 1) };
+            match (&u.grad, block_id) {
+                (Some(g), _) => {
+                    let diff = (g - &want_flat).abs().max().double_value(&[]);
+                    let scale = want_flat.abs().max().double_value(&[]).max(1e-8);
+                    assert!(
+                        diff / scale < 1e-4,
+                        "unit {ui}: max diff {diff} (scale {scale})"
+                    );
+                }
+                (None, Some(b)) => {
+                    assert!(!active.contains(&b), "active block {b} got no gradient")
+                }
+                (None, None) => panic!("the stem got no gradient"),
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Pieces every training stage shares: a trainable sharded *role* (model, optimiser, EMA),
+//! the per-sample random draws, and the per-step skip mask.
+//!
+//! Random draws are keyed by `(seed, stage, step, global sample index)`, so a sample gets the
+//! same noise and timestep whichever rank holds it: W ranks compute exactly what one rank
+//! computes with the same global batch, and a resumed run draws what the uninterrupted one drew.
+
+use crate::collective::Collective;
+use crate::model::Dit;
+use crate::optim::{clip_factor, AdamW, Ema};
+use crate::rng::Rng;
+use crate::shard::ShardedDit;
+use flg_coordinator::config::Optim;
+use tch::{Device, Kind, Tensor};
+
+/// Stream tags.
+const SAMPLE_STREAM: u64 = 0x5341_4d50; // "SAMP"
+const MASK_STREAM: u64 = 0x4d41_534b; // "MASK"
+
+/// Stage numbers used in the random streams.
+pub mod stage_id {
+    pub const PRETRAIN: u64 = 0;
+    pub const IMPORTANCE: u64 = 1;
+    pub const PRUNING: u64 = 2;
+    pub const DISTILL: u64 = 3;
+}
+
+/// Per-sample random draws of one step.
+pub struct Draws {
+    /// Uniform [0, 1) per sample, [b] (the flow-matching time before shift).
+    pub u: Tensor,
+    /// Uniform [0, 1) per sample, [b] (compared with the prompt-dropout probability).
+    pub keep_u: Tensor,
+    /// Standard normal noise, [b, ...shape].
+    pub eps: Tensor,
+}
+
+/// Draws for the samples `first..first + b` of the global batch at `step`.
+pub fn draws(
+    seed: u64,
+    stage: u64,
+    step: u64,
+    first: usize,
+    b: usize,
+    shape: &[i64],
+    device: Device,
+) -> Draws {
+    let (mut u, mut keep, mut eps) = (
+        Vec::with_capacity(b),
+        Vec::with_capacity(b),
+        Vec::with_capacity(b),
+    );
+    for j in first..first + b {
+        tch::manual_seed(
+            (Rng::derive(seed, &[SAMPLE_STREAM, stage, step, j as u64]).next_u64() >> 1) as i64,
+        );
+        u.push(Tensor::rand([1], (Kind::Float, Device::Cpu)));
+        keep.push(Tensor::rand([1], (Kind::Float, Device::Cpu)));
+        eps.push(Tensor::randn(shape, (Kind::Float, Device::Cpu)));
+    }
+    Draws {
+        u: Tensor::cat(&u, 0).to_device(device),
+        keep_u: Tensor::cat(&keep, 0).to_device(device),
+        eps: Tensor::stack(&eps, 0).to_device(device),
+    }
+}
+
+/// The blocks that run at `step` when each of `candidates` is skipped with probability `p`:
+/// every block not skipped, in order. A function of `(seed, step)` only, so all ranks agree.
+pub fn active_blocks(
+    seed: u64,
+    step: u64,
+    num_blocks: usize,
+    candidates: &[usize],
+    p: f64,
+) -> Vec<usize> {
+    let mut rng = Rng::derive(seed, &[MASK_STREAM, step]);
+    let mut skipped = vec![false; num_blocks];
+    for &c in candidates {
+        skipped[c] = rng.uniform() < p;
+    }
+    (0..num_blocks).filter(|&b| !skipped[b]).collect()
+}
+
+/// A trainable sharded model with its optimiser, clipping and optional EMA.
+pub struct Role {
+    pub model: ShardedDit,
+    pub opt: AdamW,
+    pub ema: Option<Ema>,
+    pub grad_clip: f64,
+}
+
+impl Role {
+    pub fn new(model: ShardedDit, optim: &Optim, ema_decay: f64, comm: &dyn Collective) -> Role {
+        let shards = model.shards();
+        let opt = AdamW::with_decay_masks(optim, &shards, model.decay_masks(comm));
+        let ema = (ema_decay > 0.0).then(|| Ema::new(ema_decay, &shards));
+        Role {
+            model,
+            opt,
+            ema,
+            grad_clip: optim.grad_clip,
+        }
+    }
+
+    /// Clips by the global gradient norm, updates, updates the EMA, clears the gradients.
+    /// Returns the gradient norm before clipping.
+    pub fn step(&mut self, comm: &dyn Collective) -> f64 {
+        let norm = self.model.grad_norm(comm);
+        let shards = self.model.shards();
+        self.opt.update(
+            &shards,
+            &self.model.grads(),
+            clip_factor(norm, self.grad_clip),
+        );
+        if let Some(e) = self.ema.as_mut() {
+            e.update(&shards, self.opt.step - 1);
+        }
+        self.model.zero_grad();
+        norm
+    }
+
+    /// The EMA weights (or the raw ones without EMA) as a whole model on every rank.
+    pub fn averaged_dit(&self, comm: &dyn Collective) -> Dit {
+        match &self.ema {
+            Some(e) => self
+                .model
+                .with_shards(e.shadow.iter().map(|t| t.shallow_clone()).collect())
+                .to_dit(comm),
+            None => self.model.to_dit(comm),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_do_not_depend_on_how_the_batch_is_split() {
+        let whole = draws(3, 0, 7, 0, 4, &[2, 3], Device::Cpu);
+        let a = draws(3, 0, 7, 0, 2, &[2, 3], Device::Cpu);
+        let b = draws(3, 0, 7, 2, 2, &[2, 3], Device::Cpu);
+        assert!(whole.eps.equal(&Tensor::cat(&[a.eps, b.eps], 0)));
+        assert!(whole.u.equal(&Tensor::cat(&[a.u, b.u], 0)));
+        let other_step = draws(3, 0, 8, 0, 4, &[2, 3], Device::Cpu);
+        assert!(!whole.eps.equal(&other_step.eps));
+    }
+
+    #[test]
+    fn skip_masks_depend_on_the_step_only() {
+        let cands = [3usize, 4, 5];
+        let masks: Vec<Vec<usize>> = (0..200)
+            .map(|s| active_blocks(1, s, 10, &cands, 0.5))
+            .collect();
+        assert_eq!(
+            masks,
+            (0..200)
+                .map(|s| active_blocks(1, s, 10, &cands, 0.5))
+                .collect::<Vec<_>>()
+        );
+        // Non-candidates always run; each candidate is skipped about half the time.
+        assert!(masks
+            .iter()
+            .all(|m| [0, 1, 2, 6, 7, 8, 9].iter().all(|b| m.contains(b))));
+        for c in cands {
+            let skipped = masks.iter().filter(|m| !m.contains(&c)).count();
+            assert!(
+                (70..130).contains(&skipped),
+                "block {c} skipped {skipped}/200"
+            );
+        }
+    }
+}
