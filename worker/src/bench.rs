@@ -80,43 +80,28 @@ pub fn pytorch_train_step(
     steps: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let p = dims.patch;
+    let flags = [
+        ("--dim", dims.dim),
+        ("--blocks", dims.num_blocks),
+        ("--heads", dims.num_heads),
+        ("--ffn", dims.ffn_dim),
+        ("--freq", dims.freq_dim),
+        ("--text-dim", dims.text_dim),
+        ("--channels", dims.in_channels),
+        ("--frames", frames),
+        ("--size", size),
+        ("--batch", batch),
+        ("--steps", steps as i64),
+        ("--warmup", warmup as i64),
+        ("--threads", tch::get_num_threads() as i64),
+    ];
     let out = std::process::Command::new(venv_python())
         .arg(pytorch_script())
-        .args([
-            "--dim",
-            &dims.dim.to_string(),
-            "--blocks",
-            &dims.num_blocks.to_string(),
-        ])
-        .args([
-            "--heads",
-            &dims.num_heads.to_string(),
-            "--ffn",
-            &dims.ffn_dim.to_string(),
-        ])
-        .args([
-            "--freq",
-            &dims.freq_dim.to_string(),
-            "--text-dim",
-            &dims.text_dim.to_string(),
-        ])
-        .args([
-            "--channels",
-            &dims.in_channels.to_string(),
-            "--frames",
-            &frames.to_string(),
-            "--size",
-            &size.to_string(),
-        ])
-        .args([
-            "--batch",
-            &batch.to_string(),
-            "--steps",
-            &steps.to_string(),
-            "--warmup",
-            &warmup.to_string(),
-        ])
-        .args(["--threads", &tch::get_num_threads().to_string()])
+        .args(
+            flags
+                .iter()
+                .flat_map(|(f, v)| [f.to_string(), v.to_string()]),
+        )
         .arg("--patch")
         .args(p.iter().map(|v| v.to_string()))
         .output()?;
@@ -127,4 +112,159 @@ pub fn pytorch_train_step(
         );
     }
     Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// One rank's share of a sharded training-step benchmark.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepReport {
+    pub rank: usize,
+    pub world: usize,
+    pub params: i64,
+    /// Seconds per step (after warm-up), and the part of it spent inside collectives.
+    pub step_s: f64,
+    pub collective_s: f64,
+    /// Bytes of parameter, gradient and AdamW-moment shards this rank holds.
+    pub state_bytes: i64,
+    pub peak_rss_bytes: u64,
+}
+
+/// Times sharded pretraining steps (random data, fixed draws) on this rank.
+pub fn sharded_step(
+    dims: &ModelDims,
+    comm: &dyn crate::collective::Collective,
+    frames: i64,
+    size: i64,
+    global_batch: usize,
+    warmup: usize,
+    steps: usize,
+) -> StepReport {
+    use crate::shard::ShardedDit;
+    use crate::train::{draws, Role};
+    let (rank, world) = (comm.rank(), comm.world());
+    let full = Dit::init(dims, 0);
+    let params = full.param_count();
+    let model = ShardedDit::from_dit(&full, comm, Device::Cpu, Kind::Float);
+    drop(full);
+    let mut role = Role::new(
+        model,
+        &Optim {
+            lr: 1e-4,
+            ..Optim::default()
+        },
+        0.0,
+        comm,
+    );
+    let b = global_batch / world;
+    let opts = (Kind::Float, Device::Cpu);
+    let active: Vec<usize> = (0..dims.num_blocks as usize).collect();
+    let mut one = |step: u64| {
+        let x0 = Tensor::rand([b as i64, dims.in_channels, frames, size, size], opts) * 2.0 - 1.0;
+        let text = Tensor::randn([b as i64, 4, dims.text_dim], opts);
+        let d = draws(0, 0, step, rank * b, b, &x0.size()[1..], Device::Cpu);
+        crate::pretrain::flow_matching_backward(
+            &mut role.model,
+            comm,
+            &x0,
+            &text,
+            &d,
+            1.0,
+            0.1,
+            &active,
+        );
+        role.step(comm);
+    };
+    for s in 0..warmup {
+        one(s as u64);
+    }
+    comm.barrier();
+    let (waited0, start) = (comm.seconds_waiting(), Instant::now());
+    for s in 0..steps {
+        one((warmup + s) as u64);
+    }
+    comm.barrier();
+    let elapsed = start.elapsed().as_secs_f64();
+    let (m, v) = role.opt.moments();
+    let moments: i64 = m.iter().chain(v).map(|t| t.numel() as i64 * 4).sum();
+    // Gradients are cleared after each update; during a step each parameter shard has one.
+    let grads: i64 = role
+        .model
+        .shards()
+        .iter()
+        .map(|t| t.numel() as i64 * 4)
+        .sum();
+    let shards: i64 = role
+        .model
+        .shards()
+        .iter()
+        .map(|t| t.numel() as i64 * 4)
+        .sum();
+    StepReport {
+        rank,
+        world,
+        params,
+        step_s: elapsed / steps as f64,
+        collective_s: (comm.seconds_waiting() - waited0) / steps as f64,
+        state_bytes: shards + grads + moments,
+        peak_rss_bytes: peak_rss_bytes(),
+    }
+}
+
+/// Bus bandwidth of all-gather and reduce-scatter for each message size (bytes of the full
+/// buffer), NCCL-tests convention: `(W - 1) / W * size / time`; plus a plain memory-copy
+/// bandwidth of the same size measured in the same run.
+pub fn collectives(
+    comm: &dyn crate::collective::Collective,
+    sizes_bytes: &[usize],
+    iters: usize,
+) -> Vec<serde_json::Value> {
+    let w = comm.world();
+    let mut rows = Vec::new();
+    for &size in sizes_bytes {
+        let n = (size / 4 / w) as i64;
+        let shard = Tensor::ones([n], (Kind::Float, Device::Cpu));
+        let full = Tensor::ones([n * w as i64], (Kind::Float, Device::Cpu));
+        let time = |f: &dyn Fn()| {
+            f();
+            comm.barrier();
+            let start = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            comm.barrier();
+            start.elapsed().as_secs_f64() / iters as f64
+        };
+        let ag = time(&|| {
+            let _ = comm.all_gather(&shard);
+        });
+        let rs = time(&|| {
+            let _ = comm.reduce_scatter_mean(&full);
+        });
+        let dst = Tensor::empty_like(&full);
+        let cp = time(&|| {
+            let _ = dst.shallow_clone().copy_(&full);
+        });
+        let bytes = (n * w as i64 * 4) as f64;
+        let bus = |t: f64| (w as f64 - 1.0) / w as f64 * bytes / t / 1e9;
+        rows.push(serde_json::json!({
+            "bytes": bytes, "world": w,
+            "all_gather_s": ag, "all_gather_bus_gbps": bus(ag),
+            "reduce_scatter_s": rs, "reduce_scatter_bus_gbps": bus(rs),
+            "memcpy_s": cp, "memcpy_gbps": bytes / cp / 1e9,
+        }));
+    }
+    rows
 }

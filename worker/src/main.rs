@@ -86,6 +86,9 @@ enum Command {
     /// Benchmarks; each compares against a reference measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Benchmarks that run as one rank of an mpirun job (see `bench scaling`).
+    #[command(subcommand)]
+    MpiBench(MpiBench),
     /// Write a model file with fastlightgen metadata (dimensions, blocks, prompt table) from a
     /// file without it, e.g. a released checkpoint or an older run's weights.
     Annotate {
@@ -167,6 +170,27 @@ enum BenchCommand {
     /// Training throughput (samples/s) of the pretraining step in Rust and the same step in
     /// plain PyTorch (bench/pytorch_train_step.py, same libtorch, same sizes), one after the
     /// other, and their ratio.
+    /// Sharded training step for several world sizes, each an mpirun job: step time, time in
+    /// collectives, per-rank state bytes and peak memory. Prints one JSON line per rank.
+    Scaling {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        worlds: Vec<u32>,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Collective bandwidth with 2 ranks (an mpirun job) next to memory-copy bandwidth.
+    Collectives {
+        #[arg(long, default_value_t = 2)]
+        world: u32,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     TrainStep {
         #[arg(long, default_value = "tiny")]
         preset: String,
@@ -186,6 +210,31 @@ enum BenchCommand {
         /// Also write the results as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MpiBench {
+    /// (under mpirun) Timed sharded training steps of a preset on random data: seconds per
+    /// step, seconds in collectives, state bytes and peak memory of every rank.
+    Step {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
+    /// (under mpirun) All-gather and reduce-scatter bus bandwidth per message size, next to
+    /// a memory-copy bandwidth of the same sizes.
+    Collectives {
+        /// Full-buffer sizes in MiB.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+        sizes_mib: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
     },
 }
 
@@ -383,6 +432,37 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(out, serde_json::to_string_pretty(&v)?)?;
             }
         }
+        Command::Bench(BenchCommand::Scaling {
+            preset,
+            worlds,
+            batch,
+            steps,
+            out,
+        }) => {
+            let mut lines = Vec::new();
+            for w in worlds {
+                let args: Vec<std::ffi::OsString> = [
+                    "mpi-bench",
+                    "step",
+                    "--preset",
+                    &preset,
+                    "--batch",
+                    &batch.to_string(),
+                    "--steps",
+                    &steps.to_string(),
+                ]
+                .iter()
+                .map(|s| s.into())
+                .collect();
+                lines.extend(run_mpi_bench(w, &args)?);
+            }
+            finish_bench(&lines, out)?;
+        }
+        Command::Bench(BenchCommand::Collectives { world, out }) => {
+            let lines = run_mpi_bench(world, &["mpi-bench".into(), "collectives".into()])?;
+            finish_bench(&lines, out)?;
+        }
+        Command::MpiBench(b) => mpi_bench(b)?,
         Command::Eval { dir } => print_eval(&eval_dir(&dir)?),
         Command::Run {
             config,
@@ -563,6 +643,82 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64) -> Result<()> {
             kind,
             snapshot_every,
         )?;
+    }
+    Ok(())
+}
+
+/// Runs `flg-worker <args>` as an mpirun job of `np` ranks; returns the JSON lines it printed.
+fn run_mpi_bench(np: u32, args: &[std::ffi::OsString]) -> Result<Vec<serde_json::Value>> {
+    let exe = std::env::current_exe()?;
+    let out = flg_coordinator::launch::MpiLaunch::single_node(np)
+        .command(&exe, args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "mpirun -np {np} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn finish_bench(lines: &[serde_json::Value], out: Option<PathBuf>) -> Result<()> {
+    for l in lines {
+        println!("{l}");
+    }
+    if let Some(out) = out {
+        std::fs::write(out, serde_json::to_string_pretty(lines)?)?;
+    }
+    Ok(())
+}
+
+/// One rank of a benchmark job: prints JSON lines (every rank for `step`, rank 0 otherwise).
+fn mpi_bench(b: MpiBench) -> Result<()> {
+    let universe =
+        mpi::initialize().ok_or_else(|| anyhow::anyhow!("MPI could not be initialised"))?;
+    let comm = flg_worker::collective::MpiCollective::new(&universe);
+    use flg_worker::collective::Collective;
+    let local_size: i32 = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(1);
+    tch::set_num_threads((cores / local_size).max(1));
+    match b {
+        MpiBench::Step {
+            preset,
+            batch,
+            warmup,
+            steps,
+        } => {
+            let dims = flg_coordinator::config::preset(&preset)
+                .ok_or_else(|| anyhow::anyhow!("unknown preset {preset}"))?;
+            let r = flg_worker::bench::sharded_step(&dims, &comm, 8, 16, batch, warmup, steps);
+            let mut v = serde_json::to_value(&r)?;
+            v["preset"] = preset.into();
+            v["batch"] = batch.into();
+            // One rank at a time, so lines do not interleave.
+            for k in 0..comm.world() {
+                if k == comm.rank() {
+                    println!("{v}");
+                }
+                comm.barrier();
+            }
+        }
+        MpiBench::Collectives { sizes_mib, iters } => {
+            let sizes: Vec<usize> = sizes_mib.iter().map(|m| m << 20).collect();
+            let rows = flg_worker::bench::collectives(&comm, &sizes, iters);
+            if comm.rank() == 0 {
+                for r in rows {
+                    println!("{r}");
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -95,6 +95,46 @@ pub fn flow_matching_backward(
     crate::collective::all_reduce_scalar(comm, local) / comm.world() as f64
 }
 
+/// One flow-matching training step of a role on the loader's next batch: draws, forward,
+/// backward, clipped update. Returns the loss (mean over ranks) and the gradient norm.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    role: &mut Role,
+    comm: &dyn Collective,
+    loader: &mut Loader,
+    data: &DataSet,
+    seed: u64,
+    stage: u64,
+    step: u64,
+    shift: f64,
+    cfg_dropout: f64,
+    active: &[usize],
+) -> (f64, f64) {
+    let batch = loader.next_batch();
+    let (x0, text) = batch_tensors(&batch, data, role.model.device);
+    let b = loader.local_batch() as usize;
+    let d = draws(
+        seed,
+        stage,
+        step,
+        comm.rank() * b,
+        b,
+        &x0.size()[1..],
+        role.model.device,
+    );
+    let loss = flow_matching_backward(
+        &mut role.model,
+        comm,
+        &x0,
+        &text,
+        &d,
+        shift,
+        cfg_dropout,
+        active,
+    );
+    (loss, role.step(comm))
+}
+
 /// Where pretraining writes inside the run directory.
 pub fn out_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("pretrain")
@@ -136,7 +176,6 @@ pub fn run(
         rank as u64,
         world as u64,
     )?;
-    let local_b = loader.local_batch() as usize;
     let all_blocks: Vec<usize> = (0..dims.num_blocks as usize).collect();
     let dir = out_dir(run_dir);
     let mut log = None;
@@ -161,29 +200,18 @@ pub fn run(
         );
     }
     for step in 0..p.steps {
-        let batch = loader.next_batch();
-        let (x0, text) = batch_tensors(&batch, &data, device);
-        let shape = &x0.size()[1..];
-        let d = draws(
+        let (loss, norm) = train_step(
+            &mut role,
+            comm,
+            &mut loader,
+            &data,
             cfg.experiment.seed,
             stage_id::PRETRAIN,
             step,
-            rank * local_b,
-            local_b,
-            shape,
-            device,
-        );
-        let loss = flow_matching_backward(
-            &mut role.model,
-            comm,
-            &x0,
-            &text,
-            &d,
             p.shift,
             p.cfg_dropout,
             &all_blocks,
         );
-        let norm = role.step(comm);
         window_loss += loss;
         window_n += 1;
         bar.inc(1);

@@ -8,9 +8,9 @@ use flg_coordinator::config::Config;
 use flg_worker::collective::MpiCollective;
 use flg_worker::data::{self, Loader};
 use flg_worker::model::Dit;
-use flg_worker::pretrain::{batch_tensors, flow_matching_backward};
+use flg_worker::pretrain::train_step;
 use flg_worker::shard::ShardedDit;
-use flg_worker::train::{active_blocks, draws, stage_id, Role};
+use flg_worker::train::{active_blocks, stage_id, Role};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -45,7 +45,6 @@ fn main() -> anyhow::Result<()> {
         rank as u64,
         world as u64,
     )?;
-    let local_b = loader.local_batch() as usize;
     let model = ShardedDit::from_dit(
         &Dit::init(&dims, cfg.experiment.seed),
         &comm,
@@ -56,17 +55,6 @@ fn main() -> anyhow::Result<()> {
     let mut losses = Vec::new();
     let mut masks = Vec::new();
     for step in 0..p.steps {
-        let batch = loader.next_batch();
-        let (x0, text) = batch_tensors(&batch, &data, Device::Cpu);
-        let d = draws(
-            cfg.experiment.seed,
-            stage_id::PRUNING,
-            step,
-            rank * local_b,
-            local_b,
-            &x0.size()[1..],
-            Device::Cpu,
-        );
         let active = active_blocks(
             cfg.experiment.seed,
             step,
@@ -74,17 +62,19 @@ fn main() -> anyhow::Result<()> {
             &args.candidates,
             args.skip_prob,
         );
-        losses.push(flow_matching_backward(
-            &mut role.model,
+        let (loss, _) = train_step(
+            &mut role,
             &comm,
-            &x0,
-            &text,
-            &d,
+            &mut loader,
+            &data,
+            cfg.experiment.seed,
+            stage_id::PRUNING,
+            step,
             p.shift,
             p.cfg_dropout,
             &active,
-        ));
-        role.step(&comm);
+        );
+        losses.push(loss);
         masks.push(active);
     }
     let full = role.model.to_dit(&comm);
