@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 VENV  := $(CURDIR)/.venv
 TORCH_VERSION := 2.13.0
-DEBS  := libopenmpi-dev openmpi-bin libclang-dev clang pkg-config build-essential
+DEBS  := libopenmpi-dev openmpi-bin libclang-dev clang pkg-config build-essential fonts-dejavu-core
 
 # libtorch comes from the torch wheel in the project's virtual environment; torch-sys finds it
 # through the environment's python. The binaries embed its directory as an rpath (worker/build.rs),

@@ -35,3 +35,18 @@ for d in sorted(glob.glob(os.path.join(out, "table", "*")), key=lambda p: (-json
     e = json.load(open(os.path.join(d, "eval.json"))); i = json.load(open(os.path.join(d, "sample.json"))); s = e["scores"]
     print(f"| {i['steps']} steps, cfg {i['cfg']:g} | {i['nfe']} | {i['seconds']:.1f} | {e['average']:.3f} | {s['prompt_following']:.3f} | {s['frame_quality']:.3f} | {s['background']:.3f} | {s['motion_smoothness']:.3f} | {s['subject_consistency']:.3f} | {s['dynamic_degree']:.3f} | {e['frechet_distance']:.3f} |")
 PY
+# The curve as a picture.
+python3 - "$out" "$run" > "$out/curve.json" <<'PY'
+import json, sys, glob, os
+out, run = sys.argv[1], sys.argv[2]
+elapsed = {json.loads(l)["step"]: json.loads(l)["elapsed_s"] for l in open(os.path.join(run, "metrics.jsonl"))}
+series = {k: [] for k in ["average", "prompt_following", "frame_quality", "motion_smoothness", "dynamic_degree"]}
+for d in sorted(glob.glob(os.path.join(out, "curve", "step-*"))):
+    step = int(os.path.basename(d).split("-")[1]); e = json.load(open(os.path.join(d, "eval.json")))
+    x = elapsed.get(step, 0) / 60
+    for k in series:
+        series[k].append([x, e["average"] if k == "average" else e["scores"][k]])
+print(json.dumps({"title": "Tiny teacher: 50-step CFG quality vs training time", "x": "training time (minutes, 2-core CPU)",
+                  "y": "score", "series": [{"name": k, "points": v} for k, v in series.items()]}))
+PY
+"$bin" plot "$out/curve.json" "$out/curve.png"

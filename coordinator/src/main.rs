@@ -70,6 +70,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Draw a PNG line chart from a small JSON spec; see --help.
+    #[command(disable_help_flag = true)]
+    Plot {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Train a config's teacher (stage "pretrain") in this one process; see --help.
     #[command(disable_help_flag = true)]
     Train {
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
         Command::Eval { args } => forward("eval", args),
         Command::Train { args } => forward("train", args),
         Command::Bench { args } => forward("bench", args),
+        Command::Plot { args } => forward("plot", args),
     }
 }
 

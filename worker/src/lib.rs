@@ -13,6 +13,7 @@ pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod pretrain;
 pub mod progress;
 pub mod ranks;

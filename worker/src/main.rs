@@ -89,6 +89,8 @@ enum Command {
     /// Benchmarks that run as one rank of an mpirun job (see `bench scaling`).
     #[command(subcommand)]
     MpiBench(MpiBench),
+    /// Draw a PNG line chart from a JSON spec: {"title", "x", "y", "series": [{"name", "points": [[x, y], ...]}]}.
+    Plot { spec: PathBuf, out: PathBuf },
     /// Write a model file with fastlightgen metadata (dimensions, blocks, prompt table) from a
     /// file without it, e.g. a released checkpoint or an older run's weights.
     Annotate {
@@ -463,6 +465,28 @@ fn run(cli: Cli) -> Result<()> {
             finish_bench(&lines, out)?;
         }
         Command::MpiBench(b) => mpi_bench(b)?,
+        Command::Plot { spec, out } => {
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec)?)
+                .with_context(|| format!("{}: not JSON", spec.display()))?;
+            let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+            let series: Vec<(String, Vec<(f64, f64)>)> = v["series"]
+                .as_array()
+                .ok_or_else(|| anyhow::anyhow!("{}: no \"series\" list", spec.display()))?
+                .iter()
+                .map(|e| {
+                    let pts = e["points"].as_array().map(|a| {
+                        a.iter()
+                            .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                            .collect()
+                    });
+                    (
+                        e["name"].as_str().unwrap_or("").to_string(),
+                        pts.unwrap_or_default(),
+                    )
+                })
+                .collect();
+            flg_worker::plot::line_chart(&out, &s("title"), &s("x"), &s("y"), &series)?;
+        }
         Command::Eval { dir } => print_eval(&eval_dir(&dir)?),
         Command::Run {
             config,
