@@ -20,4 +20,5 @@ pub mod ranks;
 pub mod rng;
 pub mod sample;
 pub mod shard;
+pub mod stages;
 pub mod train;

@@ -614,7 +614,7 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64) -> Result<()> {
     use flg_worker::{collective, device};
     let cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ranks = flg_worker::ranks::init(&cfg, path)?;
-    let supported = ["pretrain"];
+    let supported = ["pretrain", "importance"];
     if let Some(s) = cfg
         .experiment
         .stages
@@ -661,12 +661,34 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64) -> Result<()> {
         flg_worker::pretrain::run(
             &cfg,
             &run_dir,
-            data,
+            data.clone(),
             comm.as_ref(),
             device,
             kind,
             snapshot_every,
         )?;
+    }
+    if cfg.runs_stage("importance") {
+        let teacher = teacher_path(&cfg, &run_dir);
+        let (full, _) = flg_worker::model::file::load(&teacher, Some(&cfg.model_dims()))?;
+        let model = flg_worker::shard::ShardedDit::from_dit(&full, comm.as_ref(), device, kind);
+        drop(full);
+        let report = flg_worker::stages::importance::measure(
+            &model,
+            comm.as_ref(),
+            &data,
+            &cfg.importance,
+            cfg.experiment.seed,
+        );
+        if ranks.rank == 0 {
+            report.write(&run_dir)?;
+            println!(
+                "importance: candidates {:?} ({:.0}% of block parameters) -> {}",
+                report.candidates,
+                report.removed_share * 100.0,
+                run_dir.join("importance.json").display()
+            );
+        }
     }
     Ok(())
 }
@@ -745,4 +767,13 @@ fn mpi_bench(b: MpiBench) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The teacher a run starts from: its own pretraining output if it pretrains, else model.weights.
+fn teacher_path(cfg: &Config, run_dir: &std::path::Path) -> PathBuf {
+    if cfg.runs_stage("pretrain") || cfg.model.weights.is_none() {
+        flg_worker::pretrain::out_dir(run_dir).join("teacher.safetensors")
+    } else {
+        cfg.model.weights.clone().expect("checked")
+    }
 }

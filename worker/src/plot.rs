@@ -55,16 +55,16 @@ pub fn bar_chart(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..n as f64, min..max)?;
+        .build_cartesian_2d(-0.5f64..n as f64 - 0.5, min..max)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
-        .x_labels(n + 1)
+        .x_labels(n)
         .x_label_formatter(&|x| {
-            let i = (x - 0.5).round();
-            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
                 bars[i as usize].label.clone()
             } else {
                 String::new()
@@ -88,7 +88,7 @@ pub fn bar_chart(
                     .filter(|(_, b)| b.highlight == h)
                     .map(|(i, b)| {
                         Rectangle::new(
-                            [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, b.value)],
+                            [(i as f64 - 0.35, 0.0), (i as f64 + 0.35, b.value)],
                             colour(h).filled(),
                         )
                     }),
