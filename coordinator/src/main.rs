@@ -44,6 +44,16 @@ enum Command {
         #[arg(long)]
         skip_files: bool,
     },
+    /// Start the config's worker ranks with mpirun (cluster.world_size of them), without a
+    /// coordinator, and wait for them.
+    ///
+    /// Adds the flags OpenMPI needs on one node (--oversubscribe, and --allow-run-as-root as
+    /// root) or uses cluster.hostfile. `--stage S` runs only that stage (repeatable).
+    Workers {
+        config: PathBuf,
+        #[arg(long = "stage")]
+        stages: Vec<String>,
+    },
     /// Make, inspect and verify data directories: `fastlightgen data shapes --out DIR --num N`.
     #[command(disable_help_flag = true)]
     Data {
@@ -99,6 +109,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Data { args } => forward("data", args),
+        Command::Workers { config, stages } => workers(config, stages),
         Command::Env => forward("env", Vec::new()),
         Command::Sample { args } => forward("sample", args),
         Command::Eval { args } => forward("eval", args),
@@ -157,4 +168,44 @@ fn forward(subcommand: &str, args: Vec<OsString>) -> ExitCode {
         .exec();
     eprintln!("error: cannot start {}: {err}", bin.display());
     ExitCode::FAILURE
+}
+
+/// Runs `mpirun -np W flg-worker run --config CFG` and waits.
+fn workers(path: PathBuf, stages: Vec<String>) -> ExitCode {
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bin = match worker_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let launch = flg_coordinator::launch::MpiLaunch {
+        np: cfg.cluster.world_size,
+        hostfile: cfg.cluster.hostfile.clone(),
+        extra_args: cfg.cluster.mpirun_args.clone(),
+    };
+    let mut args: Vec<OsString> = vec!["run".into(), "--config".into(), path.into()];
+    for s in stages {
+        args.extend(["--stage".into(), s.into()]);
+    }
+    match launch.command(&bin, &args).status() {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => {
+            eprintln!("error: the workers failed ({s})");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot start mpirun: {e} (is OpenMPI installed? `make setup` installs it)"
+            );
+            ExitCode::FAILURE
+        }
+    }
 }

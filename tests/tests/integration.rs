@@ -520,3 +520,87 @@ fn sharded_training_with_skipped_blocks_equals_1_rank_and_masks_agree() {
         }
     }
 }
+
+/// The shipped tiny teacher.
+fn shipped_teacher() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../teacher/tiny-teacher.safetensors");
+    assert!(p.is_file(), "{} is part of the repository", p.display());
+    p
+}
+
+#[test]
+fn block_importance_is_the_same_on_1_and_2_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    data::write_moving_shapes(
+        &data_dir,
+        &ShapesSpec {
+            seed: 0,
+            text_seed: 20260301,
+            ..shapes_spec()
+        },
+        96,
+        96,
+        false,
+    )
+    .unwrap();
+    let worker = bin_dir().join("flg-worker");
+    let read = |w: u32| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join(format!("runs/imp-w{w}/importance.json")))
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    for w in [1u32, 2] {
+        let cfg = tmp.path().join(format!("imp{w}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[experiment]\nname = \"imp-w{w}\"\nseed = 5\noutput_dir = {out:?}\nstages = [\"importance\"]\n\
+                 [cluster]\nworld_size = {w}\n[model]\npreset = \"tiny\"\nweights = {teacher:?}\n\
+                 [data]\npath = {data:?}\nnum_samples = 96\n\
+                 [importance]\ncalibration_samples = 24\ntimesteps_per_sample = 2\nbatch_size = 16\nprune_ratio = 0.3\n",
+                out = tmp.path().join("runs"),
+                teacher = shipped_teacher(),
+                data = data_dir,
+            ),
+        )
+        .unwrap();
+        run_mpi(w, &worker, &["run".into(), "--config".into(), cfg.into()]);
+    }
+    let (a, b) = (read(1), read(2));
+    assert_eq!(
+        a["candidates"], b["candidates"],
+        "same candidates on 1 and 2 ranks"
+    );
+    assert_eq!(
+        a["candidates"].as_array().unwrap().len(),
+        3,
+        "30% of 10 equal blocks"
+    );
+    assert_eq!(a["items"], 48);
+    let scores = |v: &serde_json::Value| -> Vec<f64> {
+        v["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["score"].as_f64().unwrap())
+            .collect()
+    };
+    let (sa, sb) = (scores(&a), scores(&b));
+    let mut order_a: Vec<usize> = (0..10).collect();
+    order_a.sort_by(|&i, &j| sa[i].total_cmp(&sa[j]));
+    let mut order_b: Vec<usize> = (0..10).collect();
+    order_b.sort_by(|&i, &j| sb[i].total_cmp(&sb[j]));
+    assert_eq!(order_a, order_b, "the same ranking");
+    for (x, y) in sa.iter().zip(&sb) {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs().max(1e-6),
+            "score {x} vs {y}"
+        );
+    }
+    // The trained teacher's blocks matter: skipping any of them costs something.
+    assert!(sa.iter().all(|&s| s > 0.0), "{sa:?}");
+    assert!(tmp.path().join("runs/imp-w1/importance.png").is_file());
+}

@@ -116,6 +116,10 @@ enum Command {
         /// Also save an EMA snapshot every this many pretraining steps; 0: none.
         #[arg(long, default_value_t = 0)]
         snapshot_every: u64,
+        /// Run only this stage of the config (repeatable); it reads the earlier stages'
+        /// output from the run directory.
+        #[arg(long = "stage")]
+        stages: Vec<String>,
     },
     /// Run a config's teacher pretraining in this one process (no coordinator, no MPI).
     ///
@@ -491,7 +495,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run {
             config,
             snapshot_every,
-        } => run_rank(&config, snapshot_every)?,
+            stages,
+        } => run_rank(&config, snapshot_every, &stages)?,
         Command::Env => {
             let env = GpuEnv::detect();
             println!("libtorch:        {}", env!("FLG_LIBTORCH_DIR"));
@@ -609,10 +614,26 @@ fn prompts_of(dir: &std::path::Path) -> Result<flg_worker::model::file::Prompts>
 }
 
 /// One rank of an `mpirun` job.
-fn run_rank(path: &std::path::Path, snapshot_every: u64) -> Result<()> {
+fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Result<()> {
     use flg_coordinator::config::Precision;
     use flg_worker::{collective, device};
-    let cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !only.is_empty() {
+        if let Some(s) = only.iter().find(|s| !cfg.runs_stage(s)) {
+            bail!(
+                "--stage {s}: {} does not list it in experiment.stages {:?}",
+                path.display(),
+                cfg.experiment.stages
+            );
+        }
+        // The run's teacher still comes from pretraining when the config pretrains.
+        let pretrains = cfg.runs_stage("pretrain");
+        cfg.experiment.stages.retain(|s| only.contains(s));
+        if pretrains && !cfg.runs_stage("pretrain") && cfg.model.weights.is_none() {
+            cfg.model.weights =
+                Some(flg_worker::pretrain::out_dir(&cfg.run_dir()).join("teacher.safetensors"));
+        }
+    }
     let ranks = flg_worker::ranks::init(&cfg, path)?;
     let supported = ["pretrain", "importance"];
     if let Some(s) = cfg
