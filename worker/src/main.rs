@@ -187,6 +187,8 @@ enum BenchCommand {
         batch: usize,
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -443,6 +445,7 @@ fn run(cli: Cli) -> Result<()> {
             worlds,
             batch,
             steps,
+            warmup,
             out,
         }) => {
             let mut lines = Vec::new();
@@ -454,6 +457,8 @@ fn run(cli: Cli) -> Result<()> {
                     &preset,
                     "--batch",
                     &batch.to_string(),
+                    "--warmup",
+                    &warmup.to_string(),
                     "--steps",
                     &steps.to_string(),
                 ]
