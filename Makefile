@@ -52,9 +52,19 @@ test: build
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log; \
 	exit $$status
 
+# The laptop demo on the shipped tiny teacher. It grows with the project: today it checks the
+# config, runs Stage I (block importance) on 2 real MPI ranks, and samples and scores the
+# teacher with its 50-step CFG sampler and a plain 4-step sampler.
+DEMO_RUN := runs/demo-cpu
 demo: build
 	./target/release/fastlightgen validate cluster-configs/demo-cpu.toml
-	./target/release/fastlightgen data shapes --out data/moving-shapes --num 4096
+	./target/release/fastlightgen workers cluster-configs/demo-cpu.toml --stage importance
+	./target/release/fastlightgen sample --model teacher/tiny-teacher.safetensors --steps 50 --cfg 4 \
+	  --num 32 --out $(DEMO_RUN)/samples/teacher-50step-cfg4 --eval
+	./target/release/fastlightgen sample --model teacher/tiny-teacher.safetensors --steps 4 --cfg 4 \
+	  --num 32 --out $(DEMO_RUN)/samples/teacher-4step-cfg4 --eval
+	@echo
+	@echo "demo outputs in $(DEMO_RUN)/: importance.json, importance.png, samples/*/ (GIFs, grid.png, eval.json)"
 
 fmt:
 	$(CARGO) fmt --all

@@ -9,7 +9,7 @@ mkdir -p "$out"
 for snap in "$run"/pretrain/snapshots/step-*.safetensors; do
   s=$(basename "$snap" .safetensors)
   [ -e "$out/curve/$s/eval.json" ] && continue
-  "$bin" sample --model "$snap" --steps 50 --cfg 4 --num 32 --seed 7 --out "$out/curve/$s" --eval > /dev/null
+  "$bin" sample --model "$snap" --preset tiny --prompts-from "$run/data" --steps 50 --cfg 4 --num 32 --seed 7 --out "$out/curve/$s" --eval > /dev/null
 done
 teacher=teacher/tiny-teacher.safetensors
 for spec in "50 4" "50 1" "8 4" "4 4"; do

@@ -198,11 +198,12 @@ fn validate_command_reports_every_problem_and_exits_nonzero() {
     }
 
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let demo = repo.join("cluster-configs/demo-cpu.toml");
-    let out = fastlightgen(&["validate", demo.to_str().unwrap()]);
+    // The demo config names files relative to the repository root, where users run it.
+    let at_root = |args: &[&str]| Command::new(bin_dir().join("fastlightgen")).args(args).current_dir(&repo).output().unwrap();
+    let out = at_root(&["validate", "cluster-configs/demo-cpu.toml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok"));
-    let out = fastlightgen(&["validate", "--world-size", "4", demo.to_str().unwrap()]);
+    let out = at_root(&["validate", "--world-size", "4", "cluster-configs/demo-cpu.toml"]);
     assert!(text(&out.stderr).contains("cluster.world_size"));
     let wan = repo.join("cluster-configs/wan2.1-t2v-1.3b-8xh100.toml");
     let out = fastlightgen(&["validate", "--skip-files", wan.to_str().unwrap()]);
