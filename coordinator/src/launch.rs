@@ -83,7 +83,10 @@ impl MpiLaunch {
         }
         // Containers often forbid the cross-memory-attach syscalls of OpenMPI's shared-memory
         // transport ("Read -1, expected ..."); plain copies work everywhere.
-        cmd.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+        // A value the user exported wins (e.g. `cma` where the container allows it).
+        if std::env::var_os("OMPI_MCA_btl_vader_single_copy_mechanism").is_none() {
+            cmd.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+        }
         cmd.args(&self.extra_args);
         cmd.arg(program).args(args);
         cmd

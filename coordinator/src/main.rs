@@ -80,6 +80,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Write a model file with fastlightgen metadata (dimensions, blocks, prompts); see --help.
+    #[command(disable_help_flag = true)]
+    Annotate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Draw a PNG line chart from a small JSON spec; see --help.
     #[command(disable_help_flag = true)]
     Plot {
@@ -116,6 +122,7 @@ fn main() -> ExitCode {
         Command::Train { args } => forward("train", args),
         Command::Bench { args } => forward("bench", args),
         Command::Plot { args } => forward("plot", args),
+        Command::Annotate { args } => forward("annotate", args),
     }
 }
 

@@ -183,7 +183,7 @@ fn validate_command_reports_every_problem_and_exits_nonzero() {
     std::fs::write(
         &bad,
         "[experiment]\nname = \"x\"\nstages = [\"pretrain\"]\n[cluster]\nworld_size = 2\nbakend = \"mpi\"\n\
-         [model]\npreset = \"tiny\"\nnum_heads = 3\n[pretrain]\ncfg_dropout = 1.5\n",
+         [model]\npreset = \"tiny\"\nnum_heads = 5\n[pretrain]\ncfg_dropout = 1.5\n",
     )
     .unwrap();
     let out = fastlightgen(&["validate", bad.to_str().unwrap()]);
@@ -199,11 +199,22 @@ fn validate_command_reports_every_problem_and_exits_nonzero() {
 
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     // The demo config names files relative to the repository root, where users run it.
-    let at_root = |args: &[&str]| Command::new(bin_dir().join("fastlightgen")).args(args).current_dir(&repo).output().unwrap();
+    let at_root = |args: &[&str]| {
+        Command::new(bin_dir().join("fastlightgen"))
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap()
+    };
     let out = at_root(&["validate", "cluster-configs/demo-cpu.toml"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok"));
-    let out = at_root(&["validate", "--world-size", "4", "cluster-configs/demo-cpu.toml"]);
+    let out = at_root(&[
+        "validate",
+        "--world-size",
+        "4",
+        "cluster-configs/demo-cpu.toml",
+    ]);
     assert!(text(&out.stderr).contains("cluster.world_size"));
     let wan = repo.join("cluster-configs/wan2.1-t2v-1.3b-8xh100.toml");
     let out = fastlightgen(&["validate", "--skip-files", wan.to_str().unwrap()]);

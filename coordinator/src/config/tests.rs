@@ -45,12 +45,22 @@ fn shipped_demo_config_validates() {
     // Its paths are relative to the repository root, where users run it; the files are
     // checked from there.
     let path = configs_dir().join("demo-cpu.toml");
-    let c = Config::load_with(&path, LoadOptions { check_files: false }).unwrap_or_else(|e| panic!("{e}"));
+    let c = Config::load_with(&path, LoadOptions { check_files: false })
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.cluster.world_size, 2);
     assert_eq!(c.cluster.device, Device::Cpu);
     assert_eq!(c.model_dims().num_blocks, 10);
-    let weights = configs_dir().join("..").join(c.model.weights.as_ref().expect("starts from the shipped teacher"));
-    assert!(weights.is_file(), "{} ships with the project", weights.display());
+    let weights = configs_dir().join("..").join(
+        c.model
+            .weights
+            .as_ref()
+            .expect("starts from the shipped teacher"),
+    );
+    assert!(
+        weights.is_file(),
+        "{} ships with the project",
+        weights.display()
+    );
 }
 
 #[test]
