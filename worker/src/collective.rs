@@ -391,3 +391,16 @@ pub fn local_rank() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Gives this rank its share of the node's cores for libtorch's thread pool: the ranks on one
+/// node (OpenMPI says how many) split the cores evenly, at least one thread each.
+pub fn share_cores_among_local_ranks() {
+    let local_size: i32 = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(1);
+    tch::set_num_threads((cores / local_size.max(1)).max(1));
+}

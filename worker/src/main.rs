@@ -660,15 +660,7 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Res
     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let local = collective::local_rank();
     let comm = collective::connect(backend, &ranks.universe, local).map_err(anyhow::Error::msg)?;
-    // Ranks on one node share its cores.
-    let local_size: i32 = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get() as i32)
-        .unwrap_or(1);
-    tch::set_num_threads((cores / local_size).max(1));
+    collective::share_cores_among_local_ranks();
     let device = device::tch_device(cfg.cluster.device, local);
     let kind = if cfg.cluster.precision == Precision::Bf16 {
         tch::Kind::BFloat16
@@ -753,14 +745,7 @@ fn mpi_bench(b: MpiBench) -> Result<()> {
         mpi::initialize().ok_or_else(|| anyhow::anyhow!("MPI could not be initialised"))?;
     let comm = flg_worker::collective::MpiCollective::new(&universe);
     use flg_worker::collective::Collective;
-    let local_size: i32 = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get() as i32)
-        .unwrap_or(1);
-    tch::set_num_threads((cores / local_size).max(1));
+    flg_worker::collective::share_cores_among_local_ranks();
     match b {
         MpiBench::Step {
             preset,
