@@ -36,7 +36,20 @@ pub fn rust_train_step(
     let x0 = Tensor::rand([batch, dims.in_channels, frames, size, size], opts) * 2.0 - 1.0;
     let text = Tensor::randn([batch, 4, dims.text_dim], opts);
     let mut step = || {
-        let loss = flow_loss(|x, t, c| model.forward(x, t, c, None), &x0, &text, 1.0, 0.1);
+        // Fresh draws from libtorch's generator each step, as the PyTorch reference does.
+        let d = crate::train::Draws {
+            u: Tensor::rand([batch], opts),
+            keep_u: Tensor::rand([batch], opts),
+            eps: x0.randn_like(),
+        };
+        let loss = flow_loss(
+            |x, t, c| model.forward(x, t, c, None),
+            &x0,
+            &text,
+            &d,
+            1.0,
+            0.1,
+        );
         let g = Tensor::run_backward(&[&loss], &params, false, false);
         opt.update(
             &params,

@@ -98,15 +98,30 @@ pub fn bar_chart(
                 Rectangle::new([(x, y - 6), (x + 12, y + 6)], colour(h).filled())
             });
     }
+    draw_legend(&mut chart)?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The legend box both chart kinds use.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .label_font((FONT, 14))
-        .draw()?;
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+        .draw()
+        .map_err(|e| anyhow!("drawing the legend: {e}"))
 }
 
 /// A line chart of named series of (x, y) points.
@@ -151,12 +166,7 @@ pub fn line_chart(
         chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
     }
     if series.len() > 1 || !series.first().is_some_and(|s| s.0.is_empty()) {
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .label_font((FONT, 14))
-            .draw()?;
+        draw_legend(&mut chart)?;
     }
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;

@@ -38,32 +38,49 @@ pub fn batch_tensors(batch: &Batch, data: &DataSet, device: Device) -> (Tensor, 
     (x0, text)
 }
 
-/// Replaces each sample's prompt by the null prompt (zeros) with probability `p`.
-pub fn drop_text(text: &Tensor, p: f64) -> Tensor {
-    if p <= 0.0 {
-        return text.shallow_clone();
-    }
-    let keep = Tensor::rand([text.size()[0]], (Kind::Float, text.device()))
-        .ge(p)
-        .to_kind(Kind::Float);
-    text * keep.view([-1, 1, 1])
+/// The inputs and target of one flow-matching step built from a batch and its draws: the
+/// shifted times, the prompts with dropped ones replaced by the null prompt (zeros), the noisy
+/// input `x_t` and the velocity target `eps - x0`.
+pub struct FlowInputs {
+    pub t: Tensor,
+    pub text: Tensor,
+    pub xt: Tensor,
+    pub target: Tensor,
 }
 
-/// The flow-matching loss of `model` on a batch, with the step's random draws.
+pub fn flow_inputs(
+    x0: &Tensor,
+    text: &Tensor,
+    d: &Draws,
+    shift: f64,
+    cfg_dropout: f64,
+) -> FlowInputs {
+    let t = flow::shift_t(&d.u, shift);
+    let text = text
+        * d.keep_u
+            .ge(cfg_dropout)
+            .to_kind(Kind::Float)
+            .view([-1, 1, 1]);
+    let xt = flow::noisy(x0, &d.eps, &t);
+    FlowInputs {
+        t,
+        text,
+        xt,
+        target: &d.eps - x0,
+    }
+}
+
+/// The flow-matching loss of a plain (unsharded) velocity function, as a graph for autograd.
 pub fn flow_loss(
     velocity: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
     x0: &Tensor,
     text: &Tensor,
+    d: &Draws,
     shift: f64,
     cfg_dropout: f64,
 ) -> Tensor {
-    let b = x0.size()[0];
-    let text = drop_text(text, cfg_dropout);
-    let t = flow::shift_t(&Tensor::rand([b], (Kind::Float, x0.device())), shift);
-    let eps = x0.randn_like();
-    let xt = flow::noisy(x0, &eps, &t);
-    let v = velocity(&xt, &t, &text);
-    flow::mse(&v, &(eps - x0))
+    let f = flow_inputs(x0, text, d, shift, cfg_dropout);
+    flow::mse(&velocity(&f.xt, &f.t, &f.text), &f.target)
 }
 
 /// The flow-matching loss of a sharded model on a local batch, backpropagated into its shard
@@ -80,17 +97,10 @@ pub fn flow_matching_backward(
     cfg_dropout: f64,
     active: &[usize],
 ) -> f64 {
-    let t = flow::shift_t(&d.u, shift);
-    let text = text
-        * d.keep_u
-            .ge(cfg_dropout)
-            .to_kind(Kind::Float)
-            .view([-1, 1, 1]);
-    let xt = flow::noisy(x0, &d.eps, &t);
-    let target = &d.eps - x0;
-    let (out, tape) = model.forward(comm, &xt, &t, &text, active);
-    let local = flow::mse(&out, &target).double_value(&[]);
-    let grad_out = (&out - &target) * (2.0 / out.numel() as f64);
+    let f = flow_inputs(x0, text, d, shift, cfg_dropout);
+    let (out, tape) = model.forward(comm, &f.xt, &f.t, &f.text, active);
+    let local = flow::mse(&out, &f.target).double_value(&[]);
+    let grad_out = (&out - &f.target) * (2.0 / out.numel() as f64);
     model.backward(comm, tape, &grad_out);
     crate::collective::all_reduce_scalar(comm, local) / comm.world() as f64
 }
