@@ -36,6 +36,17 @@ pub fn all_reduce_scalar(c: &dyn Collective, v: f64) -> f64 {
         .double_value(&[0])
 }
 
+/// The mean over ranks of each of `values` (one collective for all of them).
+pub fn all_reduce_mean(c: &dyn Collective, values: &[f64]) -> Vec<f64> {
+    let sum = c.all_reduce_sum(&Tensor::from_slice(values));
+    let w = c.world() as f64;
+    Vec::<f64>::try_from(sum)
+        .expect("f64 sums")
+        .into_iter()
+        .map(|v| v / w)
+        .collect()
+}
+
 /// The bytes of a contiguous CPU tensor.
 ///
 /// # Safety

@@ -38,7 +38,7 @@ pub const SCORE_NAMES: [&str; 6] = [
     "dynamic_degree",
 ];
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Scores {
     pub prompt_following: f64,
     pub frame_quality: f64,
@@ -65,7 +65,7 @@ impl Scores {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct EvalReport {
     pub num_videos: usize,
     pub frames: usize,

@@ -623,6 +623,7 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Res
     use flg_coordinator::config::Precision;
     use flg_worker::{collective, device};
     let mut cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let all_stages = cfg.experiment.stages.clone();
     if !only.is_empty() {
         if let Some(s) = only.iter().find(|s| !cfg.runs_stage(s)) {
             bail!(
@@ -640,18 +641,6 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Res
         }
     }
     let ranks = flg_worker::ranks::init(&cfg, path)?;
-    let supported = ["pretrain", "importance"];
-    if let Some(s) = cfg
-        .experiment
-        .stages
-        .iter()
-        .find(|s| !supported.contains(&s.as_str()))
-    {
-        bail!(
-            "{}: experiment.stages lists {s:?}; this worker runs {supported:?}",
-            path.display()
-        );
-    }
     let backend = device::select_backend(
         cfg.cluster.device,
         cfg.cluster.backend,
@@ -675,37 +664,86 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Res
     }
     comm.barrier();
     let data = Arc::new(data::open_or_generate(&cfg, &run_dir)?);
-    if cfg.runs_stage("pretrain") {
-        flg_worker::pretrain::run(
-            &cfg,
-            &run_dir,
-            data.clone(),
-            comm.as_ref(),
-            device,
-            kind,
-            snapshot_every,
-        )?;
-    }
-    if cfg.runs_stage("importance") {
-        let teacher = teacher_path(&cfg, &run_dir);
-        let (full, _) = flg_worker::model::file::load(&teacher, Some(&cfg.model_dims()))?;
-        let model = flg_worker::shard::ShardedDit::from_dit(&full, comm.as_ref(), device, kind);
-        drop(full);
-        let report = flg_worker::stages::importance::measure(
-            &model,
-            comm.as_ref(),
-            &data,
-            &cfg.importance,
-            cfg.experiment.seed,
-        );
+    let ctx = flg_worker::stages::StageCtx {
+        cfg: &cfg,
+        run_dir: run_dir.clone(),
+        data: data.clone(),
+        comm: comm.as_ref(),
+        device,
+        kind,
+        teacher: teacher_path(&cfg, &run_dir),
+        all_stages,
+    };
+    use flg_worker::stages;
+    for stage in cfg.experiment.stages.clone() {
+        let started = std::time::Instant::now();
+        match stage.as_str() {
+            "pretrain" => {
+                flg_worker::pretrain::run(
+                    &cfg,
+                    &run_dir,
+                    data.clone(),
+                    comm.as_ref(),
+                    device,
+                    kind,
+                    snapshot_every,
+                )?;
+            }
+            "importance" => {
+                let full = ctx.load_input(&ctx.teacher, "pretrain")?;
+                let model =
+                    flg_worker::shard::ShardedDit::from_dit(&full, comm.as_ref(), device, kind);
+                drop(full);
+                let report = stages::importance::measure(
+                    &model,
+                    comm.as_ref(),
+                    &data,
+                    &cfg.importance,
+                    cfg.experiment.seed,
+                );
+                if ranks.rank == 0 {
+                    report.write(&run_dir)?;
+                    println!(
+                        "importance: candidates {:?} ({:.0}% of block parameters) -> {}",
+                        report.candidates,
+                        report.removed_share * 100.0,
+                        stages::paths::importance(&run_dir).display()
+                    );
+                }
+            }
+            "pruning" => {
+                let out = stages::pruning::run(&ctx)?;
+                if ranks.rank == 0 {
+                    println!("pruning: Stage II model -> {}", out.display());
+                }
+            }
+            "distill" => {
+                let out = stages::distill::run(&ctx)?;
+                if ranks.rank == 0 {
+                    println!("distill: generator (EMA) -> {}", out.display());
+                }
+            }
+            "export" => {
+                if ranks.rank == 0 {
+                    let info = stages::export::export(&run_dir)?;
+                    println!(
+                        "export: {} blocks {:?}, {:.1}% of block parameters -> {}",
+                        info.block_ids.len(),
+                        info.block_ids,
+                        info.block_param_share * 100.0,
+                        stages::paths::student(&run_dir).display()
+                    );
+                }
+                comm.barrier();
+            }
+            "eval" => {
+                stages::evaluate::run(&ctx)?;
+            }
+            other => bail!("{}: unknown stage {other:?}", path.display()),
+        }
         if ranks.rank == 0 {
-            report.write(&run_dir)?;
-            println!(
-                "importance: candidates {:?} ({:.0}% of block parameters) -> {}",
-                report.candidates,
-                report.removed_share * 100.0,
-                run_dir.join("importance.json").display()
-            );
+            let line = serde_json::json!({"stage": stage, "event": "stage_done", "seconds": started.elapsed().as_secs_f64()});
+            flg_worker::metrics::MetricsLog::open(&run_dir.join("metrics.jsonl"))?.write(&line)?;
         }
     }
     Ok(())

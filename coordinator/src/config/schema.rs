@@ -397,6 +397,11 @@ pub struct Eval {
     pub teacher_steps: u64,
     pub teacher_cfg: f64,
     pub shift: f64,
+    /// Also sample and score the teacher (reference sampler, and at the student's step
+    /// count); baseline runs that only need their student's row turn it off.
+    pub compare_teacher: bool,
+    /// Videos per network call while sampling.
+    pub batch_size: u64,
 }
 
 impl Default for Eval {
@@ -406,6 +411,8 @@ impl Default for Eval {
             teacher_steps: 50,
             teacher_cfg: 4.0,
             shift: 1.0,
+            compare_teacher: true,
+            batch_size: 32,
         }
     }
 }

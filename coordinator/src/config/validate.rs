@@ -547,6 +547,7 @@ fn check_training(c: &Config, issues: &mut Issues) {
             );
         }
         positive(issues, "eval.shift", e.shift);
+        at_least_one(issues, "eval.batch_size", e.batch_size);
     }
 }
 

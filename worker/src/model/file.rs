@@ -29,6 +29,11 @@ pub struct SamplerSettings {
     /// Times from noise towards data, already shifted (the last step goes to 0).
     pub timesteps: Vec<f64>,
     pub cfg: f64,
+    /// Number of steps and the shift the timesteps were made with (for people reading the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

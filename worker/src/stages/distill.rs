@@ -1,0 +1,337 @@
+//! Stage III: distribution matching with the well-guided teacher (DMD2 style).
+//!
+//! Three sharded roles:
+//! - the **generator** G: the Stage II weights with the candidates physically removed, a
+//!   few-step sampler over `distill.timesteps` (shifted). With backward simulation, the input
+//!   of step k is G's own deterministic rollout from noise through steps 0..k (no gradient);
+//!   without it, a training video noised to step k's time.
+//! - the **real score** R: the frozen Stage II model. Its pruned pass P runs the blocks the
+//!   generator keeps, its unpruned pass U every block:
+//!   `v_real = P(null) + b1 (P(c) - P(null)) + b2 (U(c) - P(c))`, b1 and b2 drawn per step.
+//! - the **fake score** F: starts from the same weights as G, trained every step with the
+//!   flow-matching loss on detached generator samples.
+//!
+//! Every `generator_every`-th step the generator gets the DMD2 loss: noise its sample x to a
+//! time t in `t_range`, `grad = (x0_F - x0_R) / mean|x - x0_R|`, `L = 0.5 |x - sg(x - grad)|^2`.
+//! Random draws are functions of `(seed, step, global sample index)`, so W ranks train what
+//! one rank trains.
+
+use super::{kept_blocks, paths, StageCtx};
+use crate::collective::{all_reduce_mean, Collective};
+use crate::data::Loader;
+use crate::flow;
+use crate::model::file::SamplerSettings;
+use crate::model::Dit;
+use crate::pretrain::{batch_tensors, flow_matching_backward};
+use crate::rng::Rng;
+use crate::shard::ShardedDit;
+use crate::stages::importance::ImportanceReport;
+use crate::train::{draws, Role};
+use anyhow::{Context, Result};
+use flg_coordinator::config::Distill;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Sub-streams of the stage's random draws.
+const STEP_STREAM: u64 = 0x5354_4550; // "STEP": k, b1, b2
+const ROLLOUT: u64 = 30; // initial noise (or data noise without backward simulation)
+const DMD: u64 = 31; // the time and noise that compare the two scores
+const FAKE: u64 = 32; // the fake score's flow-matching draws
+
+/// The three roles and which blocks each pass runs.
+pub struct Roles {
+    pub generator: Role,
+    pub fake: Role,
+    /// Frozen; never stepped.
+    pub real: ShardedDit,
+    /// Blocks of the generator (and of the real score's pruned pass), original indices.
+    pub pruned_ids: Vec<usize>,
+    /// Every block of the real score (its unpruned pass).
+    pub full_ids: Vec<usize>,
+}
+
+impl Roles {
+    /// Builds the roles from the Stage II (or teacher) weights `base`, removing `removed`.
+    pub fn new(
+        base: &Dit,
+        removed: &[usize],
+        d: &Distill,
+        ctx_comm: &dyn Collective,
+        device: tch::Device,
+        kind: Kind,
+    ) -> Roles {
+        let full_ids = base.block_ids.clone();
+        let pruned_ids = kept_blocks(&full_ids, removed);
+        let student = base.pruned(&pruned_ids);
+        let shard = |m: &Dit| ShardedDit::from_dit(m, ctx_comm, device, kind);
+        Roles {
+            generator: Role::new(shard(&student), &d.generator_optim, d.ema_decay, ctx_comm),
+            fake: Role::new(shard(&student), &d.fake_optim, 0.0, ctx_comm),
+            real: shard(base),
+            pruned_ids,
+            full_ids,
+        }
+    }
+}
+
+/// The per-step choices every rank shares.
+#[derive(Clone, Copy, Debug)]
+pub struct StepDraw {
+    /// Which of the sampler's steps the generator trains at.
+    pub k: usize,
+    pub b1: f64,
+    pub b2: f64,
+}
+
+pub fn step_draw(seed: u64, step: u64, d: &Distill) -> StepDraw {
+    let mut rng = Rng::derive(seed, &[STEP_STREAM, step]);
+    let k = rng.below(d.timesteps.len() as u64) as usize;
+    let lerp = |r: [f64; 2], u: f64| r[0] + (r[1] - r[0]) * u;
+    let b1 = lerp(d.b1_range, rng.uniform());
+    let b2 = lerp(d.b2_range, rng.uniform());
+    StepDraw { k, b1, b2 }
+}
+
+/// The student's times after shift: `timesteps` then 0.
+pub fn sampler_times(d: &Distill) -> Vec<f64> {
+    d.timesteps
+        .iter()
+        .map(|&t| flow::shift_scalar(t, d.shift))
+        .chain([0.0])
+        .collect()
+}
+
+/// The sampler settings recorded with the student.
+pub fn sampler_settings(d: &Distill) -> SamplerSettings {
+    let times = sampler_times(d);
+    SamplerSettings {
+        timesteps: times[..times.len() - 1].to_vec(),
+        cfg: 1.0,
+        steps: Some(d.timesteps.len()),
+        shift: Some(d.shift),
+    }
+}
+
+/// What one Stage III step measured (means over ranks).
+#[derive(Clone, Copy, Debug)]
+pub struct StepReport {
+    pub draw: StepDraw,
+    pub fake_loss: f64,
+    pub fake_grad_norm: f64,
+    /// The DMD2 loss and gradient norm, on generator steps.
+    pub generator: Option<(f64, f64)>,
+}
+
+fn full_t(b: i64, t: f64, like: &Tensor) -> Tensor {
+    Tensor::full([b], t, (Kind::Float, like.device()))
+}
+
+/// One Stage III step on a local batch (`x0` used only without backward simulation).
+pub fn step(
+    roles: &mut Roles,
+    comm: &dyn Collective,
+    d: &Distill,
+    seed: u64,
+    step: u64,
+    x0: &Tensor,
+    text: &Tensor,
+) -> StepReport {
+    let device = x0.device();
+    let b = x0.size()[0];
+    let first = comm.rank() * b as usize;
+    let shape = x0.size()[1..].to_vec();
+    let draw = step_draw(seed, step, d);
+    let times = sampler_times(d);
+    let train_generator = (step + 1) % d.generator_every == 0;
+
+    // The generator's input at step k.
+    let start = draws(seed, ROLLOUT, step, first, b as usize, &shape, device);
+    let mut x = if d.backward_simulation {
+        start.eps.shallow_clone()
+    } else {
+        flow::noisy(x0, &start.eps, &full_t(b, times[draw.k], x0))
+    };
+    if d.backward_simulation {
+        for j in 0..draw.k {
+            let (v, _) = roles.generator.model.forward(
+                comm,
+                &x,
+                &full_t(b, times[j], &x),
+                text,
+                &roles.pruned_ids,
+            );
+            x = &x + v * (times[j + 1] - times[j]);
+        }
+    }
+    let tk = times[draw.k];
+    let (v, tape) =
+        roles
+            .generator
+            .model
+            .forward(comm, &x, &full_t(b, tk, &x), text, &roles.pruned_ids);
+    let sample = &x - v * tk; // the generator's x0
+
+    let generator = train_generator.then(|| {
+        let dr = draws(seed, DMD, step, first, b as usize, &shape, device);
+        let t = flow::shift_t(
+            &(dr.u * (d.t_range[1] - d.t_range[0]) + d.t_range[0]),
+            d.shift,
+        );
+        let xt = flow::noisy(&sample, &dr.eps, &t);
+        let (v_fake, _) = roles
+            .fake
+            .model
+            .forward(comm, &xt, &t, text, &roles.pruned_ids);
+        let v_real = real_velocity(roles, comm, &xt, &t, text, draw);
+        let x0_fake = flow::x0_from_v(&xt, &v_fake, &t);
+        let x0_real = flow::x0_from_v(&xt, &v_real, &t);
+        let norm = (&sample - &x0_real)
+            .abs()
+            .mean_dim(&[1i64, 2, 3, 4][..], true, Kind::Float)
+            .clamp_min(1e-6);
+        let grad = (x0_fake - x0_real) / norm;
+        let n = sample.numel() as f64;
+        let loss = 0.5 * grad.square().mean(Kind::Float).double_value(&[]);
+        // L = 0.5 mean((x - sg(x - grad))^2): dL/dx = grad / n, and x = x_k - t_k v.
+        let grad_v = grad * (-tk / n);
+        roles.generator.model.backward(comm, tape, &grad_v);
+        let norm = roles.generator.step(comm);
+        (all_reduce_mean(comm, &[loss])[0], norm)
+    });
+
+    // The fake score learns the generator's current distribution.
+    let fd = draws(seed, FAKE, step, first, b as usize, &shape, device);
+    let fake_loss = flow_matching_backward(
+        &mut roles.fake.model,
+        comm,
+        &sample.detach(),
+        text,
+        &fd,
+        d.shift,
+        0.0,
+        &roles.pruned_ids,
+    );
+    let fake_grad_norm = roles.fake.step(comm);
+    StepReport {
+        draw,
+        fake_loss,
+        fake_grad_norm,
+        generator,
+    }
+}
+
+/// The well-guided teacher's velocity at `(xt, t)`:
+/// `P(null) + b1 (P(c) - P(null)) + b2 (U(c) - P(c))`. The two pruned passes run as one batch;
+/// the unpruned pass is skipped when it cannot matter (b2 = 0, or nothing is pruned).
+fn real_velocity(
+    roles: &Roles,
+    comm: &dyn Collective,
+    xt: &Tensor,
+    t: &Tensor,
+    text: &Tensor,
+    draw: StepDraw,
+) -> Tensor {
+    let both = roles.real.forward(
+        comm,
+        &Tensor::cat(&[xt, xt], 0),
+        &Tensor::cat(&[t, t], 0),
+        &Tensor::cat(&[text, &text.zeros_like()], 0),
+        &roles.pruned_ids,
+    );
+    let parts = both.0.chunk(2, 0);
+    let (p_c, p_null) = (&parts[0], &parts[1]);
+    let mut v = p_null + (p_c - p_null) * draw.b1;
+    if draw.b2 != 0.0 && roles.pruned_ids != roles.full_ids {
+        let (u_c, _) = roles.real.forward(comm, xt, t, text, &roles.full_ids);
+        v += (u_c - p_c) * draw.b2;
+    }
+    v
+}
+
+/// The weights Stage III starts from: Stage II's output when the run has a pruning stage, else
+/// the teacher (baselines "plain DMD2" and "no Stage II").
+pub fn base_path(ctx: &StageCtx) -> PathBuf {
+    if ctx.has_stage("pruning") {
+        paths::pruned_model(&ctx.run_dir)
+    } else {
+        ctx.teacher.clone()
+    }
+}
+
+/// The blocks the generator drops: Stage I's candidates, or none without pruning.
+pub fn removed_blocks(ctx: &StageCtx) -> Result<Vec<usize>> {
+    if !ctx.cfg.distill.prune_generator {
+        return Ok(Vec::new());
+    }
+    let path = paths::importance(&ctx.run_dir);
+    Ok(ImportanceReport::read(&path)
+        .with_context(|| {
+            format!(
+                "distill.prune_generator = true needs Stage I's candidates in {}; run the importance stage first",
+                path.display()
+            )
+        })?
+        .candidates)
+}
+
+/// Runs Stage III; rank 0 writes the generator's EMA to `distill/generator.safetensors`.
+pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
+    let d = &ctx.cfg.distill;
+    let seed = ctx.cfg.experiment.seed;
+    let base_file = base_path(ctx);
+    let made_by = if ctx.has_stage("pruning") {
+        "pruning"
+    } else {
+        "pretrain"
+    };
+    let base = ctx.load_input(&base_file, made_by)?;
+    let removed = removed_blocks(ctx)?;
+    let mut roles = Roles::new(&base, &removed, d, ctx.comm, ctx.device, ctx.kind);
+    drop(base);
+    let mut loader = Loader::new(
+        ctx.data.clone(),
+        seed ^ crate::train::stage_id::DISTILL,
+        d.batch_size,
+        ctx.comm.rank() as u64,
+        ctx.comm.world() as u64,
+    )?;
+    let mut log = ctx.metrics()?;
+    let bar = ctx.bar(d.steps, "distill");
+    let start = Instant::now();
+    if ctx.lead() {
+        tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, base = %base_file.display(), "Stage III: distribution matching");
+    }
+    let mut last_gen = f64::NAN;
+    for s in 0..d.steps {
+        let batch = loader.next_batch();
+        let (x0, text) = batch_tensors(&batch, &ctx.data, ctx.device);
+        let r = step(&mut roles, ctx.comm, d, seed, s, &x0, &text);
+        bar.inc(1);
+        if let Some((g, _)) = r.generator {
+            last_gen = g;
+        }
+        bar.set_message(format!("distill {:.3}/{:.3}", r.fake_loss, last_gen));
+        if let Some(log) = log.as_mut() {
+            let mut line = serde_json::json!({
+                "stage": "distill", "step": s + 1, "fake_loss": r.fake_loss,
+                "fake_grad_norm": r.fake_grad_norm, "k": r.draw.k, "b1": r.draw.b1, "b2": r.draw.b2,
+                "elapsed_s": start.elapsed().as_secs_f64(),
+            });
+            if let Some((g, n)) = r.generator {
+                line["generator_loss"] = g.into();
+                line["generator_grad_norm"] = n.into();
+            }
+            log.write(&line)?;
+        }
+    }
+    bar.finish();
+    let out = paths::generator(&ctx.run_dir);
+    let model = roles.generator.averaged_dit(ctx.comm);
+    ctx.save_model(&model, &out, Some(sampler_settings(d)))?;
+    if ctx.lead() {
+        tracing::info!(path = %out.display(), seconds = start.elapsed().as_secs_f64(), "Stage III generator written");
+    }
+    ctx.comm.barrier();
+    Ok(out)
+}

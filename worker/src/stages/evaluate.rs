@@ -1,0 +1,274 @@
+//! The eval stage: the run's models sampled for the same prompts from the same noise, scored
+//! with `fastlightgen eval`, and timed against each other in one run.
+//!
+//! Rows: the teacher with its reference sampler (`eval.teacher_steps` Euler steps, CFG
+//! `eval.teacher_cfg`) and the teacher at the student's step count (both unless
+//! `eval.compare_teacher = false`), then the exported student with its recorded sampler.
+//! Videos are split across the ranks (video i always starts from noise `(seed, i)`), gathered
+//! on rank 0, written to `samples/<row>/` and scored; `eval.json` holds the table and the
+//! measured and theoretical speedups of the student over the reference teacher.
+
+use super::export::StudentInfo;
+use super::{paths, StageCtx};
+use crate::eval::{evaluate, EvalReport};
+use crate::flow;
+use crate::model::file::{self, Prompts};
+use crate::model::Dit;
+use crate::sample;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// One model and sampler, scored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    pub name: String,
+    pub model: String,
+    pub steps: usize,
+    pub cfg: f64,
+    /// Network evaluations per video (2 per step with CFG).
+    pub nfe: usize,
+    pub params: i64,
+    /// Kept share of the transformer blocks' parameters.
+    pub block_param_share: f64,
+    /// Wall seconds to sample every video (the slowest rank).
+    pub seconds: f64,
+    pub eval: EvalReport,
+}
+
+/// `eval.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunEval {
+    pub run: String,
+    pub world: usize,
+    pub num_videos: usize,
+    pub seed: u64,
+    pub rows: Vec<Row>,
+    /// Reference teacher seconds / student seconds, same videos, same run.
+    pub speedup_measured: Option<f64>,
+    /// Teacher NFE / (student NFE x student block-parameter share).
+    pub speedup_theoretical: Option<f64>,
+}
+
+impl RunEval {
+    pub fn read(path: &Path) -> Result<RunEval> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn row(&self, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.name == name)
+    }
+}
+
+/// Row names.
+pub const TEACHER: &str = "teacher";
+pub const TEACHER_FEW: &str = "teacher-few-step";
+pub const STUDENT: &str = "student";
+
+/// Samples `n` videos split across the ranks; rank 0 gets all of them as uint8 pixels.
+/// Returns the pixels (empty on other ranks), their shape and the slowest rank's seconds.
+fn sample_split(
+    ctx: &StageCtx,
+    model: &Dit,
+    prompts: &Prompts,
+    labels: &[i64],
+    times: &[f64],
+    cfg: f64,
+) -> (Vec<u8>, [usize; 4], f64) {
+    let (rank, world) = (ctx.comm.rank(), ctx.comm.world());
+    let n = labels.len();
+    let per = n.div_ceil(world);
+    let (lo, hi) = ((rank * per).min(n), ((rank + 1) * per).min(n));
+    let shape = [
+        model.dims.in_channels,
+        prompts.shapes.frames,
+        prompts.shapes.size,
+        prompts.shapes.size,
+    ];
+    let noise = sample::initial_noise(n, shape, ctx.cfg.experiment.seed).to_device(ctx.device);
+    let text = sample::class_text(prompts, labels).to_device(ctx.device);
+    let mine = (hi - lo) as i64;
+    let (latents, seconds) = if mine > 0 {
+        sample::generate(
+            model,
+            &noise.narrow(0, lo as i64, mine),
+            &text.narrow(0, lo as i64, mine),
+            times,
+            cfg,
+            ctx.cfg.eval.batch_size as usize,
+        )
+    } else {
+        (noise.narrow(0, 0, 0), 0.0)
+    };
+    // Pad to `per` videos so every rank sends the same length.
+    let pad = Tensor::zeros(
+        [per as i64 - mine, shape[0], shape[1], shape[2], shape[3]],
+        (Kind::Float, ctx.device),
+    );
+    let all = ctx
+        .comm
+        .all_gather(&Tensor::cat(&[latents, pad], 0).reshape([-1]));
+    let slowest = ctx
+        .comm
+        .all_gather(&Tensor::from_slice(&[seconds as f32]).to_device(ctx.device))
+        .max()
+        .double_value(&[]);
+    let latents = all
+        .view([
+            world as i64 * per as i64,
+            shape[0],
+            shape[1],
+            shape[2],
+            shape[3],
+        ])
+        .narrow(0, 0, n as i64)
+        .to_device(tch::Device::Cpu);
+    let (pixels, vshape) = sample::to_pixels(&latents);
+    (pixels, vshape, slowest)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_row(
+    ctx: &StageCtx,
+    name: &str,
+    path: &Path,
+    model: &Dit,
+    prompts: &Prompts,
+    labels: &[i64],
+    times: &[f64],
+    cfg: f64,
+) -> Result<Option<Row>> {
+    let (pixels, shape, seconds) = sample_split(ctx, model, prompts, labels, times, cfg);
+    if !ctx.lead() {
+        return Ok(None);
+    }
+    sample::write_samples(&paths::samples(&ctx.run_dir, name), &pixels, shape, labels)?;
+    let eval = evaluate(&pixels, labels, shape[1], shape[2]);
+    let steps = times.len() - 1;
+    let all = model.dims.num_blocks as f64;
+    let row = Row {
+        name: name.to_string(),
+        model: path.display().to_string(),
+        steps,
+        cfg,
+        nfe: steps * if cfg != 1.0 { 2 } else { 1 },
+        params: model.param_count(),
+        block_param_share: model.block_ids.len() as f64 / all,
+        seconds,
+        eval,
+    };
+    println!(
+        "{:>18}: {:>2} steps, {:>3} NFE, {:>5.1}% block params, {:>7.2}s, average {:.3}, FD {:.2}",
+        row.name,
+        row.steps,
+        row.nfe,
+        row.block_param_share * 100.0,
+        row.seconds,
+        row.eval.average,
+        row.eval.frechet_distance
+    );
+    Ok(Some(row))
+}
+
+/// Runs the eval stage; rank 0 writes the samples and `eval.json`.
+pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
+    let e = &ctx.cfg.eval;
+    let n = e.num_samples as usize;
+    let labels = sample::labels_for(n, &[]);
+    let teacher_file = &ctx.teacher;
+    let (teacher, teacher_meta) = file::load(teacher_file, Some(&ctx.cfg.model_dims()))?;
+    let prompts = teacher_meta
+        .and_then(|m| m.prompts)
+        .or_else(|| crate::pretrain::model_meta(&teacher, &ctx.data).prompts)
+        .with_context(|| {
+            "the eval stage needs a moving-shapes prompt table (data.kind = \"moving-shapes\")"
+        })?;
+    let teacher = teacher.to(ctx.device, Kind::Float);
+    let student_file = paths::student(&ctx.run_dir);
+    let mut rows = Vec::new();
+    let few = ctx.cfg.distill.timesteps.len();
+    if e.compare_teacher {
+        let reference = flow::euler_times(e.teacher_steps as usize, e.shift);
+        rows.extend(score_row(
+            ctx,
+            TEACHER,
+            teacher_file,
+            &teacher,
+            &prompts,
+            &labels,
+            &reference,
+            e.teacher_cfg,
+        )?);
+        let short = flow::euler_times(few, e.shift);
+        rows.extend(score_row(
+            ctx,
+            TEACHER_FEW,
+            teacher_file,
+            &teacher,
+            &prompts,
+            &labels,
+            &short,
+            e.teacher_cfg,
+        )?);
+    }
+    drop(teacher);
+    let has_student = ctx.has_stage("export") || student_file.exists();
+    let mut student_share = None;
+    if has_student {
+        let info = StudentInfo::read(&paths::student_info(&ctx.run_dir)).with_context(|| {
+            "the eval stage scores the exported student; run the export stage first"
+        })?;
+        let (student, _) = file::load(&student_file, None)?;
+        let student = student.to(ctx.device, Kind::Float);
+        let times: Vec<f64> = info
+            .sampler
+            .timesteps
+            .iter()
+            .copied()
+            .chain([0.0])
+            .collect();
+        rows.extend(score_row(
+            ctx,
+            STUDENT,
+            &student_file,
+            &student,
+            &prompts,
+            &labels,
+            &times,
+            info.sampler.cfg,
+        )?);
+        student_share = Some(info.block_param_share);
+    }
+    if !ctx.lead() {
+        return Ok(None);
+    }
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    let (speedup_measured, speedup_theoretical) =
+        match (find(TEACHER), find(STUDENT), student_share) {
+            (Some(t), Some(s), Some(share)) => (
+                Some(t.seconds / s.seconds),
+                Some(t.nfe as f64 / (s.nfe as f64 * share)),
+            ),
+            _ => (None, None),
+        };
+    let report = RunEval {
+        run: ctx.cfg.experiment.name.clone(),
+        world: ctx.comm.world(),
+        num_videos: n,
+        seed: ctx.cfg.experiment.seed,
+        rows,
+        speedup_measured,
+        speedup_theoretical,
+    };
+    let path = paths::eval_report(&ctx.run_dir);
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if let (Some(m), Some(t)) = (speedup_measured, speedup_theoretical) {
+        println!("student speedup over the teacher: {m:.2}x measured, {t:.2}x theoretical");
+    }
+    println!("eval -> {}", path.display());
+    Ok(Some(report))
+}

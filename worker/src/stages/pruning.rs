@@ -1,0 +1,177 @@
+//! Stage II: dynamic probabilistic pruning.
+//!
+//! From the teacher's weights, every step draws a skip mask over the Stage I candidates (each
+//! skipped with probability `skip_prob`, the same mask on every rank because it is a function
+//! of `(seed, step)` only) and runs the *same* weights twice on the same `(x_t, t, c)`: the
+//! unpruned pass U (every block, no gradient) and the pruned pass P (the mask applied). Loss:
+//! `alpha * |P - sg(U)|^2 + (1 - alpha) * |P - (eps - x0)|^2`. Both passes' flow losses are
+//! logged so the pruned model can be seen catching up with the full one.
+
+use super::{paths, StageCtx};
+use crate::collective::{all_reduce_mean, Collective};
+use crate::data::{DataSet, Loader};
+use crate::flow;
+use crate::pretrain::{batch_tensors, flow_inputs};
+use crate::shard::ShardedDit;
+use crate::stages::importance::ImportanceReport;
+use crate::train::{active_blocks, draws, stage_id, Draws, Role};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::Tensor;
+
+/// The losses of one Stage II step, each the mean over ranks.
+#[derive(Clone, Copy, Debug)]
+pub struct PruningLosses {
+    /// The trained objective.
+    pub loss: f64,
+    /// `|P - U|^2`: how far the pruned pass is from the full one.
+    pub gap: f64,
+    /// Flow-matching loss of the unpruned pass.
+    pub flow_full: f64,
+    /// Flow-matching loss of the pruned pass.
+    pub flow_pruned: f64,
+}
+
+/// Both passes on one local batch; backpropagates the Stage II loss into the shard gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn pruning_backward(
+    model: &mut ShardedDit,
+    comm: &dyn Collective,
+    x0: &Tensor,
+    text: &Tensor,
+    d: &Draws,
+    shift: f64,
+    cfg_dropout: f64,
+    alpha: f64,
+    active: &[usize],
+) -> PruningLosses {
+    let f = flow_inputs(x0, text, d, shift, cfg_dropout);
+    let all = model.block_ids.clone();
+    // U is a target (stop-gradient): its tape is dropped at once.
+    let (u, _) = model.forward(comm, &f.xt, &f.t, &f.text, &all);
+    let (p, tape) = model.forward(comm, &f.xt, &f.t, &f.text, active);
+    let n = p.numel() as f64;
+    let grad = (&p - &u) * (2.0 * alpha / n) + (&p - &f.target) * (2.0 * (1.0 - alpha) / n);
+    let gap = flow::mse(&p, &u).double_value(&[]);
+    let flow_full = flow::mse(&u, &f.target).double_value(&[]);
+    let flow_pruned = flow::mse(&p, &f.target).double_value(&[]);
+    let loss = alpha * gap + (1.0 - alpha) * flow_pruned;
+    model.backward(comm, tape, &grad);
+    let m = all_reduce_mean(comm, &[loss, gap, flow_full, flow_pruned]);
+    PruningLosses {
+        loss: m[0],
+        gap: m[1],
+        flow_full: m[2],
+        flow_pruned: m[3],
+    }
+}
+
+/// One Stage II step on the loader's next batch. Returns the losses and the gradient norm.
+pub fn step(
+    role: &mut Role,
+    comm: &dyn Collective,
+    loader: &mut Loader,
+    data: &DataSet,
+    cfg: &flg_coordinator::config::Pruning,
+    seed: u64,
+    step: u64,
+    candidates: &[usize],
+) -> (PruningLosses, f64) {
+    let batch = loader.next_batch();
+    let (x0, text) = batch_tensors(&batch, data, role.model.device);
+    let b = loader.local_batch() as usize;
+    let d = draws(
+        seed,
+        stage_id::PRUNING,
+        step,
+        comm.rank() * b,
+        b,
+        &x0.size()[1..],
+        role.model.device,
+    );
+    let active = active_blocks(
+        seed,
+        step,
+        role.model.dims.num_blocks as usize,
+        candidates,
+        cfg.skip_prob,
+    );
+    let losses = pruning_backward(
+        &mut role.model,
+        comm,
+        &x0,
+        &text,
+        &d,
+        cfg.shift,
+        cfg.cfg_dropout,
+        cfg.alpha,
+        &active,
+    );
+    (losses, role.step(comm))
+}
+
+/// Runs Stage II from the teacher; rank 0 writes `pruning/model.safetensors`.
+pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
+    let p = &ctx.cfg.pruning;
+    let seed = ctx.cfg.experiment.seed;
+    let report_path = paths::importance(&ctx.run_dir);
+    let report = ImportanceReport::read(&report_path).with_context(|| {
+        format!(
+            "Stage II needs Stage I's candidates in {}; run the importance stage first",
+            report_path.display()
+        )
+    })?;
+    let teacher = ctx.load_input(&ctx.teacher, "pretrain")?;
+    let mut role = Role::new(
+        ShardedDit::from_dit(&teacher, ctx.comm, ctx.device, ctx.kind),
+        &p.optim,
+        0.0,
+        ctx.comm,
+    );
+    drop(teacher);
+    let mut loader = Loader::new(
+        ctx.data.clone(),
+        seed ^ stage_id::PRUNING,
+        p.batch_size,
+        ctx.comm.rank() as u64,
+        ctx.comm.world() as u64,
+    )?;
+    let mut log = ctx.metrics()?;
+    let bar = ctx.bar(p.steps, "pruning");
+    let start = Instant::now();
+    if ctx.lead() {
+        tracing::info!(candidates = ?report.candidates, steps = p.steps, alpha = p.alpha, skip_prob = p.skip_prob, "Stage II: dynamic probabilistic pruning");
+    }
+    for s in 0..p.steps {
+        let (l, norm) = step(
+            &mut role,
+            ctx.comm,
+            &mut loader,
+            &ctx.data,
+            p,
+            seed,
+            s,
+            &report.candidates,
+        );
+        bar.inc(1);
+        let done = s + 1;
+        bar.set_message(format!("pruning {:.4}", l.loss));
+        if let Some(log) = log.as_mut() {
+            log.write(&serde_json::json!({
+                "stage": "pruning", "step": done, "loss": l.loss, "gap": l.gap,
+                "flow_full": l.flow_full, "flow_pruned": l.flow_pruned, "grad_norm": norm,
+                "lr": role.opt.lr_at(s), "elapsed_s": start.elapsed().as_secs_f64(),
+            }))?;
+        }
+    }
+    bar.finish();
+    let out = paths::pruned_model(&ctx.run_dir);
+    let model = role.model.to_dit(ctx.comm);
+    ctx.save_model(&model, &out, None)?;
+    if ctx.lead() {
+        tracing::info!(path = %out.display(), seconds = start.elapsed().as_secs_f64(), "Stage II model written");
+    }
+    ctx.comm.barrier();
+    Ok(out)
+}
