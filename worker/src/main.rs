@@ -620,8 +620,6 @@ fn prompts_of(dir: &std::path::Path) -> Result<flg_worker::model::file::Prompts>
 
 /// One rank of an `mpirun` job.
 fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Result<()> {
-    use flg_coordinator::config::Precision;
-    use flg_worker::{collective, device};
     let mut cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let all_stages = cfg.experiment.stages.clone();
     if !only.is_empty() {
@@ -641,6 +639,26 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Res
         }
     }
     let ranks = flg_worker::ranks::init(&cfg, path)?;
+    if let Err(e) = run_stages(&cfg, path, &ranks, all_stages, snapshot_every) {
+        // The other ranks may be waiting in a collective for this one: end the whole job
+        // instead of leaving them hanging.
+        use mpi::traits::Communicator;
+        eprintln!("error (rank {} of {}): {e:#}", ranks.rank, ranks.world);
+        ranks.universe.world().abort(1);
+    }
+    Ok(())
+}
+
+/// This rank's share of every stage the config lists, in order.
+fn run_stages(
+    cfg: &Config,
+    path: &std::path::Path,
+    ranks: &flg_worker::ranks::Ranks,
+    all_stages: Vec<String>,
+    snapshot_every: u64,
+) -> Result<()> {
+    use flg_coordinator::config::Precision;
+    use flg_worker::{collective, device};
     let backend = device::select_backend(
         cfg.cluster.device,
         cfg.cluster.backend,
@@ -660,18 +678,18 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Res
     if ranks.rank == 0 {
         std::fs::create_dir_all(&run_dir)?;
         std::fs::write(run_dir.join("config.toml"), cfg.to_toml())?;
-        data::open_or_generate(&cfg, &run_dir)?; // generated once, by rank 0
+        data::open_or_generate(cfg, &run_dir)?; // generated once, by rank 0
     }
     comm.barrier();
-    let data = Arc::new(data::open_or_generate(&cfg, &run_dir)?);
+    let data = Arc::new(data::open_or_generate(cfg, &run_dir)?);
     let ctx = flg_worker::stages::StageCtx {
-        cfg: &cfg,
+        cfg,
         run_dir: run_dir.clone(),
         data: data.clone(),
         comm: comm.as_ref(),
         device,
         kind,
-        teacher: teacher_path(&cfg, &run_dir),
+        teacher: teacher_path(cfg, &run_dir),
         all_stages,
     };
     use flg_worker::stages;
@@ -680,7 +698,7 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Res
         match stage.as_str() {
             "pretrain" => {
                 flg_worker::pretrain::run(
-                    &cfg,
+                    cfg,
                     &run_dir,
                     data.clone(),
                     comm.as_ref(),
@@ -734,13 +752,14 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Res
                         stages::paths::student(&run_dir).display()
                     );
                 }
-                comm.barrier();
             }
             "eval" => {
                 stages::evaluate::run(&ctx)?;
             }
             other => bail!("{}: unknown stage {other:?}", path.display()),
         }
+        // The next stage reads what rank 0 just wrote.
+        comm.barrier();
         if ranks.rank == 0 {
             let line = serde_json::json!({"stage": stage, "event": "stage_done", "seconds": started.elapsed().as_secs_f64()});
             flg_worker::metrics::MetricsLog::open(&run_dir.join("metrics.jsonl"))?.write(&line)?;

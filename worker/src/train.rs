@@ -82,6 +82,34 @@ pub fn active_blocks(
     (0..num_blocks).filter(|&b| !skipped[b]).collect()
 }
 
+/// Fails when any rank runs a different set of blocks than this one at `step`. A rank that
+/// drew its own skip mask would gather other units than its peers and hang the job or silently
+/// mix models; this check (one small all-gather per step) turns that into a clear error.
+pub fn check_same_blocks(
+    comm: &dyn Collective,
+    step: u64,
+    num_blocks: usize,
+    active: &[usize],
+) -> Result<(), String> {
+    let mut mine = vec![0f32; num_blocks];
+    for &b in active {
+        mine[b] = 1.0;
+    }
+    let all = comm.all_gather(&Tensor::from_slice(&mine));
+    let all = Vec::<f32>::try_from(all).expect("f32 mask");
+    for (r, theirs) in all.chunks(num_blocks).enumerate() {
+        if theirs != mine.as_slice() {
+            let blocks: Vec<usize> = (0..num_blocks).filter(|&b| theirs[b] > 0.5).collect();
+            return Err(format!(
+                "step {step}: rank {} runs blocks {active:?} but rank {r} runs {blocks:?}; \
+                 every rank must draw the same skip mask",
+                comm.rank()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A trainable sharded model with its optimiser, clipping and optional EMA.
 pub struct Role {
     pub model: ShardedDit,

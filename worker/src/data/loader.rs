@@ -45,6 +45,32 @@ impl Batch {
         self.indices.len()
     }
 
+    /// The samples `indices` of `data` as one batch (position: the start).
+    pub fn gather(data: &DataSet, indices: &[u64]) -> Batch {
+        let samples: Vec<Sample> = indices.iter().map(|&i| data.sample(i)).collect();
+        Batch {
+            latents: samples
+                .iter()
+                .flat_map(|s| s.latents.iter().copied())
+                .collect(),
+            text: samples
+                .iter()
+                .flat_map(|s| s.text.iter().copied())
+                .collect(),
+            labels: data
+                .manifest
+                .has_labels
+                .then(|| samples.iter().map(|s| s.label.unwrap_or(-1)).collect()),
+            indices: indices.to_vec(),
+            position: DataPosition { epoch: 0, step: 0 },
+        }
+    }
+
+    fn at(mut self, position: DataPosition) -> Batch {
+        self.position = position;
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
     }
@@ -161,20 +187,6 @@ impl Loader {
                 step: 0,
             };
         }
-        let samples: Vec<Sample> = indices.iter().map(|&i| self.data.sample(i)).collect();
-        let has_labels = self.data.manifest.has_labels;
-        Batch {
-            latents: samples
-                .iter()
-                .flat_map(|s| s.latents.iter().copied())
-                .collect(),
-            text: samples
-                .iter()
-                .flat_map(|s| s.text.iter().copied())
-                .collect(),
-            labels: has_labels.then(|| samples.iter().map(|s| s.label.unwrap_or(-1)).collect()),
-            indices,
-            position,
-        }
+        Batch::gather(&self.data, &indices).at(position)
     }
 }

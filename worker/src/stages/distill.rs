@@ -127,8 +127,30 @@ fn full_t(b: i64, t: f64, like: &Tensor) -> Tensor {
     Tensor::full([b], t, (Kind::Float, like.device()))
 }
 
-/// One Stage III step on a local batch (`x0` used only without backward simulation).
+/// One Stage III step on a local batch (`x0` used only without backward simulation):
+/// [`gradients`], then each role that got gradients takes its clipped optimizer step.
 pub fn step(
+    roles: &mut Roles,
+    comm: &dyn Collective,
+    d: &Distill,
+    seed: u64,
+    step: u64,
+    x0: &Tensor,
+    text: &Tensor,
+) -> StepReport {
+    let mut r = gradients(roles, comm, d, seed, step, x0, text);
+    if let Some((loss, _)) = r.generator {
+        r.generator = Some((loss, roles.generator.step(comm)));
+    }
+    r.fake_grad_norm = roles.fake.step(comm);
+    r
+}
+
+/// The gradients of one Stage III step, left in the roles' shard gradients (the generator's
+/// only on generator steps). Both come from the same generator sample, made before either
+/// role changes, so the order of the two updates does not matter. The report's gradient norms
+/// are filled in by [`step`].
+pub fn gradients(
     roles: &mut Roles,
     comm: &dyn Collective,
     d: &Distill,
@@ -196,8 +218,7 @@ pub fn step(
         // L = 0.5 mean((x - sg(x - grad))^2): dL/dx = grad / n, and x = x_k - t_k v.
         let grad_v = grad * (-tk / n);
         roles.generator.model.backward(comm, tape, &grad_v);
-        let norm = roles.generator.step(comm);
-        (all_reduce_mean(comm, &[loss])[0], norm)
+        (all_reduce_mean(comm, &[loss])[0], f64::NAN)
     });
 
     // The fake score learns the generator's current distribution.
@@ -212,11 +233,10 @@ pub fn step(
         0.0,
         &roles.pruned_ids,
     );
-    let fake_grad_norm = roles.fake.step(comm);
     StepReport {
         draw,
         fake_loss,
-        fake_grad_norm,
+        fake_grad_norm: f64::NAN,
         generator,
     }
 }
@@ -334,4 +354,77 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
     }
     ctx.comm.barrier();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Solo;
+    use tch::Device;
+
+    fn live_model() -> Dit {
+        let mut dims = flg_coordinator::config::preset("tiny").unwrap();
+        dims.num_blocks = 4;
+        let m = Dit::init(&dims, 3);
+        let _ = m
+            .stem
+            .p("head.head.weight")
+            .shallow_clone()
+            .normal_(0.0, 0.05);
+        m
+    }
+
+    /// One generator step from the pruned base with b1 = `b1`, b2 = 0: (loss, gradient norm).
+    fn one_step(b1: f64) -> (f64, f64) {
+        let base = live_model();
+        let d = Distill {
+            steps: 1,
+            batch_size: 2,
+            generator_every: 1,
+            b1_range: [b1, b1],
+            b2_range: [0.0, 0.0],
+            ..Distill::default()
+        };
+        let mut roles = Roles::new(&base, &[1], &d, &Solo, Device::Cpu, Kind::Float);
+        tch::manual_seed(0);
+        let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
+        let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
+        step(&mut roles, &Solo, &d, 0, 0, &x0, &text)
+            .generator
+            .expect("a generator step")
+    }
+
+    #[test]
+    fn a_fake_score_equal_to_the_real_one_gives_the_generator_no_gradient() {
+        // Fake and generator start as the pruned base; with b1 = 1, b2 = 0 the real score is the
+        // same pruned base on the prompt: the two scores agree (up to float rounding of the
+        // batched passes), so DMD has nothing to correct.
+        let (loss, norm) = one_step(1.0);
+        assert!(
+            loss < 1e-12 && norm < 1e-5,
+            "loss {loss}, gradient norm {norm}"
+        );
+        // With guidance the real score differs from the fake one and the generator is pushed.
+        let (loss, norm) = one_step(4.0);
+        assert!(
+            loss > 1e-6 && norm > 1e-3,
+            "loss {loss}, gradient norm {norm}"
+        );
+    }
+
+    #[test]
+    fn the_sampler_times_are_the_shifted_steps_then_zero() {
+        let d = Distill {
+            shift: 3.0,
+            ..Distill::default()
+        };
+        let t = sampler_times(&d);
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[0], 1.0);
+        assert_eq!(t[4], 0.0);
+        assert!((t[2] - flow::shift_scalar(0.5, 3.0)).abs() < 1e-12);
+        let s = sampler_settings(&d);
+        assert_eq!(s.timesteps, t[..4].to_vec());
+        assert_eq!((s.cfg, s.steps, s.shift), (1.0, Some(4), Some(3.0)));
+    }
 }

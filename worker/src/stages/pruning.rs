@@ -14,7 +14,7 @@ use crate::flow;
 use crate::pretrain::{batch_tensors, flow_inputs};
 use crate::shard::ShardedDit;
 use crate::stages::importance::ImportanceReport;
-use crate::train::{active_blocks, draws, stage_id, Draws, Role};
+use crate::train::{active_blocks, check_same_blocks, draws, stage_id, Draws, Role};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -67,7 +67,45 @@ pub fn pruning_backward(
     }
 }
 
-/// One Stage II step on the loader's next batch. Returns the losses and the gradient norm.
+/// `|P - U|^2` with every candidate removed, on a fixed held-out batch (the first
+/// `batch` videos of the data set, fixed draws): the number Stage II exists to lower.
+pub fn removed_gap(
+    model: &ShardedDit,
+    comm: &dyn Collective,
+    data: &DataSet,
+    batch: u64,
+    shift: f64,
+    seed: u64,
+    kept: &[usize],
+) -> f64 {
+    let local = (batch as usize / comm.world()).max(1);
+    let first = comm.rank() * local;
+    let items: Vec<u64> = (0..local as u64)
+        .map(|i| (first as u64 + i) % data.len())
+        .collect();
+    let b = crate::data::Batch::gather(data, &items);
+    let (x0, text) = batch_tensors(&b, data, model.device);
+    let d = draws(
+        seed,
+        HELD_OUT,
+        0,
+        first,
+        local,
+        &x0.size()[1..],
+        model.device,
+    );
+    let f = flow_inputs(&x0, &text, &d, shift, 0.0);
+    let (u, _) = model.forward(comm, &f.xt, &f.t, &f.text, &model.block_ids.clone());
+    let (p, _) = model.forward(comm, &f.xt, &f.t, &f.text, kept);
+    all_reduce_mean(comm, &[flow::mse(&p, &u).double_value(&[])])[0]
+}
+
+/// Draw stream of the held-out measurement.
+const HELD_OUT: u64 = 0x484f_4c44; // "HOLD"
+
+/// One Stage II step on the loader's next batch with the blocks `active` (the step's mask,
+/// checked to be the same on every rank). Returns the losses and the gradient norm.
+#[allow(clippy::too_many_arguments)]
 pub fn step(
     role: &mut Role,
     comm: &dyn Collective,
@@ -76,8 +114,10 @@ pub fn step(
     cfg: &flg_coordinator::config::Pruning,
     seed: u64,
     step: u64,
-    candidates: &[usize],
-) -> (PruningLosses, f64) {
+    active: &[usize],
+) -> anyhow::Result<(PruningLosses, f64)> {
+    check_same_blocks(comm, step, role.model.dims.num_blocks as usize, active)
+        .map_err(anyhow::Error::msg)?;
     let batch = loader.next_batch();
     let (x0, text) = batch_tensors(&batch, data, role.model.device);
     let b = loader.local_batch() as usize;
@@ -90,13 +130,6 @@ pub fn step(
         &x0.size()[1..],
         role.model.device,
     );
-    let active = active_blocks(
-        seed,
-        step,
-        role.model.dims.num_blocks as usize,
-        candidates,
-        cfg.skip_prob,
-    );
     let losses = pruning_backward(
         &mut role.model,
         comm,
@@ -106,9 +139,9 @@ pub fn step(
         cfg.shift,
         cfg.cfg_dropout,
         cfg.alpha,
-        &active,
+        active,
     );
-    (losses, role.step(comm))
+    Ok((losses, role.step(comm)))
 }
 
 /// Runs Stage II from the teacher; rank 0 writes `pruning/model.safetensors`.
@@ -138,12 +171,18 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
         ctx.comm.world() as u64,
     )?;
     let mut log = ctx.metrics()?;
+    let kept = super::kept_blocks(&role.model.block_ids, &report.candidates);
+    let gap =
+        |m: &ShardedDit| removed_gap(m, ctx.comm, &ctx.data, p.batch_size, p.shift, seed, &kept);
+    let gap_before = gap(&role.model);
     let bar = ctx.bar(p.steps, "pruning");
     let start = Instant::now();
     if ctx.lead() {
         tracing::info!(candidates = ?report.candidates, steps = p.steps, alpha = p.alpha, skip_prob = p.skip_prob, "Stage II: dynamic probabilistic pruning");
     }
+    let num_blocks = role.model.dims.num_blocks as usize;
     for s in 0..p.steps {
+        let active = active_blocks(seed, s, num_blocks, &report.candidates, p.skip_prob);
         let (l, norm) = step(
             &mut role,
             ctx.comm,
@@ -152,20 +191,32 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
             p,
             seed,
             s,
-            &report.candidates,
-        );
+            &active,
+        )?;
+        let skipped: Vec<usize> = (0..num_blocks).filter(|b| !active.contains(b)).collect();
         bar.inc(1);
         let done = s + 1;
         bar.set_message(format!("pruning {:.4}", l.loss));
         if let Some(log) = log.as_mut() {
             log.write(&serde_json::json!({
-                "stage": "pruning", "step": done, "loss": l.loss, "gap": l.gap,
+                "stage": "pruning", "step": done, "skipped": skipped, "loss": l.loss, "gap": l.gap,
                 "flow_full": l.flow_full, "flow_pruned": l.flow_pruned, "grad_norm": norm,
                 "lr": role.opt.lr_at(s), "elapsed_s": start.elapsed().as_secs_f64(),
             }))?;
         }
     }
     bar.finish();
+    let gap_after = gap(&role.model);
+    if let Some(log) = log.as_mut() {
+        log.write(&serde_json::json!({
+            "stage": "pruning", "event": "held_out", "removed": report.candidates,
+            "gap_before": gap_before, "gap_after": gap_after,
+        }))?;
+        println!(
+            "pruning: |P - U|^2 with {:?} removed, held-out batch: {gap_before:.4} -> {gap_after:.4}",
+            report.candidates
+        );
+    }
     let out = paths::pruned_model(&ctx.run_dir);
     let model = role.model.to_dit(ctx.comm);
     ctx.save_model(&model, &out, None)?;
