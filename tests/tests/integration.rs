@@ -903,3 +903,28 @@ fn every_stage_runs_on_2_ranks_and_the_exported_student_samples_alone() {
         std::fs::read(run.join("export/student.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn stage_iii_lowers_its_generator_loss_on_a_short_run() {
+    // 60 steps from the teacher with a generator update at every step: the DMD2 loss (how far
+    // the fake score, i.e. the generator's distribution, is from the well-guided real score)
+    // falls. Measured on this config: mean 2.01 over the first 20 steps, 1.43 over the last 20.
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = teacher_data(tmp.path(), 64);
+    let cfg = stage_probe_config(tmp.path(), 1, &data_dir);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[distill]\nsteps = 6", "[distill]\nsteps = 60");
+    std::fs::write(&cfg, text).unwrap();
+    let out = tmp.path().join("long");
+    assert_ok(&probe(1, &cfg, &out, &["distill"]));
+    let l: Vec<serde_json::Value> = json_file(&out.join("losses.json"));
+    let g: Vec<f64> = l
+        .iter()
+        .map(|x| x["generator_loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(g.len(), 60);
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    let (first, last) = (mean(&g[..20]), mean(&g[40..]));
+    assert!(last < 0.9 * first, "generator loss {first:.3} -> {last:.3}");
+}
