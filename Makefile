@@ -52,19 +52,16 @@ test: build
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log; \
 	exit $$status
 
-# The laptop demo on the shipped tiny teacher. It grows with the project: today it checks the
-# config, runs Stage I (block importance) on 2 real MPI ranks, and samples and scores the
-# teacher with its 50-step CFG sampler and a plain 4-step sampler.
+# The laptop demo on the shipped tiny teacher: every FastLightGen stage on 2 real MPI ranks
+# (Stage I importance, Stage II pruning, Stage III distillation, export, sampling and
+# evaluation of teacher and student), about 15 minutes after the build on 2 cores.
 DEMO_RUN := runs/demo-cpu
 demo: build
 	./target/release/fastlightgen validate cluster-configs/demo-cpu.toml
-	./target/release/fastlightgen workers cluster-configs/demo-cpu.toml --stage importance
-	./target/release/fastlightgen sample --model teacher/tiny-teacher.safetensors --steps 50 --cfg 4 \
-	  --num 32 --out $(DEMO_RUN)/samples/teacher-50step-cfg4 --eval
-	./target/release/fastlightgen sample --model teacher/tiny-teacher.safetensors --steps 4 --cfg 4 \
-	  --num 32 --out $(DEMO_RUN)/samples/teacher-4step-cfg4 --eval
+	./target/release/fastlightgen workers cluster-configs/demo-cpu.toml
 	@echo
-	@echo "demo outputs in $(DEMO_RUN)/: importance.json, importance.png, samples/*/ (GIFs, grid.png, eval.json)"
+	@echo "demo outputs in $(DEMO_RUN)/: importance.json/.png, pruning/, distill/, export/student.safetensors,"
+	@echo "  samples/{teacher,teacher-few-step,student}/ (GIFs, grid.png), eval.json, metrics.jsonl"
 
 fmt:
 	$(CARGO) fmt --all

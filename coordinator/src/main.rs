@@ -47,12 +47,26 @@ enum Command {
     /// Start the config's worker ranks with mpirun (cluster.world_size of them), without a
     /// coordinator, and wait for them.
     ///
+    /// Runs experiment.stages in order: pretrain, importance (Stage I), pruning (Stage II),
+    /// distill (Stage III), export, eval. Each stage reads the previous stages' files from the
+    /// run directory <output_dir>/<name>/ and writes its own there (importance.json,
+    /// pruning/model.safetensors, distill/generator.safetensors, export/student.*, eval.json,
+    /// samples/), so `--stage S` (repeatable) reruns just that stage.
+    ///
     /// Adds the flags OpenMPI needs on one node (--oversubscribe, and --allow-run-as-root as
-    /// root) or uses cluster.hostfile. `--stage S` runs only that stage (repeatable).
+    /// root) or uses cluster.hostfile.
     Workers {
         config: PathBuf,
+        /// Run only this stage of experiment.stages (repeatable).
         #[arg(long = "stage")]
         stages: Vec<String>,
+    },
+    /// Write a run's Stage III generator as export/student.safetensors + student.json; see
+    /// --help. (The export stage of `workers` does the same.)
+    #[command(disable_help_flag = true)]
+    Export {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
     /// Make, inspect and verify data directories: `fastlightgen data shapes --out DIR --num N`.
     #[command(disable_help_flag = true)]
@@ -118,6 +132,7 @@ fn main() -> ExitCode {
         Command::Workers { config, stages } => workers(config, stages),
         Command::Env => forward("env", Vec::new()),
         Command::Sample { args } => forward("sample", args),
+        Command::Export { args } => forward("export", args),
         Command::Eval { args } => forward("eval", args),
         Command::Train { args } => forward("train", args),
         Command::Bench { args } => forward("bench", args),

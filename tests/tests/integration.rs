@@ -718,19 +718,7 @@ fn shipped_teacher() -> PathBuf {
 #[test]
 fn block_importance_is_the_same_on_1_and_2_ranks() {
     let tmp = tempfile::tempdir().unwrap();
-    let data_dir = tmp.path().join("data");
-    data::write_moving_shapes(
-        &data_dir,
-        &ShapesSpec {
-            seed: 0,
-            text_seed: 20260301,
-            ..shapes_spec()
-        },
-        96,
-        96,
-        false,
-    )
-    .unwrap();
+    let data_dir = teacher_data(tmp.path(), 96);
     let worker = bin_dir().join("flg-worker");
     let read = |w: u32| -> serde_json::Value {
         serde_json::from_str(

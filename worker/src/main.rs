@@ -109,7 +109,7 @@ enum Command {
     ///
     /// Joins the MPI job, checks W against cluster.world_size, picks the collective backend
     /// (NCCL on CUDA, MPI on the CPU), shards every model across the ranks and runs the
-    /// config's training stages data-parallel. This build runs the "pretrain" stage.
+    /// config's stages in order, data-parallel. A rank that fails aborts the whole job.
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -120,6 +120,13 @@ enum Command {
         /// output from the run directory.
         #[arg(long = "stage")]
         stages: Vec<String>,
+    },
+    /// Write a run's Stage III generator (its EMA) as the unsharded student:
+    /// `<run dir>/export/student.safetensors` (kept blocks only, original indices, sampler
+    /// settings in its metadata) and `export/student.json`.
+    Export {
+        /// The experiment file whose run directory holds distill/generator.safetensors.
+        config: PathBuf,
     },
     /// Run a config's teacher pretraining in this one process (no coordinator, no MPI).
     ///
@@ -388,6 +395,19 @@ fn run(cli: Cli) -> Result<()> {
             if eval {
                 print_eval(&eval_dir(&out)?);
             }
+        }
+        Command::Export { config } => {
+            let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let run_dir = cfg.run_dir();
+            let info = flg_worker::stages::export::export(&run_dir)?;
+            println!(
+                "student: blocks {:?} ({:.1}% of block parameters, {} parameters), {} steps -> {}",
+                info.block_ids,
+                info.block_param_share * 100.0,
+                info.params,
+                info.sampler.timesteps.len(),
+                flg_worker::stages::paths::student(&run_dir).display()
+            );
         }
         Command::Annotate {
             model,

@@ -105,6 +105,32 @@ pub fn flow_matching_backward(
     crate::collective::all_reduce_scalar(comm, local) / comm.world() as f64
 }
 
+/// This rank's share of the loader's next global batch, as tensors, with its per-sample draws.
+#[allow(clippy::too_many_arguments)]
+pub fn next_batch_with_draws(
+    loader: &mut Loader,
+    data: &DataSet,
+    comm: &dyn Collective,
+    seed: u64,
+    stage: u64,
+    step: u64,
+    device: Device,
+) -> (Tensor, Tensor, Draws) {
+    let batch = loader.next_batch();
+    let (x0, text) = batch_tensors(&batch, data, device);
+    let b = loader.local_batch() as usize;
+    let d = draws(
+        seed,
+        stage,
+        step,
+        comm.rank() * b,
+        b,
+        &x0.size()[1..],
+        device,
+    );
+    (x0, text, d)
+}
+
 /// One flow-matching training step of a role on the loader's next batch: draws, forward,
 /// backward, clipped update. Returns the loss (mean over ranks) and the gradient norm.
 #[allow(clippy::too_many_arguments)]
@@ -120,18 +146,8 @@ pub fn train_step(
     cfg_dropout: f64,
     active: &[usize],
 ) -> (f64, f64) {
-    let batch = loader.next_batch();
-    let (x0, text) = batch_tensors(&batch, data, role.model.device);
-    let b = loader.local_batch() as usize;
-    let d = draws(
-        seed,
-        stage,
-        step,
-        comm.rank() * b,
-        b,
-        &x0.size()[1..],
-        role.model.device,
-    );
+    let (x0, text, d) =
+        next_batch_with_draws(loader, data, comm, seed, stage, step, role.model.device);
     let loss = flow_matching_backward(
         &mut role.model,
         comm,

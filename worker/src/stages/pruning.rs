@@ -11,7 +11,7 @@ use super::{paths, StageCtx};
 use crate::collective::{all_reduce_mean, Collective};
 use crate::data::{DataSet, Loader};
 use crate::flow;
-use crate::pretrain::{batch_tensors, flow_inputs};
+use crate::pretrain::{batch_tensors, flow_inputs, next_batch_with_draws};
 use crate::shard::ShardedDit;
 use crate::stages::importance::ImportanceReport;
 use crate::train::{active_blocks, check_same_blocks, draws, stage_id, Draws, Role};
@@ -118,16 +118,13 @@ pub fn step(
 ) -> anyhow::Result<(PruningLosses, f64)> {
     check_same_blocks(comm, step, role.model.dims.num_blocks as usize, active)
         .map_err(anyhow::Error::msg)?;
-    let batch = loader.next_batch();
-    let (x0, text) = batch_tensors(&batch, data, role.model.device);
-    let b = loader.local_batch() as usize;
-    let d = draws(
+    let (x0, text, d) = next_batch_with_draws(
+        loader,
+        data,
+        comm,
         seed,
         stage_id::PRUNING,
         step,
-        comm.rank() * b,
-        b,
-        &x0.size()[1..],
         role.model.device,
     );
     let losses = pruning_backward(
