@@ -795,7 +795,7 @@ fn every_stage_runs_on_2_ranks_and_the_exported_student_samples_alone() {
                  [importance]\ncalibration_samples = 16\ntimesteps_per_sample = 1\nbatch_size = 16\n\
                  [pruning]\nsteps = 3\nbatch_size = 8\n\
                  [distill]\nsteps = 4\nbatch_size = 4\ngenerator_every = 2\n\
-                 [eval]\nnum_samples = 8\nteacher_steps = 4\nbatch_size = 8\n",
+                 [eval]\nnum_samples = 8\nteacher_steps = 4\nbatch_size = 8\nmin_timed_seconds = 0.0\n",
                 out = tmp.path().join("runs"),
                 teacher = shipped_teacher(),
                 data = data_dir,

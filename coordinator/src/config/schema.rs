@@ -402,6 +402,9 @@ pub struct Eval {
     pub compare_teacher: bool,
     /// Videos per network call while sampling.
     pub batch_size: u64,
+    /// A sampler that finishes faster is run again until this many seconds have passed, and
+    /// its time is the mean (timer noise is large on a one-second run); 0: time one run.
+    pub min_timed_seconds: f64,
 }
 
 impl Default for Eval {
@@ -413,6 +416,7 @@ impl Default for Eval {
             shift: 1.0,
             compare_teacher: true,
             batch_size: 32,
+            min_timed_seconds: 5.0,
         }
     }
 }

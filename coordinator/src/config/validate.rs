@@ -548,6 +548,12 @@ fn check_training(c: &Config, issues: &mut Issues) {
         }
         positive(issues, "eval.shift", e.shift);
         at_least_one(issues, "eval.batch_size", e.batch_size);
+        if !(e.min_timed_seconds >= 0.0) {
+            issues.push(
+                "eval.min_timed_seconds",
+                format!("must be at least 0, got {}", e.min_timed_seconds),
+            );
+        }
     }
 }
 
