@@ -47,6 +47,12 @@ pub fn euler_times(steps: usize, shift: f64) -> Vec<f64> {
         .collect()
 }
 
+/// Network evaluations per video of `steps` sampler steps: two per step under CFG (the
+/// conditional and the unconditional pass), one without.
+pub fn nfe(steps: usize, cfg: f64) -> usize {
+    steps * if cfg != 1.0 { 2 } else { 1 }
+}
+
 /// A velocity model as the sampler sees it: `(x, t [B], text [B, L, D]) -> v`.
 pub type VelocityFn<'a> = dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor + 'a;
 

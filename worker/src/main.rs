@@ -377,7 +377,7 @@ fn run(cli: Cli) -> Result<()> {
             let (latents, seconds) = sample::generate(&m, &noise, &text, &times, cfg, batch.max(1));
             let (pixels, vshape) = sample::to_pixels(&latents);
             sample::write_samples(&out, &pixels, vshape, &labels)?;
-            let nfe = (times.len() - 1) * if cfg != 1.0 { 2 } else { 1 };
+            let nfe = flg_worker::flow::nfe(times.len() - 1, cfg);
             let info = serde_json::json!({
                 "model": model, "steps": times.len() - 1, "timesteps": times, "cfg": cfg, "nfe": nfe,
                 "num": num, "seed": seed, "seconds": seconds, "seconds_per_video": seconds / num as f64,
@@ -400,14 +400,7 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             let run_dir = cfg.run_dir();
             let info = flg_worker::stages::export::export(&run_dir)?;
-            println!(
-                "student: blocks {:?} ({:.1}% of block parameters, {} parameters), {} steps -> {}",
-                info.block_ids,
-                info.block_param_share * 100.0,
-                info.params,
-                info.sampler.timesteps.len(),
-                flg_worker::stages::paths::student(&run_dir).display()
-            );
+            println!("{}", info.summary(&run_dir));
         }
         Command::Annotate {
             model,
@@ -764,13 +757,7 @@ fn run_stages(
             "export" => {
                 if ranks.rank == 0 {
                     let info = stages::export::export(&run_dir)?;
-                    println!(
-                        "export: {} blocks {:?}, {:.1}% of block parameters -> {}",
-                        info.block_ids.len(),
-                        info.block_ids,
-                        info.block_param_share * 100.0,
-                        stages::paths::student(&run_dir).display()
-                    );
+                    println!("export: {}", info.summary(&run_dir));
                 }
             }
             "eval" => {

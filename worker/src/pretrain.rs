@@ -102,7 +102,7 @@ pub fn flow_matching_backward(
     let local = flow::mse(&out, &f.target).double_value(&[]);
     let grad_out = (&out - &f.target) * (2.0 / out.numel() as f64);
     model.backward(comm, tape, &grad_out);
-    crate::collective::all_reduce_scalar(comm, local) / comm.world() as f64
+    crate::collective::all_reduce_mean(comm, &[local])[0]
 }
 
 /// This rank's share of the loader's next global batch, as tensors, with its per-sample draws.

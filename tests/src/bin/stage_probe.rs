@@ -96,7 +96,13 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     seed
                 };
-                let active = active_blocks(mask_seed, step, 10, &args.candidates, p.skip_prob);
+                let active = active_blocks(
+                    mask_seed,
+                    step,
+                    teacher.dims.num_blocks as usize,
+                    &args.candidates,
+                    p.skip_prob,
+                );
                 let (l, _) =
                     pruning::step(&mut role, &comm, &mut loader, &data, p, seed, step, &active)?;
                 losses.push(serde_json::json!({"loss": l.loss, "gap": l.gap, "flow_full": l.flow_full, "flow_pruned": l.flow_pruned}));

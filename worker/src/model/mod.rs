@@ -203,6 +203,12 @@ impl Dit {
         )?)
     }
 
+    /// The share of the transformer blocks' parameters this model holds (blocks are all the
+    /// same size, so the share of blocks).
+    pub fn block_param_share(&self) -> f64 {
+        self.block_ids.len() as f64 / self.dims.num_blocks as f64
+    }
+
     /// A copy holding only the blocks in `keep` (original indices): the pruned student.
     pub fn pruned(&self, keep: &[usize]) -> Dit {
         let blocks = keep.iter().map(|&id| self.block(id).into_owned()).collect();

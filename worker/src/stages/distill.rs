@@ -57,17 +57,17 @@ impl Roles {
         base: &Dit,
         removed: &[usize],
         d: &Distill,
-        ctx_comm: &dyn Collective,
+        comm: &dyn Collective,
         device: tch::Device,
         kind: Kind,
     ) -> Roles {
         let full_ids = base.block_ids.clone();
         let pruned_ids = kept_blocks(&full_ids, removed);
         let student = base.pruned(&pruned_ids);
-        let shard = |m: &Dit| ShardedDit::from_dit(m, ctx_comm, device, kind);
+        let shard = |m: &Dit| ShardedDit::from_dit(m, comm, device, kind);
         Roles {
-            generator: Role::new(shard(&student), &d.generator_optim, d.ema_decay, ctx_comm),
-            fake: Role::new(shard(&student), &d.fake_optim, 0.0, ctx_comm),
+            generator: Role::new(shard(&student), &d.generator_optim, d.ema_decay, comm),
+            fake: Role::new(shard(&student), &d.fake_optim, 0.0, comm),
             real: shard(base),
             pruned_ids,
             full_ids,

@@ -166,15 +166,14 @@ fn score_row(
     sample::write_samples(&paths::samples(&ctx.run_dir, name), &pixels, shape, labels)?;
     let eval = evaluate(&pixels, labels, shape[1], shape[2]);
     let steps = times.len() - 1;
-    let all = model.dims.num_blocks as f64;
     let row = Row {
         name: name.to_string(),
         model: path.display().to_string(),
         steps,
         cfg,
-        nfe: steps * if cfg != 1.0 { 2 } else { 1 },
+        nfe: flow::nfe(steps, cfg),
         params: model.param_count(),
-        block_param_share: model.block_ids.len() as f64 / all,
+        block_param_share: model.block_param_share(),
         seconds,
         eval,
     };

@@ -7,7 +7,7 @@
 
 use super::paths;
 use crate::model::file;
-use crate::model::params::{block_param_count, total_param_count};
+use crate::model::params::total_param_count;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -32,6 +32,18 @@ pub struct StudentInfo {
 }
 
 impl StudentInfo {
+    /// One line for people: which blocks, what share, how many steps, where.
+    pub fn summary(&self, run_dir: &Path) -> String {
+        format!(
+            "student: blocks {:?} ({:.1}% of block parameters, {} parameters), {} steps -> {}",
+            self.block_ids,
+            self.block_param_share * 100.0,
+            self.params,
+            self.sampler.timesteps.len(),
+            paths::student(run_dir).display()
+        )
+    }
+
     pub fn read(path: &Path) -> Result<StudentInfo> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -59,7 +71,6 @@ pub fn export(run_dir: &Path) -> Result<StudentInfo> {
     let dims = &model.dims;
     let all = dims.num_blocks as usize;
     let removed: Vec<usize> = (0..all).filter(|b| !model.block_ids.contains(b)).collect();
-    let per_block = block_param_count(dims);
     let full_params = total_param_count(dims);
     let params = model.param_count();
     let info = StudentInfo {
@@ -68,8 +79,7 @@ pub fn export(run_dir: &Path) -> Result<StudentInfo> {
         removed_blocks: removed,
         params,
         full_params,
-        block_param_share: (model.block_ids.len() as i64 * per_block) as f64
-            / (all as i64 * per_block) as f64,
+        block_param_share: model.block_param_share(),
         param_share: params as f64 / full_params as f64,
         sampler,
     };

@@ -9,8 +9,9 @@
 //! the target share of all block parameters.
 
 use crate::collective::Collective;
-use crate::data::DataSet;
+use crate::data::{Batch, DataSet};
 use crate::flow;
+use crate::pretrain::batch_tensors;
 use crate::rng::Rng;
 use crate::shard::ShardedDit;
 use crate::train::{draws, stage_id};
@@ -87,7 +88,6 @@ pub fn measure(
     let batches = items.len().div_ceil(global);
     let blocks: Vec<usize> = model.block_ids.clone();
     let [c, t, h, w] = data.latent_shape();
-    let [l, d] = data.text_shape();
     // Sums over this rank's items: baseline error, error per skipped block, item count.
     let mut sums = vec![0f64; blocks.len() + 2];
     let bar = if rank == 0 {
@@ -108,23 +108,8 @@ pub fn measure(
                 }
             })
             .collect();
-        let samples: Vec<_> = slots.iter().map(|&(i, _)| data.sample(i)).collect();
-        let x0 = Tensor::from_slice(
-            &samples
-                .iter()
-                .flat_map(|s| s.latents.clone())
-                .collect::<Vec<f32>>(),
-        )
-        .view([local as i64, c, t, h, w])
-        .to_device(model.device);
-        let text = Tensor::from_slice(
-            &samples
-                .iter()
-                .flat_map(|s| s.text.clone())
-                .collect::<Vec<f32>>(),
-        )
-        .view([local as i64, l, d])
-        .to_device(model.device);
+        let indices: Vec<u64> = slots.iter().map(|&(i, _)| i).collect();
+        let (x0, text) = batch_tensors(&Batch::gather(data, &indices), data, model.device);
         let weights = Tensor::from_slice(&slots.iter().map(|s| s.1 as f32).collect::<Vec<f32>>())
             .to_device(model.device);
         let dr = draws(
