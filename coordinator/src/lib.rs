@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dataset;
 pub mod launch;
+pub mod run;
 
 /// Sets up `tracing` output on stderr; `RUST_LOG` picks the level (default `info`).
 pub fn init_logging() {

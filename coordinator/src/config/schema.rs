@@ -102,6 +102,10 @@ pub struct Cluster {
     pub hostfile: Option<PathBuf>,
     /// Extra arguments passed to `mpirun` as they are.
     pub mpirun_args: Vec<String>,
+    /// Bearer token that pause/resume/checkpoint/stop calls must carry. Unset: taken from
+    /// `$FLG_CONTROL_TOKEN`, else generated at start, printed, and written to
+    /// `<run dir>/control-token` (readable by the owner only).
+    pub control_token: Option<String>,
 }
 
 impl Default for Cluster {
@@ -117,6 +121,7 @@ impl Default for Cluster {
             max_restarts: 2,
             hostfile: None,
             mpirun_args: Vec::new(),
+            control_token: None,
         }
     }
 }

@@ -125,6 +125,14 @@ fn check_cluster(k: &Cluster, files: bool, issues: &mut Issues) {
             ),
         );
     }
+    if let Some(t) = &k.control_token {
+        if t.len() < 8 || t.chars().any(|c| !c.is_ascii_graphic()) {
+            issues.push(
+                "cluster.control_token",
+                "must be at least 8 printable ASCII characters without spaces (it travels in an HTTP header)",
+            );
+        }
+    }
     if let Some(h) = k.hostfile.as_ref().filter(|_| files) {
         if !h.is_file() {
             issues.push("cluster.hostfile", format!("no such file: {}", h.display()));
