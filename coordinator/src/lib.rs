@@ -2,10 +2,13 @@
 //! keeps the run's state, serves the gRPC control API, commits checkpoints and launches the
 //! workers. The `fastlightgen` command is its binary.
 
+pub mod client;
 pub mod config;
 pub mod dataset;
 pub mod launch;
+pub mod progress;
 pub mod run;
+pub mod supervise;
 
 /// Sets up `tracing` output on stderr; `RUST_LOG` picks the level (default `info`).
 pub fn init_logging() {

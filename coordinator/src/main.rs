@@ -27,8 +27,77 @@ struct Cli {
     command: Command,
 }
 
+/// How the control client finds the coordinator.
+#[derive(clap::Args)]
+struct Target {
+    /// The coordinator's URL (printed when it starts, e.g. http://127.0.0.1:43117), or the
+    /// run directory (runs/NAME) of a run started on this machine.
+    #[arg(long, env = "FLG_COORDINATOR")]
+    coordinator: String,
+}
+
+/// Mutating control calls: the target and the token.
+#[derive(clap::Args)]
+struct Mutation {
+    #[command(flatten)]
+    target: Target,
+    /// The run's control token [default: $FLG_CONTROL_TOKEN, else <run dir>/control-token
+    /// when --coordinator is a run directory].
+    #[arg(long)]
+    token: Option<String>,
+    /// Why (recorded in events.jsonl).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run an experiment end to end: the coordinator plus `mpirun` workers, with progress bars.
+    ///
+    /// Starts the coordinator (gRPC on cluster.coordinator_addr; port 0 picks one), then
+    /// `mpirun -np cluster.world_size flg-worker run --config CFG --coordinator URL`. The ranks
+    /// run experiment.stages in order, writing a checkpoint every checkpoint.interval_steps
+    /// steps (two-phase: committed only when every rank's shards are on disk). When a rank
+    /// dies or sends no heartbeat for cluster.heartbeat_timeout_s, the workers are ended and
+    /// started again from the last committed checkpoint, up to cluster.max_restarts times.
+    ///
+    /// Running it again on a stopped or crashed run continues it (stages already done are
+    /// skipped); a run directory made with other settings is refused, naming them.
+    ///
+    /// Ctrl-C stops cleanly with a final checkpoint; a second Ctrl-C kills the workers.
+    /// Meanwhile: `fastlightgen status|watch|pause|resume|checkpoint|stop --coordinator URL`.
+    Run { config: PathBuf },
+    /// Run only the coordinator, for clusters where the workers are started separately.
+    ///
+    /// Prints its URL and the mpirun line for the workers (`flg-worker run --config CFG
+    /// --coordinator URL`). Lost ranks are reported; start the workers again (same line) and
+    /// they resume from the last committed checkpoint. Ends when the run finishes or stops.
+    Coordinator { config: PathBuf },
+    /// Show a running experiment: stage, step, losses, throughput, ETA, ranks, checkpoint.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a running experiment with progress bars until it ends.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// Replay the run's history (events.jsonl) first.
+        #[arg(long)]
+        from_start: bool,
+    },
+    /// Pause the ranks at the next step boundary (needs the control token).
+    Pause(Mutation),
+    /// Continue a paused run (needs the control token).
+    Resume(Mutation),
+    /// Commit a checkpoint at the next step boundary (needs the control token).
+    Checkpoint(Mutation),
+    /// Stop the run cleanly with a final checkpoint (needs the control token); `run` on the
+    /// same config continues it later.
+    Stop(Mutation),
     /// Check an experiment file without starting anything (no MPI, no GPU needed).
     ///
     /// Reports every problem found, each with the file, the key and what was expected, and
@@ -128,6 +197,24 @@ fn main() -> ExitCode {
                 check_files: !skip_files,
             },
         ),
+        Command::Run { config } => flg_coordinator::supervise::main(
+            &config,
+            flg_coordinator::supervise::Mode::LaunchWorkers,
+        ),
+        Command::Coordinator { config } => flg_coordinator::supervise::main(
+            &config,
+            flg_coordinator::supervise::Mode::CoordinatorOnly,
+        ),
+        Command::Status { target, json } => with_target(&target.coordinator, None, |t| {
+            flg_coordinator::client::status(t, json)
+        }),
+        Command::Watch { target, from_start } => with_target(&target.coordinator, None, |t| {
+            flg_coordinator::client::watch(t, from_start)
+        }),
+        Command::Pause(m) => mutate("pause", m),
+        Command::Resume(m) => mutate("resume", m),
+        Command::Checkpoint(m) => mutate("checkpoint", m),
+        Command::Stop(m) => mutate("stop", m),
         Command::Data { args } => forward("data", args),
         Command::Workers { config, stages } => workers(config, stages),
         Command::Env => forward("env", Vec::new()),
@@ -139,6 +226,26 @@ fn main() -> ExitCode {
         Command::Plot { args } => forward("plot", args),
         Command::Annotate { args } => forward("annotate", args),
     }
+}
+
+fn with_target(
+    coordinator: &str,
+    token: Option<String>,
+    f: impl FnOnce(&flg_coordinator::client::Target) -> ExitCode,
+) -> ExitCode {
+    match flg_coordinator::client::resolve(coordinator, token) {
+        Ok(t) => f(&t),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mutate(action: &str, m: Mutation) -> ExitCode {
+    with_target(&m.target.coordinator, m.token, |t| {
+        flg_coordinator::client::control(t, action, &m.reason)
+    })
 }
 
 fn validate(path: PathBuf, world_size: Option<u32>, options: LoadOptions) -> ExitCode {

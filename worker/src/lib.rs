@@ -4,10 +4,13 @@
 //! tools (data generation, sampling, evaluation).
 
 pub mod bench;
+pub mod checkpoint;
 pub mod collective;
+pub mod control;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod faults;
 pub mod flow;
 pub mod media;
 pub mod metrics;

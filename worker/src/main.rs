@@ -120,6 +120,12 @@ enum Command {
         /// output from the run directory.
         #[arg(long = "stage")]
         stages: Vec<String>,
+        /// The coordinator (e.g. http://head:50051): register, send heartbeats, follow its
+        /// commands (pause, checkpoint, stop), write checkpoints, skip the stages it says are
+        /// done and resume from the checkpoint it names. Without it the stages run straight
+        /// through with no checkpoints.
+        #[arg(long)]
+        coordinator: Option<String>,
     },
     /// Write a run's Stage III generator (its EMA) as the unsharded student:
     /// `<run dir>/export/student.safetensors` (kept blocks only, original indices, sampler
@@ -325,15 +331,19 @@ fn run(cli: Cli) -> Result<()> {
             std::fs::write(run_dir.join("config.toml"), cfg.to_toml())?;
             let data = Arc::new(data::open_or_generate(&cfg, &run_dir)?);
             let solo = flg_worker::shard::Solo;
-            let out = flg_worker::pretrain::run(
-                &cfg,
-                &run_dir,
+            let ctx = flg_worker::stages::StageCtx {
+                cfg: &cfg,
+                run_dir: run_dir.clone(),
                 data,
-                &solo,
-                tch::Device::Cpu,
-                tch::Kind::Float,
-                snapshot_every,
-            )?;
+                comm: &solo,
+                device: tch::Device::Cpu,
+                kind: tch::Kind::Float,
+                teacher: teacher_path(&cfg, &run_dir),
+                all_stages: cfg.experiment.stages.clone(),
+                control: None,
+                writer: None,
+            };
+            let out = flg_worker::pretrain::run(&ctx, snapshot_every)?;
             println!("teacher written to {}", out.display());
         }
         Command::Sample {
@@ -514,7 +524,8 @@ fn run(cli: Cli) -> Result<()> {
             config,
             snapshot_every,
             stages,
-        } => run_rank(&config, snapshot_every, &stages)?,
+            coordinator,
+        } => run_rank(&config, snapshot_every, &stages, coordinator.as_deref())?,
         Command::Env => {
             let env = GpuEnv::detect();
             println!("libtorch:        {}", env!("FLG_LIBTORCH_DIR"));
@@ -632,7 +643,12 @@ fn prompts_of(dir: &std::path::Path) -> Result<flg_worker::model::file::Prompts>
 }
 
 /// One rank of an `mpirun` job.
-fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Result<()> {
+fn run_rank(
+    path: &std::path::Path,
+    snapshot_every: u64,
+    only: &[String],
+    coordinator: Option<&str>,
+) -> Result<()> {
     let mut cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let all_stages = cfg.experiment.stages.clone();
     if !only.is_empty() {
@@ -652,12 +668,47 @@ fn run_rank(path: &std::path::Path, snapshot_every: u64, only: &[String]) -> Res
         }
     }
     let ranks = flg_worker::ranks::init(&cfg, path)?;
-    if let Err(e) = run_stages(&cfg, path, &ranks, all_stages, snapshot_every) {
-        // The other ranks may be waiting in a collective for this one: end the whole job
-        // instead of leaving them hanging.
-        use mpi::traits::Communicator;
-        eprintln!("error (rank {} of {}): {e:#}", ranks.rank, ranks.world);
-        ranks.universe.world().abort(1);
+    let control = match coordinator {
+        Some(url) => {
+            match flg_worker::control::Control::connect(url, &cfg, ranks.rank, ranks.world) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    use mpi::traits::Communicator;
+                    eprintln!("error (rank {} of {}): {e:#}", ranks.rank, ranks.world);
+                    ranks.universe.world().abort(1);
+                }
+            }
+        }
+        None => None,
+    };
+    match run_stages(
+        &cfg,
+        path,
+        &ranks,
+        all_stages,
+        snapshot_every,
+        control.clone(),
+    ) {
+        Ok(()) => {}
+        Err(e) if e.downcast_ref::<flg_worker::stages::Stopped>().is_some() => {
+            if ranks.rank == 0 {
+                println!("{e}; the run continues from its last checkpoint when started again");
+            }
+        }
+        Err(e) => {
+            // The other ranks may be waiting in a collective for this one: end the whole job
+            // instead of leaving them hanging. An error is not cured by a restart: say so to
+            // the coordinator first, so that it does not relaunch.
+            use mpi::traits::Communicator;
+            eprintln!("error (rank {} of {}): {e:#}", ranks.rank, ranks.world);
+            if let Some(c) = &control {
+                let stage = cfg.experiment.stages.first().cloned().unwrap_or_default();
+                if ranks.rank == 0 {
+                    let _ = c.report_stage(&stage, "failed", 0.0, &format!("{e:#}"));
+                }
+            }
+            ranks.universe.world().abort(1);
+        }
     }
     Ok(())
 }
@@ -669,6 +720,7 @@ fn run_stages(
     ranks: &flg_worker::ranks::Ranks,
     all_stages: Vec<String>,
     snapshot_every: u64,
+    control: Option<Arc<flg_worker::control::Control>>,
 ) -> Result<()> {
     use flg_coordinator::config::Precision;
     use flg_worker::{collective, device};
@@ -695,6 +747,9 @@ fn run_stages(
     }
     comm.barrier();
     let data = Arc::new(data::open_or_generate(cfg, &run_dir)?);
+    let writer = control
+        .as_ref()
+        .map(|c| flg_worker::checkpoint::Writer::start(c.clone(), run_dir.join("checkpoints")));
     let ctx = flg_worker::stages::StageCtx {
         cfg,
         run_dir: run_dir.clone(),
@@ -704,73 +759,115 @@ fn run_stages(
         kind,
         teacher: teacher_path(cfg, &run_dir),
         all_stages,
+        control: control.clone(),
+        writer,
     };
     use flg_worker::stages;
+    let done_before = control
+        .as_ref()
+        .map(|c| c.completed_stages.clone())
+        .unwrap_or_default();
     for stage in cfg.experiment.stages.clone() {
+        if done_before.contains(&stage) {
+            if ranks.rank == 0 {
+                println!("{stage}: done in an earlier launch, skipped");
+            }
+            continue;
+        }
         let started = std::time::Instant::now();
-        match stage.as_str() {
-            "pretrain" => {
-                flg_worker::pretrain::run(
-                    cfg,
-                    &run_dir,
-                    data.clone(),
-                    comm.as_ref(),
-                    device,
-                    kind,
-                    snapshot_every,
+        if let (Some(c), 0) = (&control, ranks.rank) {
+            c.report_stage(&stage, "started", 0.0, "")?;
+        }
+        if let Some(c) = &control {
+            c.set_progress(&stage, 0);
+        }
+        let result = run_stage(&ctx, &stage, snapshot_every, path);
+        if let Err(e) = &result {
+            if let (Some(stop), Some(c), 0) =
+                (e.downcast_ref::<stages::Stopped>(), &control, ranks.rank)
+            {
+                c.report_stage(
+                    &stage,
+                    "stopped",
+                    started.elapsed().as_secs_f64(),
+                    &stop.to_string(),
                 )?;
             }
-            "importance" => {
-                let full = ctx.load_input(&ctx.teacher, "pretrain")?;
-                let model =
-                    flg_worker::shard::ShardedDit::from_dit(&full, comm.as_ref(), device, kind);
-                drop(full);
-                let report = stages::importance::measure(
-                    &model,
-                    comm.as_ref(),
-                    &data,
-                    &cfg.importance,
-                    cfg.experiment.seed,
-                );
-                if ranks.rank == 0 {
-                    report.write(&run_dir)?;
-                    println!(
-                        "importance: candidates {:?} ({:.0}% of block parameters) -> {}",
-                        report.candidates,
-                        report.removed_share * 100.0,
-                        stages::paths::importance(&run_dir).display()
-                    );
-                }
-            }
-            "pruning" => {
-                let out = stages::pruning::run(&ctx)?;
-                if ranks.rank == 0 {
-                    println!("pruning: Stage II model -> {}", out.display());
-                }
-            }
-            "distill" => {
-                let out = stages::distill::run(&ctx)?;
-                if ranks.rank == 0 {
-                    println!("distill: generator (EMA) -> {}", out.display());
-                }
-            }
-            "export" => {
-                if ranks.rank == 0 {
-                    let info = stages::export::export(&run_dir)?;
-                    println!("export: {}", info.summary(&run_dir));
-                }
-            }
-            "eval" => {
-                stages::evaluate::run(&ctx)?;
-            }
-            other => bail!("{}: unknown stage {other:?}", path.display()),
         }
+        result?;
+        ctx.flush_checkpoints()?;
         // The next stage reads what rank 0 just wrote.
         comm.barrier();
+        let seconds = started.elapsed().as_secs_f64();
         if ranks.rank == 0 {
-            let line = serde_json::json!({"stage": stage, "event": "stage_done", "seconds": started.elapsed().as_secs_f64()});
+            let line =
+                serde_json::json!({"stage": stage, "event": "stage_done", "seconds": seconds});
             flg_worker::metrics::MetricsLog::open(&run_dir.join("metrics.jsonl"))?.write(&line)?;
+            if let Some(c) = &control {
+                c.report_stage(&stage, "done", seconds, "")?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// One stage of this rank.
+fn run_stage(
+    ctx: &flg_worker::stages::StageCtx,
+    stage: &str,
+    snapshot_every: u64,
+    path: &std::path::Path,
+) -> Result<()> {
+    use flg_worker::stages;
+    let lead = ctx.lead();
+    match stage {
+        "pretrain" => {
+            flg_worker::pretrain::run(ctx, snapshot_every)?;
+        }
+        "importance" => {
+            let full = ctx.load_input(&ctx.teacher, "pretrain")?;
+            let model =
+                flg_worker::shard::ShardedDit::from_dit(&full, ctx.comm, ctx.device, ctx.kind);
+            drop(full);
+            let report = stages::importance::measure(
+                &model,
+                ctx.comm,
+                &ctx.data,
+                &ctx.cfg.importance,
+                ctx.cfg.experiment.seed,
+            );
+            if lead {
+                report.write(&ctx.run_dir)?;
+                println!(
+                    "importance: candidates {:?} ({:.0}% of block parameters) -> {}",
+                    report.candidates,
+                    report.removed_share * 100.0,
+                    stages::paths::importance(&ctx.run_dir).display()
+                );
+            }
+        }
+        "pruning" => {
+            let out = stages::pruning::run(ctx)?;
+            if lead {
+                println!("pruning: Stage II model -> {}", out.display());
+            }
+        }
+        "distill" => {
+            let out = stages::distill::run(ctx)?;
+            if lead {
+                println!("distill: generator (EMA) -> {}", out.display());
+            }
+        }
+        "export" => {
+            if lead {
+                let info = stages::export::export(&ctx.run_dir)?;
+                println!("export: {}", info.summary(&ctx.run_dir));
+            }
+        }
+        "eval" => {
+            stages::evaluate::run(ctx)?;
+        }
+        other => bail!("{}: unknown stage {other:?}", path.display()),
     }
     Ok(())
 }

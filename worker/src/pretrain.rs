@@ -18,9 +18,7 @@ use crate::model::Dit;
 use crate::shard::ShardedDit;
 use crate::train::{draws, stage_id, Draws, Role};
 use anyhow::{Context, Result};
-use flg_coordinator::config::Config;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -170,15 +168,9 @@ pub fn out_dir(run_dir: &Path) -> PathBuf {
 /// Rank 0 writes `pretrain/teacher.safetensors` (the EMA weights, or the raw weights without
 /// EMA), periodic EMA snapshots in `pretrain/snapshots/`, and one line per logged step to
 /// `metrics.jsonl`.
-pub fn run(
-    cfg: &Config,
-    run_dir: &Path,
-    data: Arc<DataSet>,
-    comm: &dyn Collective,
-    device: Device,
-    compute_kind: Kind,
-    snapshot_every: u64,
-) -> Result<PathBuf> {
+pub fn run(ctx: &crate::stages::StageCtx, snapshot_every: u64) -> Result<PathBuf> {
+    let (cfg, run_dir, comm) = (ctx.cfg, ctx.run_dir.as_path(), ctx.comm);
+    let data = ctx.data.clone();
     let p = &cfg.pretrain;
     let dims = cfg.model_dims();
     let (rank, world) = (comm.rank(), comm.world());
@@ -188,7 +180,7 @@ pub fn run(
         None => Dit::init(&dims, cfg.experiment.seed),
     };
     let mut role = Role::new(
-        ShardedDit::from_dit(&full, comm, device, compute_kind),
+        ShardedDit::from_dit(&full, comm, ctx.device, ctx.kind),
         &p.optim,
         p.ema_decay,
         comm,
@@ -202,6 +194,14 @@ pub fn run(
         rank as u64,
         world as u64,
     )?;
+    let mut first = 0;
+    if let Some(ck) = ctx.resume_for("pretrain")? {
+        ck.restore_role("model", &mut role)?;
+        if let Some(pos) = ck.data_position() {
+            loader.restore(pos);
+        }
+        first = ck.meta.step;
+    }
     let all_blocks: Vec<usize> = (0..dims.num_blocks as usize).collect();
     let dir = out_dir(run_dir);
     let mut log = None;
@@ -209,11 +209,8 @@ pub fn run(
         std::fs::create_dir_all(dir.join("snapshots"))?;
         log = Some(MetricsLog::open(&run_dir.join("metrics.jsonl"))?);
     }
-    let bar = if lead {
-        crate::progress::bar(p.steps, "pretrain")
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = ctx.bar(p.steps, "pretrain");
+    bar.set_position(first);
     let start = Instant::now();
     let (mut window_loss, mut window_n) = (0.0, 0u64);
     if lead {
@@ -225,7 +222,7 @@ pub fn run(
             "pretraining the teacher"
         );
     }
-    for step in 0..p.steps {
+    for step in first..p.steps {
         let (loss, norm) = train_step(
             &mut role,
             comm,
@@ -270,6 +267,16 @@ pub fn run(
                 )?;
             }
         }
+        ctx.after_step(
+            "pretrain",
+            done,
+            &[("loss", loss), ("grad_norm", norm)],
+            &crate::checkpoint::TrainState {
+                roles: vec![("model", &role)],
+                data: Some(loader.position()),
+                extra: Vec::new(),
+            },
+        )?;
     }
     bar.finish();
     let out = dir.join("teacher.safetensors");

@@ -100,6 +100,8 @@ struct Inner {
     pending: BTreeMap<u64, Pending>,
     last_committed: Option<(u64, String, u64)>,
     restarts: u32,
+    /// Launches lost so far (the launcher compares it with its value at spawn time).
+    lost_launches: u32,
 }
 
 pub struct RunHub {
@@ -210,6 +212,7 @@ impl RunHub {
                 pending: BTreeMap::new(),
                 last_committed,
                 restarts: history.restarts,
+                lost_launches: 0,
             }),
             settings: settings.clone(),
             cfg,
@@ -266,25 +269,12 @@ impl RunHub {
         self.cfg.cluster.world_size
     }
 
-    /// Steps a stage takes (0 for the stages without steps).
     pub fn stage_steps(&self, stage: &str) -> u64 {
-        match stage {
-            "pretrain" => self.cfg.pretrain.steps,
-            "pruning" => self.cfg.pruning.steps,
-            "distill" => self.cfg.distill.steps,
-            _ => 0,
-        }
+        stage_steps(&self.cfg, stage)
     }
 
-    /// Steps of the training stages before `stage` (so `offset + step` names a checkpoint).
     pub fn stage_offset(&self, stage: &str) -> u64 {
-        self.cfg
-            .experiment
-            .stages
-            .iter()
-            .take_while(|s| s.as_str() != stage)
-            .map(|s| self.stage_steps(s))
-            .sum()
+        stage_offset(&self.cfg, stage)
     }
 
     fn check_run_id(&self, run_id: &str) -> Result<(), Status> {
@@ -914,6 +904,7 @@ impl RunHub {
 
     fn lose(&self, inner: &mut Inner, reason: &str) {
         inner.lost = Some(reason.to_string());
+        inner.lost_launches += 1;
         inner.phase = Phase::Restarting;
         tracing::warn!("launch {:?} lost: {reason}", inner.generation);
         self.emit(
@@ -935,14 +926,28 @@ impl RunHub {
         self.lose(&mut inner, &reason);
     }
 
-    /// The launcher starts the workers again (restart `n`).
-    pub fn restarting(&self, n: u32, reason: &str) {
+    /// The launcher starts the workers again.
+    pub fn restarting(&self, reason: &str) {
         let mut inner = self.lock();
-        inner.restarts = n;
+        inner.restarts += 1;
         self.emit(
-            event("restarting", json!({"restart": n, "reason": reason})),
+            event(
+                "restarting",
+                json!({"restart": inner.restarts, "reason": reason}),
+            ),
             true,
         );
+    }
+
+    /// How many launches were lost so far.
+    pub fn lost_launches(&self) -> u32 {
+        self.lock().lost_launches
+    }
+
+    /// A launch is on: its ranks registered and none was lost.
+    pub fn generation_live(&self) -> bool {
+        let inner = self.lock();
+        inner.generation.is_some() && inner.lost.is_none()
     }
 
     /// The run failed for a reason outside the ranks (e.g. out of restarts).
@@ -954,6 +959,27 @@ impl RunHub {
         inner.phase = Phase::Failed;
         self.emit(event("failed", json!({"message": message})), true);
     }
+}
+
+/// Steps a stage takes (0 for the stages without steps).
+pub fn stage_steps(cfg: &Config, stage: &str) -> u64 {
+    match stage {
+        "pretrain" => cfg.pretrain.steps,
+        "pruning" => cfg.pruning.steps,
+        "distill" => cfg.distill.steps,
+        _ => 0,
+    }
+}
+
+/// Steps of the training stages before `stage`, so that `offset + step` (the global step)
+/// names a checkpoint uniquely across stages.
+pub fn stage_offset(cfg: &Config, stage: &str) -> u64 {
+    cfg.experiment
+        .stages
+        .iter()
+        .take_while(|s| s.as_str() != stage)
+        .map(|s| stage_steps(cfg, s))
+        .sum()
 }
 
 fn accepted(message: &str) -> pb::ControlReply {

@@ -17,6 +17,7 @@
 //! one rank trains.
 
 use super::{kept_blocks, paths, StageCtx};
+use crate::checkpoint::TrainState;
 use crate::collective::{all_reduce_mean, Collective};
 use crate::data::Loader;
 use crate::flow;
@@ -322,8 +323,18 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
     if ctx.lead() {
         tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, base = %base_file.display(), "Stage III: distribution matching");
     }
+    let mut first = 0;
+    if let Some(ck) = ctx.resume_for("distill")? {
+        ck.restore_role("generator", &mut roles.generator)?;
+        ck.restore_role("fake", &mut roles.fake)?;
+        if let Some(pos) = ck.data_position() {
+            loader.restore(pos);
+        }
+        first = ck.meta.step;
+    }
+    bar.set_position(first);
     let mut last_gen = f64::NAN;
-    for s in 0..d.steps {
+    for s in first..d.steps {
         let batch = loader.next_batch();
         let (x0, text) = batch_tensors(&batch, &ctx.data, ctx.device);
         let r = step(&mut roles, ctx.comm, d, seed, s, &x0, &text);
@@ -344,6 +355,20 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
             }
             log.write(&line)?;
         }
+        let mut values = vec![("fake_loss", r.fake_loss)];
+        if let Some((g, _)) = r.generator {
+            values.push(("generator_loss", g));
+        }
+        ctx.after_step(
+            "distill",
+            s + 1,
+            &values,
+            &TrainState {
+                roles: vec![("generator", &roles.generator), ("fake", &roles.fake)],
+                data: Some(loader.position()),
+                extra: Vec::new(),
+            },
+        )?;
     }
     bar.finish();
     let out = paths::generator(&ctx.run_dir);

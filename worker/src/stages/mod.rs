@@ -15,7 +15,9 @@ pub mod export;
 pub mod importance;
 pub mod pruning;
 
+use crate::checkpoint::{self, Loaded, TrainState, Writer};
 use crate::collective::Collective;
+use crate::control::{Command, Control};
 use crate::data::DataSet;
 use crate::metrics::MetricsLog;
 use crate::model::file;
@@ -67,7 +69,27 @@ pub struct StageCtx<'a> {
     /// Every stage the config lists, also when only some run now (`--stage`): a rerun stage
     /// still knows whether an earlier stage's output is part of this run.
     pub all_stages: Vec<String>,
+    /// The coordinator link and checkpoint writer, when started under a coordinator
+    /// (`--coordinator URL`); without one, stages run straight through with no checkpoints.
+    pub control: Option<Arc<Control>>,
+    pub writer: Option<Writer>,
 }
+
+/// A stage ended early because the coordinator asked the run to stop (after its final
+/// checkpoint was committed).
+#[derive(Debug)]
+pub struct Stopped {
+    pub stage: String,
+    pub step: u64,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped at {} step {} on request", self.stage, self.step)
+    }
+}
+
+impl std::error::Error for Stopped {}
 
 impl StageCtx<'_> {
     pub fn lead(&self) -> bool {
@@ -89,9 +111,10 @@ impl StageCtx<'_> {
         ))
     }
 
-    /// A progress bar on rank 0, hidden elsewhere.
+    /// A progress bar on rank 0, hidden elsewhere (and under a coordinator, whose launcher
+    /// draws the bars from the event stream).
     pub fn bar(&self, total: u64, what: &str) -> indicatif::ProgressBar {
-        if self.lead() {
+        if self.lead() && self.control.is_none() {
             crate::progress::bar(total, what)
         } else {
             indicatif::ProgressBar::hidden()
@@ -125,6 +148,121 @@ impl StageCtx<'_> {
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
+    }
+}
+
+impl StageCtx<'_> {
+    /// The checkpoint this launch resumes `stage` from, opened (re-sharded when the world
+    /// size changed), with the number of steps it had done; `None` to start the stage fresh.
+    pub fn resume_for(&self, stage: &str) -> Result<Option<Loaded>> {
+        let Some(r) = self.control.as_ref().and_then(|c| c.resume.as_ref()) else {
+            return Ok(None);
+        };
+        if r.stage != stage {
+            return Ok(None);
+        }
+        let loaded = Loaded::open(&r.dir, self.comm.rank(), self.comm.world())
+            .with_context(|| format!("resuming {stage} from {}", r.dir.display()))?;
+        if self.lead() {
+            tracing::info!(checkpoint = %r.dir.display(), step = loaded.meta.step, "resuming {stage}");
+        }
+        Ok(Some(loaded))
+    }
+
+    /// The step boundary after `done` steps of `stage`: reports `values` to the coordinator,
+    /// then does what it says, on every rank at the same step (rank 0 fetches the command
+    /// and broadcasts it): continue, wait while paused, checkpoint `state`, or checkpoint and
+    /// stop (returned as a [`Stopped`] error once the checkpoint is committed).
+    pub fn after_step(
+        &self,
+        stage: &str,
+        done: u64,
+        values: &[(&str, f64)],
+        state: &TrainState,
+    ) -> Result<()> {
+        let Some(ctl) = &self.control else {
+            return Ok(());
+        };
+        ctl.set_progress(stage, done);
+        crate::faults::at_boundary(ctl.rank, ctl.generation, stage, done);
+        if let Some(e) = self.writer.as_ref().and_then(|w| w.take_error()) {
+            anyhow::bail!("writing a checkpoint: {e}");
+        }
+        let total = flg_coordinator::run::state::stage_steps(self.cfg, stage);
+        if self.lead() {
+            ctl.report_metrics(stage, done, total, values)?;
+        }
+        let command = loop {
+            let code = if self.lead() {
+                ctl.next_command(stage, done)?.code()
+            } else {
+                0
+            };
+            let shared = self
+                .comm
+                .broadcast(
+                    &tch::Tensor::from_slice(&[code as f32]).to_device(self.device),
+                    0,
+                )
+                .double_value(&[0]) as i32;
+            match Command::from_code(shared) {
+                Command::Pause => {
+                    if self.lead() {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+                other => break other,
+            }
+        };
+        match command {
+            Command::Checkpoint => {
+                self.save_checkpoint(stage, done, state);
+                Ok(())
+            }
+            Command::Stop => {
+                self.save_checkpoint(stage, done, state);
+                if let Some(w) = &self.writer {
+                    w.flush()?;
+                }
+                // Every rank's report acknowledged: the coordinator has committed it.
+                self.comm.barrier();
+                Err(Stopped {
+                    stage: stage.into(),
+                    step: done,
+                }
+                .into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Copies this rank's state out and hands it to the writer thread.
+    fn save_checkpoint(&self, stage: &str, done: u64, state: &TrainState) {
+        let (Some(ctl), Some(writer)) = (&self.control, &self.writer) else {
+            return;
+        };
+        let global = flg_coordinator::run::state::stage_offset(self.cfg, stage) + done;
+        let snap = checkpoint::snapshot(
+            state,
+            stage,
+            done,
+            global,
+            ctl.rank,
+            self.comm.world() as u32,
+            self.cfg.experiment.seed,
+        );
+        writer.submit(
+            snap,
+            flg_coordinator::run::checkpoints::tmp_dir_name(global, ctl.generation),
+        );
+    }
+
+    /// Waits for checkpoints still being written (at the end of a stage).
+    pub fn flush_checkpoints(&self) -> Result<()> {
+        match &self.writer {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
     }
 }
 

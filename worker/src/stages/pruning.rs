@@ -8,6 +8,7 @@
 //! logged so the pruned model can be seen catching up with the full one.
 
 use super::{paths, StageCtx};
+use crate::checkpoint::TrainState;
 use crate::collective::{all_reduce_mean, Collective};
 use crate::data::{DataSet, Loader};
 use crate::flow;
@@ -171,14 +172,25 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
     let kept = super::kept_blocks(&role.model.block_ids, &report.candidates);
     let gap =
         |m: &ShardedDit| removed_gap(m, ctx.comm, &ctx.data, p.batch_size, p.shift, seed, &kept);
-    let gap_before = gap(&role.model);
+    // A resumed launch continues from its checkpoint: weights, optimizer, data position.
+    let (first, gap_before) = match ctx.resume_for("pruning")? {
+        Some(ck) => {
+            ck.restore_role("model", &mut role)?;
+            if let Some(pos) = ck.data_position() {
+                loader.restore(pos);
+            }
+            (ck.meta.step, ck.extra("gap_before").unwrap_or(f64::NAN))
+        }
+        None => (0, gap(&role.model)),
+    };
     let bar = ctx.bar(p.steps, "pruning");
+    bar.set_position(first);
     let start = Instant::now();
     if ctx.lead() {
         tracing::info!(candidates = ?report.candidates, steps = p.steps, alpha = p.alpha, skip_prob = p.skip_prob, "Stage II: dynamic probabilistic pruning");
     }
     let num_blocks = role.model.dims.num_blocks as usize;
-    for s in 0..p.steps {
+    for s in first..p.steps {
         let active = active_blocks(seed, s, num_blocks, &report.candidates, p.skip_prob);
         let (l, norm) = step(
             &mut role,
@@ -201,6 +213,21 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
                 "lr": role.opt.lr_at(s), "elapsed_s": start.elapsed().as_secs_f64(),
             }))?;
         }
+        ctx.after_step(
+            "pruning",
+            done,
+            &[
+                ("loss", l.loss),
+                ("gap", l.gap),
+                ("flow_full", l.flow_full),
+                ("flow_pruned", l.flow_pruned),
+            ],
+            &TrainState {
+                roles: vec![("model", &role)],
+                data: Some(loader.position()),
+                extra: vec![("gap_before", gap_before)],
+            },
+        )?;
     }
     bar.finish();
     let gap_after = gap(&role.model);

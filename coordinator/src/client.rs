@@ -1,0 +1,199 @@
+//! The control client: `fastlightgen status|watch|pause|resume|checkpoint|stop`.
+
+use crate::progress::Bars;
+use crate::supervise::{address_file, token_file};
+use flg_proto as pb;
+use pb::control_client::ControlClient;
+use std::path::Path;
+use std::process::ExitCode;
+use tonic::transport::Channel;
+
+/// Which coordinator to talk to, and the token for mutating calls.
+pub struct Target {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+/// `--coordinator` takes a URL, or a run directory whose `coordinator.json` names it (then
+/// its `control-token` is used when no token is given).
+pub fn resolve(coordinator: &str, token: Option<String>) -> Result<Target, String> {
+    let token = token.or_else(|| {
+        std::env::var("FLG_CONTROL_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    let dir = Path::new(coordinator);
+    if dir.is_dir() {
+        let file = address_file(dir);
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            format!(
+                "{}: {e} (is the run's coordinator running?)",
+                file.display()
+            )
+        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let url = v
+            .get("url")
+            .and_then(|u| u.as_str())
+            .ok_or_else(|| format!("{}: no \"url\"", file.display()))?
+            .to_string();
+        let token = token.or_else(|| {
+            std::fs::read_to_string(token_file(dir))
+                .ok()
+                .map(|t| t.trim().to_string())
+        });
+        return Ok(Target { url, token });
+    }
+    if !coordinator.starts_with("http://") && !coordinator.starts_with("https://") {
+        return Err(format!(
+            "--coordinator {coordinator:?}: expected a URL such as http://127.0.0.1:50051, or a run directory"
+        ));
+    }
+    Ok(Target {
+        url: coordinator.to_string(),
+        token,
+    })
+}
+
+async fn connect(url: &str) -> Result<ControlClient<Channel>, String> {
+    let endpoint = Channel::from_shared(url.to_string()).map_err(|e| format!("{url}: {e}"))?;
+    let channel = endpoint
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the coordinator at {url}: {e}"))?;
+    Ok(ControlClient::new(channel))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn fail(msg: String) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+pub fn status(t: &Target, json: bool) -> ExitCode {
+    let result = runtime().block_on(async {
+        let mut c = connect(&t.url).await?;
+        c.status(pb::StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| e.message().to_string())
+    });
+    let s = match result {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if json {
+        let losses: std::collections::BTreeMap<_, _> = s.losses.iter().collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "run_id": s.run_id, "experiment": s.experiment, "stage": s.stage, "state": s.state,
+                "step": s.step, "total_steps": s.total_steps, "losses": losses,
+                "samples_per_second": s.samples_per_second, "eta_seconds": s.eta_seconds,
+                "ranks_alive": s.ranks_alive, "world_size": s.world_size,
+                "last_committed_step": s.last_committed_step,
+                "last_committed_stage": s.last_committed_stage, "restarts": s.restarts,
+            })
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("run {} ({}): {}", s.run_id, s.experiment, s.state);
+    println!(
+        "  stage {} step {}/{}, {:.1} samples/s, eta {:.0} s",
+        s.stage, s.step, s.total_steps, s.samples_per_second, s.eta_seconds
+    );
+    let mut losses: Vec<_> = s.losses.iter().collect();
+    losses.sort_by(|a, b| a.0.cmp(b.0));
+    if !losses.is_empty() {
+        let l: Vec<String> = losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        println!("  {}", l.join(", "));
+    }
+    println!(
+        "  ranks alive {}/{}, restarts {}, last checkpoint {}",
+        s.ranks_alive,
+        s.world_size,
+        s.restarts,
+        if s.last_committed_stage.is_empty() {
+            "none".to_string()
+        } else {
+            format!(
+                "step-{} ({})",
+                s.last_committed_step, s.last_committed_stage
+            )
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+/// Follows the event stream with progress bars until the run ends.
+pub fn watch(t: &Target, from_start: bool) -> ExitCode {
+    let result: Result<(), String> = runtime().block_on(async {
+        let mut c = connect(&t.url).await?;
+        let mut stream = c
+            .watch(pb::WatchRequest { from_start })
+            .await
+            .map_err(|e| e.message().to_string())?
+            .into_inner();
+        let mut bars = Bars::new();
+        while let Some(e) = stream
+            .message()
+            .await
+            .map_err(|e| e.message().to_string())?
+        {
+            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
+            bars.handle(&v);
+            if matches!(e.kind.as_str(), "finished" | "stopped" | "failed") && !from_start {
+                break;
+            }
+        }
+        bars.finish();
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// pause, resume, checkpoint or stop.
+pub fn control(t: &Target, action: &str, reason: &str) -> ExitCode {
+    let result = runtime().block_on(async {
+        let mut c = connect(&t.url).await?;
+        let mut req = tonic::Request::new(pb::ControlRequest {
+            reason: reason.to_string(),
+        });
+        if let Some(token) = &t.token {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                "the control token has characters a header cannot carry".to_string()
+            })?;
+            req.metadata_mut()
+                .insert(crate::run::service::AUTH_HEADER, value);
+        }
+        let reply = match action {
+            "pause" => c.pause(req).await,
+            "resume" => c.resume(req).await,
+            "checkpoint" => c.checkpoint(req).await,
+            "stop" => c.stop(req).await,
+            other => return Err(format!("unknown control action {other:?}")),
+        };
+        reply
+            .map(|r| r.into_inner())
+            .map_err(|e| format!("{action} refused ({:?}): {}", e.code(), e.message()))
+    });
+    match result {
+        Ok(r) if r.accepted => {
+            println!("{action}: {}", r.message);
+            ExitCode::SUCCESS
+        }
+        Ok(r) => fail(format!("{action} not accepted: {}", r.message)),
+        Err(e) => fail(e),
+    }
+}
