@@ -230,6 +230,14 @@ fn spawn_workers(cfg: &Config, config_path: &Path, url: &str) -> Result<Child, S
     // Its own process group: Ctrl-C in the terminal reaches the coordinator only, which stops
     // the ranks cleanly; and a restart can end the whole group.
     cmd.process_group(0);
+    // If the launcher itself dies, mpirun (and with it the ranks) is told to end.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
     cmd.spawn().map_err(|e| {
         format!("cannot start mpirun: {e} (is OpenMPI installed? `make setup` installs it)")
     })

@@ -915,3 +915,353 @@ fn stage_iii_lowers_its_generator_loss_on_a_short_run() {
     let (first, last) = (mean(&g[..20]), mean(&g[40..]));
     assert!(last < 0.9 * first, "generator loss {first:.3} -> {last:.3}");
 }
+
+// ------------------------------------------------------------------------------------------
+// The coordinator: `fastlightgen run` with real mpirun ranks, checkpoints, faults, control.
+
+/// A pipeline config for `fastlightgen run`: Stage II and III on the shipped teacher, short.
+fn run_config(
+    dir: &Path,
+    name: &str,
+    world: u32,
+    pruning_steps: u64,
+    interval: u64,
+    data: &Path,
+) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[experiment]\nname = \"{name}\"\nseed = 3\noutput_dir = {out:?}\nstages = [\"importance\", \"pruning\", \"distill\", \"export\"]\n\
+             [cluster]\nworld_size = {world}\nheartbeat_interval_s = 0.5\nheartbeat_timeout_s = 4.0\nmax_restarts = 3\n\
+             [model]\npreset = \"tiny\"\nweights = {teacher:?}\n\
+             [data]\npath = {data:?}\nnum_samples = 64\n\
+             [importance]\ncalibration_samples = 16\ntimesteps_per_sample = 1\nbatch_size = 16\n\
+             [pruning]\nsteps = {pruning_steps}\nbatch_size = 8\n\
+             [distill]\nsteps = 8\nbatch_size = 4\ngenerator_every = 2\n\
+             [checkpoint]\ninterval_steps = {interval}\nkeep_last = 2\n",
+            out = dir.join("runs"),
+            teacher = shipped_teacher(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn run_with_faults(cfg: &Path, faults: &str) -> Output {
+    let mut cmd = Command::new(bin_dir().join("fastlightgen"));
+    cmd.arg("run").arg(cfg);
+    if !faults.is_empty() {
+        cmd.env("FLG_FAULT", faults);
+    }
+    cmd.output().unwrap()
+}
+
+fn file_sha(p: &Path) -> String {
+    flg_coordinator::run::checkpoints::file_sha256(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn events(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn of_kind<'a>(ev: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    ev.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+#[test]
+fn a_run_killed_mid_step_and_mid_checkpoint_and_hung_finishes_with_the_same_weights_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = teacher_data(tmp.path(), 64);
+    let outputs = [
+        "pruning/model.safetensors",
+        "distill/generator.safetensors",
+        "export/student.safetensors",
+    ];
+
+    let reference = run_config(tmp.path(), "reference", 2, 16, 4, &data_dir);
+    let res = run_with_faults(&reference, "");
+    assert_ok(&res);
+    let ref_run = tmp.path().join("runs/reference");
+    let want: Vec<String> = outputs.iter().map(|f| file_sha(&ref_run.join(f))).collect();
+
+    // Launch 0: rank 1 SIGKILLs itself at a random Stage II step (after the step-4
+    // checkpoint). Launch 1 resumes from step 4; rank 0 dies halfway through writing the
+    // step-12 checkpoint, which must never be resumed from. Launch 2 resumes again; rank 1
+    // stops (SIGSTOP) in Stage III and must be found by its missing heartbeats. Launch 3
+    // finishes.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let kill_step = 5 + nanos % 7; // 5..=11
+    println!("killing rank 1 at pruning step {kill_step}");
+    let faulty = run_config(tmp.path(), "faulty", 2, 16, 4, &data_dir);
+    let faults = format!(
+        "kill:1:pruning:{kill_step}:0,kill-in-checkpoint:0:pruning:12:1,stop:1:distill:5:2"
+    );
+    let res = run_with_faults(&faulty, &faults);
+    assert_ok(&res);
+    let run = tmp.path().join("runs/faulty");
+    let got: Vec<String> = outputs.iter().map(|f| file_sha(&run.join(f))).collect();
+    assert_eq!(
+        got, want,
+        "resumed weights differ from the uninterrupted run's"
+    );
+
+    let ev = events(&run);
+    assert_eq!(of_kind(&ev, "restarting").len(), 3, "{}", text(&res.stderr));
+    let gens = of_kind(&ev, "generation_started");
+    assert_eq!(gens.len(), 4);
+    let resumed: Vec<(String, u64)> = gens[1..]
+        .iter()
+        .map(|g| {
+            (
+                g["resume_stage"].as_str().unwrap().to_string(),
+                g["resume_step"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Launch 1 resumes from the newest commit before the kill; launch 2 from step 8 (step 12
+    // was cut short); launch 3 from distill step 4.
+    let before_kill = (kill_step / 4) * 4;
+    assert_eq!(
+        resumed,
+        vec![
+            ("pruning".to_string(), before_kill),
+            ("pruning".to_string(), 8),
+            ("distill".to_string(), 4)
+        ]
+    );
+    // The hang is noticed by heartbeat timeout (4 s), not by an exit.
+    let lost = of_kind(&ev, "rank_lost");
+    let hang = lost[2]["reason"].as_str().unwrap();
+    assert!(hang.contains("no heartbeat"), "{hang}");
+    let silent: f64 = hang
+        .split("for ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((4.0..5.5).contains(&silent), "{hang}");
+    assert!(of_kind(&ev, "finished").len() == 1);
+    // Nothing uncommitted is left, and only the last two committed checkpoints are kept.
+    let ck: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n != "latest")
+        .collect();
+    assert_eq!(ck.len(), 2, "{ck:?}");
+    assert!(ck.iter().all(|n| n.starts_with("step-")), "{ck:?}");
+}
+
+/// `fastlightgen <args>` with the control target.
+fn control(args: &[&str]) -> Output {
+    fastlightgen(args)
+}
+
+fn status_json(run: &Path) -> serde_json::Value {
+    let res = control(&["status", "--coordinator", run.to_str().unwrap(), "--json"]);
+    assert_ok(&res);
+    serde_json::from_slice(&res.stdout).unwrap()
+}
+
+/// A background `fastlightgen run` that is killed if the test fails halfway.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn run_in_background(cfg: &Path, log: &Path) -> Background {
+    let log = std::fs::File::create(log).unwrap();
+    Background(
+        Command::new(bin_dir().join("fastlightgen"))
+            .arg("run")
+            .arg(cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for(what: &str, secs: f64, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed().as_secs_f64() < secs,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn control_calls_pause_checkpoint_resume_and_stop_and_a_corrupt_checkpoint_is_passed_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = teacher_data(tmp.path(), 64);
+    let cfg = run_config(tmp.path(), "ctl", 2, 400, 0, &data_dir);
+    let run = tmp.path().join("runs/ctl");
+    let mut child = run_in_background(&cfg, &tmp.path().join("run.log"));
+    let r = run.to_str().unwrap();
+    wait_for("the coordinator", 60.0, || {
+        run.join("coordinator.json").is_file()
+    });
+    wait_for("Stage II steps", 120.0, || {
+        let s = status_json(&run);
+        s["stage"] == "pruning" && s["step"].as_u64().unwrap() >= 3
+    });
+    let s = status_json(&run);
+    assert_eq!(
+        (s["world_size"].as_u64(), s["ranks_alive"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(s["total_steps"], 400);
+    assert!(s["losses"]["flow_full"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(s["samples_per_second"].as_f64().unwrap() > 0.0, "{s}");
+    assert_eq!(s["run_id"], events(&run)[0]["run_id"]);
+
+    // Without the token (explicitly wrong, then none at all: a URL finds no token file).
+    let url: serde_json::Value = json_file(&run.join("coordinator.json"));
+    let url = url["url"].as_str().unwrap();
+    let res = control(&["pause", "--coordinator", url]);
+    assert!(!res.status.success());
+    assert!(
+        text(&res.stderr).contains("Unauthenticated"),
+        "{}",
+        text(&res.stderr)
+    );
+    let res = control(&["stop", "--coordinator", r, "--token", "not-the-token"]);
+    assert!(
+        text(&res.stderr).contains("wrong control token"),
+        "{}",
+        text(&res.stderr)
+    );
+    assert_eq!(status_json(&run)["state"], "running");
+
+    // Pause: steps stop within one step.
+    let before = status_json(&run)["step"].as_u64().unwrap();
+    assert_ok(&control(&["pause", "--coordinator", r, "--reason", "test"]));
+    wait_for("the pause", 30.0, || status_json(&run)["state"] == "paused");
+    let paused_at = status_json(&run)["step"].as_u64().unwrap();
+    assert!(
+        paused_at <= before + 2,
+        "asked at step {before}, paused at {paused_at}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(status_json(&run)["step"].as_u64().unwrap(), paused_at);
+    // A checkpoint asked for while paused is committed at the paused step; still paused.
+    assert_ok(&control(&["checkpoint", "--coordinator", r]));
+    wait_for("the checkpoint", 30.0, || {
+        status_json(&run)["last_committed_step"].as_u64() == Some(paused_at)
+    });
+    assert_eq!(status_json(&run)["step"].as_u64().unwrap(), paused_at);
+    assert!(run
+        .join(format!("checkpoints/step-{paused_at}/manifest.json"))
+        .is_file());
+    // Resume: steps go on.
+    assert_ok(&control(&["resume", "--coordinator", r]));
+    wait_for("steps after resume", 60.0, || {
+        status_json(&run)["step"].as_u64().unwrap() > paused_at + 2
+    });
+    // Stop: a final checkpoint, a clean exit.
+    assert_ok(&control(&[
+        "stop",
+        "--coordinator",
+        r,
+        "--reason",
+        "test over",
+    ]));
+    let status = child.0.wait().unwrap();
+    let out = std::fs::read_to_string(tmp.path().join("run.log")).unwrap();
+    assert!(status.success(), "{out}");
+    let ev = events(&run);
+    let stopped = of_kind(&ev, "stopped");
+    assert_eq!(stopped.len(), 1, "{out}");
+    let stop_step = stopped[0]["step"].as_u64().unwrap();
+    let latest = std::fs::read_link(run.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest, PathBuf::from(format!("step-{stop_step}")));
+    // The same calls on an ended run are refused.
+    assert!(!control(&["pause", "--coordinator", url]).status.success());
+
+    // Corrupt rank 1's shard of the newest checkpoint: the next launch reports it and resumes
+    // from the one before (the paused step), on ONE rank this time (re-sharding 2 -> 1).
+    let shard = run.join(format!(
+        "checkpoints/step-{stop_step}/rank-00001.safetensors"
+    ));
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&shard, bytes).unwrap();
+    let one = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("world_size = 2", "world_size = 1");
+    std::fs::write(&cfg, one).unwrap();
+    // Stop again soon after it resumes (the rest of the 400 steps is not the point).
+    let mut child = run_in_background(&cfg, &tmp.path().join("run2.log"));
+    wait_for("the resumed run", 120.0, || {
+        run.join("coordinator.json").is_file()
+            && status_json(&run)["step"].as_u64().unwrap_or(0) >= paused_at + 3
+    });
+    assert_ok(&control(&["stop", "--coordinator", r]));
+    assert!(child.0.wait().unwrap().success());
+    let ev = events(&run);
+    let rejected = of_kind(&ev, "checkpoint_rejected");
+    assert_eq!(rejected.len(), 1);
+    let why = rejected[0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("rank-00001.safetensors") && why.contains("corrupt"),
+        "{why}"
+    );
+    let gens = of_kind(&ev, "generation_started");
+    let last = gens.last().unwrap();
+    assert_eq!(last["resume_step"].as_u64(), Some(paused_at), "{last}");
+    // Re-sharded correctly: the first steps after resuming on 1 rank repeat what 2 ranks
+    // computed from the same state (same weights, optimizer state, data position).
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &serde_json::Value| l["stage"] == "pruning" && l.get("step").is_some())
+        .collect();
+    for step in paused_at + 1..=paused_at + 3 {
+        let at: Vec<f64> = lines
+            .iter()
+            .filter(|l| l["step"].as_u64() == Some(step))
+            .map(|l| l["loss"].as_f64().unwrap())
+            .collect();
+        assert!(at.len() >= 2, "step {step}: {at:?}");
+        let (w2, w1) = (at[0], at[at.len() - 1]);
+        assert!(
+            ((w1 - w2) / w2).abs() < 1e-3,
+            "step {step}: loss {w2} on 2 ranks, {w1} resumed on 1"
+        );
+    }
+
+    // A config with another run-defining setting is refused, naming the setting.
+    let other = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[pruning]\n", "[pruning]\nalpha = 0.7\n");
+    std::fs::write(&cfg, other).unwrap();
+    let res = fastlightgen(&["run", cfg.to_str().unwrap()]);
+    assert!(!res.status.success());
+    let err = text(&res.stderr);
+    assert!(
+        err.contains("pruning.alpha: was 1.0, this config has 0.7"),
+        "{err}"
+    );
+}

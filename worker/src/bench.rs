@@ -281,3 +281,95 @@ pub fn collectives(
     }
     rows
 }
+
+/// What a checkpoint costs one rank (`bench checkpoint`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckpointCost {
+    pub preset: String,
+    pub params: i64,
+    /// Seconds per training step (pretraining step with EMA, the batch given), for scale.
+    pub step_s: f64,
+    /// Seconds the training step waits: copying the shards, moments and EMA out (median).
+    pub wait_s: f64,
+    /// Seconds the writer thread then works: serialise, write, fsync, sha256 (median).
+    pub write_s: f64,
+    pub file_bytes: u64,
+}
+
+/// Measures the training-step wait and the background write of a one-rank checkpoint.
+pub fn checkpoint_cost(
+    preset: &str,
+    dims: &ModelDims,
+    batch: usize,
+    steps: usize,
+    repeats: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<CheckpointCost> {
+    use crate::checkpoint::{snapshot, write_shard, TrainState};
+    use crate::shard::{ShardedDit, Solo};
+    use crate::train::Role;
+    let full = Dit::init(dims, 0);
+    let params = full.param_count();
+    let mut role = Role::new(
+        ShardedDit::from_dit(&full, &Solo, Device::Cpu, Kind::Float),
+        &Optim {
+            lr: 1e-4,
+            ..Optim::default()
+        },
+        0.999,
+        &Solo,
+    );
+    drop(full);
+    let active: Vec<usize> = (0..dims.num_blocks as usize).collect();
+    let opts = (Kind::Float, Device::Cpu);
+    let mut one = |step: u64| {
+        let x0 = Tensor::rand([batch as i64, dims.in_channels, 8, 16, 16], opts) * 2.0 - 1.0;
+        let text = Tensor::randn([batch as i64, 4, dims.text_dim], opts);
+        let d = crate::train::draws(0, 0, step, 0, batch, &x0.size()[1..], Device::Cpu);
+        crate::pretrain::flow_matching_backward(
+            &mut role.model,
+            &Solo,
+            &x0,
+            &text,
+            &d,
+            1.0,
+            0.1,
+            &active,
+        );
+        role.step(&Solo);
+    };
+    one(0);
+    let start = Instant::now();
+    for s in 0..steps {
+        one(1 + s as u64);
+    }
+    let step_s = start.elapsed().as_secs_f64() / steps.max(1) as f64;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut waits, mut writes, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for r in 0..repeats.max(1) {
+        let state = TrainState {
+            roles: vec![("model", &role)],
+            data: None,
+            extra: Vec::new(),
+        };
+        let t = Instant::now();
+        let snap = snapshot(&state, "pretrain", r as u64, r as u64, 0, 1, 0);
+        waits.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let f = write_shard(&dir.join(format!("tmp-{r}")), &snap, u32::MAX)?;
+        writes.push(t.elapsed().as_secs_f64());
+        bytes = f.bytes;
+        std::fs::remove_dir_all(dir.join(format!("tmp-{r}")))?;
+    }
+    Ok(CheckpointCost {
+        preset: preset.into(),
+        params,
+        step_s,
+        wait_s: median(waits),
+        write_s: median(writes),
+        file_bytes: bytes,
+    })
+}

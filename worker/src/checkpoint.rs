@@ -238,15 +238,11 @@ impl Writer {
     }
 }
 
-fn write_and_report(
-    control: &Control,
-    checkpoints_dir: &Path,
-    tmp_name: &str,
-    s: &Snapshot,
-) -> Result<()> {
+/// Writes a snapshot as `dir/rank-<r>.safetensors` (fsynced), returning the file's entry
+/// (name, size, sha256). `generation` only selects fault injection.
+pub fn write_shard(dir: &Path, s: &Snapshot, generation: u32) -> Result<flg_proto::ShardFile> {
     let bytes = serialize(s)?;
-    let dir = checkpoints_dir.join(tmp_name);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = shard_file_name(s.meta.rank);
     let path = dir.join(&name);
     let mut f =
@@ -254,21 +250,30 @@ fn write_and_report(
     let half = bytes.len() / 2;
     f.write_all(&bytes[..half])?;
     f.flush()?;
-    faults::in_checkpoint(s.meta.rank, control.generation, &s.meta.stage, s.meta.step);
+    faults::in_checkpoint(s.meta.rank, generation, &s.meta.stage, s.meta.step);
     f.write_all(&bytes[half..])?;
     f.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
-    let sha = flg_coordinator::run::settings::hex(&Sha256::digest(&bytes));
+    Ok(flg_proto::ShardFile {
+        path: name,
+        bytes: bytes.len() as u64,
+        sha256: flg_coordinator::run::settings::hex(&Sha256::digest(&bytes)),
+    })
+}
+
+fn write_and_report(
+    control: &Control,
+    checkpoints_dir: &Path,
+    tmp_name: &str,
+    s: &Snapshot,
+) -> Result<()> {
+    let file = write_shard(&checkpoints_dir.join(tmp_name), s, control.generation)?;
     control.commit_shard(
         &s.meta.stage,
         s.meta.step,
         s.meta.global_step,
         tmp_name,
-        vec![flg_proto::ShardFile {
-            path: name,
-            bytes: bytes.len() as u64,
-            sha256: sha,
-        }],
+        vec![file],
     )
 }
 

@@ -212,6 +212,24 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// What a checkpoint costs one rank: the time the training step waits (the copy out of
+    /// the model) next to the step time and the writer thread's time (serialise, write,
+    /// fsync, sha256), and the file size. Pretraining state: parameters, AdamW moments, EMA.
+    Checkpoint {
+        #[arg(long, value_delimiter = ',', default_value = "tiny,small-100m")]
+        presets: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Where the checkpoint files are written (removed after).
+        #[arg(long, default_value = "target/bench-checkpoint")]
+        dir: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     TrainStep {
         #[arg(long, default_value = "tiny")]
         preset: String,
@@ -342,6 +360,7 @@ fn run(cli: Cli) -> Result<()> {
                 all_stages: cfg.experiment.stages.clone(),
                 control: None,
                 writer: None,
+                last_saved: Default::default(),
             };
             let out = flg_worker::pretrain::run(&ctx, snapshot_every)?;
             println!("teacher written to {}", out.display());
@@ -494,6 +513,34 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Collectives { world, out }) => {
             let lines = run_mpi_bench(world, &["mpi-bench".into(), "collectives".into()])?;
+            finish_bench(&lines, out)?;
+        }
+        Command::Bench(BenchCommand::Checkpoint {
+            presets,
+            batch,
+            steps,
+            repeats,
+            dir,
+            out,
+        }) => {
+            let mut lines = Vec::new();
+            for p in presets {
+                let dims = flg_coordinator::config::preset(&p)
+                    .ok_or_else(|| anyhow::anyhow!("--presets: unknown preset {p:?}"))?;
+                let c = flg_worker::bench::checkpoint_cost(&p, &dims, batch, steps, repeats, &dir)?;
+                println!(
+                    "{p}: {} parameters, step {:.3} s, the step waits {:.4} s for a checkpoint ({:.1}% of a step), \
+                     the writer thread then takes {:.3} s; {:.1} MB per rank-file",
+                    c.params,
+                    c.step_s,
+                    c.wait_s,
+                    100.0 * c.wait_s / c.step_s,
+                    c.write_s,
+                    c.file_bytes as f64 / 1e6
+                );
+                lines.push(serde_json::to_value(&c)?);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
             finish_bench(&lines, out)?;
         }
         Command::MpiBench(b) => mpi_bench(b)?,
@@ -761,6 +808,7 @@ fn run_stages(
         all_stages,
         control: control.clone(),
         writer,
+        last_saved: Default::default(),
     };
     use flg_worker::stages;
     let done_before = control

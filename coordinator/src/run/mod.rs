@@ -8,4 +8,7 @@ pub mod service;
 pub mod settings;
 pub mod state;
 
+#[cfg(test)]
+mod tests;
+
 pub use state::{Phase, RunHub};

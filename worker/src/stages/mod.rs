@@ -73,6 +73,9 @@ pub struct StageCtx<'a> {
     /// (`--coordinator URL`); without one, stages run straight through with no checkpoints.
     pub control: Option<Arc<Control>>,
     pub writer: Option<Writer>,
+    /// The global step of the last checkpoint handed to the writer (a second request at the
+    /// same boundary, e.g. a stop right after a periodic checkpoint, reuses it).
+    pub last_saved: std::cell::Cell<Option<u64>>,
 }
 
 /// A stage ended early because the coordinator asked the run to stop (after its final
@@ -192,7 +195,10 @@ impl StageCtx<'_> {
         if self.lead() {
             ctl.report_metrics(stage, done, total, values)?;
         }
-        let command = loop {
+        // Until told to continue: a paused run waits here (rank 0 polls, the others wait in
+        // the broadcast), a checkpoint is taken and the coordinator asked again (so a
+        // checkpoint asked for during a pause does not let a step through).
+        loop {
             let code = if self.lead() {
                 ctl.next_command(stage, done)?.code()
             } else {
@@ -206,33 +212,27 @@ impl StageCtx<'_> {
                 )
                 .double_value(&[0]) as i32;
             match Command::from_code(shared) {
+                Command::Continue => return Ok(()),
                 Command::Pause => {
                     if self.lead() {
                         std::thread::sleep(std::time::Duration::from_millis(100));
                     }
                 }
-                other => break other,
-            }
-        };
-        match command {
-            Command::Checkpoint => {
-                self.save_checkpoint(stage, done, state);
-                Ok(())
-            }
-            Command::Stop => {
-                self.save_checkpoint(stage, done, state);
-                if let Some(w) = &self.writer {
-                    w.flush()?;
+                Command::Checkpoint => self.save_checkpoint(stage, done, state),
+                Command::Stop => {
+                    self.save_checkpoint(stage, done, state);
+                    if let Some(w) = &self.writer {
+                        w.flush()?;
+                    }
+                    // Every rank's report acknowledged: the coordinator has committed it.
+                    self.comm.barrier();
+                    return Err(Stopped {
+                        stage: stage.into(),
+                        step: done,
+                    }
+                    .into());
                 }
-                // Every rank's report acknowledged: the coordinator has committed it.
-                self.comm.barrier();
-                Err(Stopped {
-                    stage: stage.into(),
-                    step: done,
-                }
-                .into())
             }
-            _ => Ok(()),
         }
     }
 
@@ -242,6 +242,10 @@ impl StageCtx<'_> {
             return;
         };
         let global = flg_coordinator::run::state::stage_offset(self.cfg, stage) + done;
+        if self.last_saved.get() == Some(global) {
+            return;
+        }
+        self.last_saved.set(Some(global));
         let snap = checkpoint::snapshot(
             state,
             stage,

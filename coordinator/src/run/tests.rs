@@ -1,0 +1,354 @@
+//! The gRPC services against a real server on 127.0.0.1 (in-process): bad calls get clear
+//! errors and change nothing; control calls need the token; heartbeats time out; a run
+//! directory of other settings is refused.
+
+use super::service::{serve, AUTH_HEADER};
+use super::settings::{run_settings, settings_hash};
+use super::RunHub;
+use crate::config::{Config, LoadOptions};
+use flg_proto as pb;
+use pb::control_client::ControlClient;
+use pb::worker_hub_client::WorkerHubClient;
+use std::path::Path;
+use std::sync::Arc;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const TOKEN: &str = "test-token-123";
+
+fn config(dir: &Path, extra: &str) -> Config {
+    let text = format!(
+        "[experiment]\nname = \"t\"\noutput_dir = {out:?}\nstages = [\"pretrain\", \"pruning\", \"distill\"]\n\
+         [cluster]\nworld_size = 2\nheartbeat_interval_s = 0.1\nheartbeat_timeout_s = 0.5\n\
+         [model]\npreset = \"tiny\"\n[pretrain]\nsteps = 10\n[pruning]\nsteps = 10\n\
+         [checkpoint]\ninterval_steps = 5\n{extra}",
+        out = dir.join("runs")
+    );
+    Config::parse(
+        &text,
+        Path::new("t.toml"),
+        LoadOptions { check_files: false },
+    )
+    .unwrap()
+}
+
+struct Server {
+    hub: Arc<RunHub>,
+    hub_client: WorkerHubClient<Channel>,
+    control: ControlClient<Channel>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(cfg: Config) -> Server {
+    let hub = Arc::new(RunHub::open(cfg, TOKEN.into()).unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, _) = serve(hub.clone(), "127.0.0.1:0".parse().unwrap(), async {
+        let _ = rx.await;
+    })
+    .await
+    .unwrap();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Server {
+        hub,
+        hub_client: WorkerHubClient::new(channel.clone()),
+        control: ControlClient::new(channel),
+        _stop: tx,
+    }
+}
+
+fn register(s: &Server, rank: u32) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        run_id: String::new(),
+        rank,
+        world_size: 2,
+        hostname: "test".into(),
+        pid: 1000 + rank,
+        config_hash: settings_hash(&run_settings(&s.hub.cfg)),
+    }
+}
+
+fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert(AUTH_HEADER, format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
+fn commit(run_id: &str, rank: u32, stage: &str, step: u64, global: u64) -> pb::ShardCommit {
+    pb::ShardCommit {
+        run_id: run_id.into(),
+        rank,
+        stage: stage.into(),
+        step,
+        files: vec![pb::ShardFile {
+            path: format!("rank-{rank:05}.safetensors"),
+            bytes: 4,
+            sha256: "0".repeat(64),
+        }],
+        global_step: global,
+        tmp_dir: super::checkpoints::tmp_dir_name(global, 0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(config(dir.path(), "")).await;
+    let reply = s
+        .hub_client
+        .register(register(&s, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let run_id = reply.run_id.clone();
+    assert_eq!(reply.generation, 0);
+    assert!(reply.resume_from.is_empty());
+    let before = s.hub.status();
+    let events_before = s.hub.history().len();
+
+    // Duplicate registration.
+    let e = s.hub_client.register(register(&s, 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    assert!(
+        e.message().contains("rank 0 is already registered"),
+        "{}",
+        e.message()
+    );
+    // Unknown rank.
+    let mut r = register(&s, 7);
+    let e = s.hub_client.register(r.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("unknown rank 7"), "{}", e.message());
+    // Wrong run id.
+    r.rank = 1;
+    r.run_id = "someone-else".into();
+    let e = s.hub_client.register(r.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("wrong run id"), "{}", e.message());
+    // Other settings.
+    r.run_id = run_id.clone();
+    r.config_hash = "f".repeat(64);
+    let e = s.hub_client.register(r.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    // A heartbeat from a rank that never registered.
+    let e = s
+        .hub_client
+        .heartbeat(pb::HeartbeatRequest {
+            run_id: run_id.clone(),
+            rank: 1,
+            generation: 0,
+            stage: String::new(),
+            step: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // A checkpoint commit for a step nobody asked for.
+    let e = s
+        .hub_client
+        .commit_shard(commit(&run_id, 0, "pruning", 3, 13))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message()
+            .contains("no checkpoint was asked for at pruning step 3"),
+        "{}",
+        e.message()
+    );
+    // Only rank 0 fetches commands.
+    assert!(s.hub_client.register(register(&s, 1)).await.is_ok());
+    let e = s
+        .hub_client
+        .next_command(pb::NextCommandRequest {
+            run_id: run_id.clone(),
+            rank: 1,
+            stage: "pruning".into(),
+            step: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let after = s.hub.status();
+    assert_eq!(
+        (after.step, after.last_committed_step),
+        (before.step, before.last_committed_step)
+    );
+    // Nothing but rank 1's registration was recorded; no checkpoint directory appeared.
+    let new: Vec<_> = s.hub.history()[events_before..]
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(new, vec!["ranks_ready"]);
+    assert!(!dir.path().join("runs/t/checkpoints").exists());
+
+    // The periodic checkpoint is asked for at step 5 of pruning (global step 15); a commit
+    // with the wrong global step or a path escaping the directory is refused; the real one
+    // waits for both ranks.
+    let cmd = s
+        .hub_client
+        .next_command(pb::NextCommandRequest {
+            run_id: run_id.clone(),
+            rank: 0,
+            stage: "pruning".into(),
+            step: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cmd.kind, pb::command::Kind::Checkpoint as i32);
+    let e = s
+        .hub_client
+        .commit_shard(commit(&run_id, 0, "pruning", 5, 5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut bad = commit(&run_id, 0, "pruning", 5, 15);
+    bad.files[0].path = "../../escape".into();
+    let e = s.hub_client.commit_shard(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let tmp = dir.path().join("runs/t/checkpoints/tmp-15-g0");
+    std::fs::create_dir_all(&tmp).unwrap();
+    for r in 0..2 {
+        std::fs::write(tmp.join(format!("rank-{r:05}.safetensors")), b"abcd").unwrap();
+    }
+    s.hub_client
+        .commit_shard(commit(&run_id, 0, "pruning", 5, 15))
+        .await
+        .unwrap();
+    assert!(!dir.path().join("runs/t/checkpoints/step-15").exists());
+    let e = s
+        .hub_client
+        .commit_shard(commit(&run_id, 0, "pruning", 5, 15))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    s.hub_client
+        .commit_shard(commit(&run_id, 1, "pruning", 5, 15))
+        .await
+        .unwrap();
+    assert!(dir
+        .path()
+        .join("runs/t/checkpoints/step-15/manifest.json")
+        .is_file());
+    assert_eq!(s.hub.status().last_committed_step, 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_calls_need_the_token_and_a_silent_rank_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = start(config(dir.path(), "")).await;
+    let req = || pb::ControlRequest { reason: "t".into() };
+    let e = s.control.pause(req()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(req());
+    wrong
+        .metadata_mut()
+        .insert(AUTH_HEADER, "Bearer nope".parse().unwrap());
+    assert_eq!(
+        s.control.stop(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert!(!s.hub.stop_asked());
+    assert!(
+        s.control
+            .pause(authed(req()))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+    assert_eq!(s.hub.phase(), super::Phase::Starting);
+
+    // Status over the API is the hub's.
+    let status = s
+        .control
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.world_size, 2);
+    assert_eq!(status.run_id, s.hub.run_id);
+
+    // Both ranks register; rank 1 never beats again: lost after the 0.5 s timeout.
+    let id = s
+        .hub_client
+        .register(register(&s, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    s.hub_client.register(register(&s, 1)).await.unwrap();
+    let mut watch = s
+        .control
+        .watch(pb::WatchRequest { from_start: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
+    let mut lost = None;
+    while started.elapsed().as_secs_f64() < 5.0 {
+        s.hub_client
+            .heartbeat(pb::HeartbeatRequest {
+                run_id: id.clone(),
+                rank: 0,
+                generation: 0,
+                stage: String::new(),
+                step: 0,
+            })
+            .await
+            .unwrap();
+        if s.hub.phase() == super::Phase::Restarting {
+            lost = Some(started.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let lost = lost.expect("rank 1 was never declared lost");
+    assert!((0.5..1.5).contains(&lost), "lost after {lost} s");
+    // Watchers see it.
+    let mut kinds = Vec::new();
+    while let Ok(Some(e)) =
+        tokio::time::timeout(std::time::Duration::from_millis(500), watch.message())
+            .await
+            .unwrap_or(Ok(None))
+    {
+        kinds.push(e.kind.clone());
+        if e.kind == "rank_lost" {
+            assert!(e.json.contains("rank 1 sent no heartbeat"), "{}", e.json);
+            break;
+        }
+    }
+    assert!(kinds.contains(&"rank_lost".to_string()), "{kinds:?}");
+    // The next registration opens launch 1.
+    let reply = s
+        .hub_client
+        .register(register(&s, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.generation, 1);
+}
+
+#[test]
+fn a_run_directory_of_other_settings_is_refused_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(RunHub::open(config(dir.path(), ""), TOKEN.into()).unwrap());
+    // Launch settings may change between launches.
+    let again = config(dir.path(), "").clone();
+    let mut more_ranks = again.clone();
+    more_ranks.cluster.world_size = 4;
+    assert!(RunHub::open(more_ranks, TOKEN.into()).is_ok());
+    let mut other = again;
+    other.pruning.alpha = 0.25;
+    let e = RunHub::open(other, TOKEN.into()).err().expect("refused");
+    assert!(
+        e.contains("pruning.alpha: was 1.0, this config has 0.25"),
+        "{e}"
+    );
+}
