@@ -121,16 +121,21 @@ pub fn status(t: &Target, json: bool) -> ExitCode {
         s.ranks_alive,
         s.world_size,
         s.restarts,
-        if s.last_committed_stage.is_empty() {
-            "none".to_string()
-        } else {
-            format!(
-                "step-{} ({})",
-                s.last_committed_step, s.last_committed_stage
-            )
-        }
+        last_checkpoint(&s)
     );
     ExitCode::SUCCESS
+}
+
+/// `step-N (stage)`, or `none`.
+pub fn last_checkpoint(s: &pb::RunStatus) -> String {
+    if s.last_committed_stage.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "step-{} ({})",
+            s.last_committed_step, s.last_committed_stage
+        )
+    }
 }
 
 /// Follows the event stream with progress bars until the run ends.

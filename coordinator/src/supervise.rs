@@ -172,14 +172,7 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
         status.state,
         status.stage,
         status.restarts,
-        if status.last_committed_stage.is_empty() {
-            "none".to_string()
-        } else {
-            format!(
-                "step-{} ({})",
-                status.last_committed_step, status.last_committed_stage
-            )
-        }
+        crate::client::last_checkpoint(&status)
     );
     Ok(code)
 }

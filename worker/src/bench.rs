@@ -155,6 +155,26 @@ pub struct StepReport {
     pub peak_rss_bytes: u64,
 }
 
+/// One flow-matching backward pass of every block on a random local batch of `local[0]`
+/// videos (the first at global index `local[1]`), `video = [frames, size]`.
+fn random_flow_backward(
+    model: &mut crate::shard::ShardedDit,
+    comm: &dyn crate::collective::Collective,
+    dims: &ModelDims,
+    local: [usize; 2],
+    video: [i64; 2],
+    step: u64,
+) {
+    let opts = (Kind::Float, Device::Cpu);
+    let [b, first] = local;
+    let [frames, size] = video;
+    let x0 = Tensor::rand([b as i64, dims.in_channels, frames, size, size], opts) * 2.0 - 1.0;
+    let text = Tensor::randn([b as i64, 4, dims.text_dim], opts);
+    let d = crate::train::draws(0, 0, step, first, b, &x0.size()[1..], Device::Cpu);
+    let active: Vec<usize> = (0..dims.num_blocks as usize).collect();
+    crate::pretrain::flow_matching_backward(model, comm, &x0, &text, &d, 1.0, 0.1, &active);
+}
+
 /// Times sharded pretraining steps (random data, fixed draws) on this rank.
 pub fn sharded_step(
     dims: &ModelDims,
@@ -166,7 +186,7 @@ pub fn sharded_step(
     steps: usize,
 ) -> StepReport {
     use crate::shard::ShardedDit;
-    use crate::train::{draws, Role};
+    use crate::train::Role;
     let (rank, world) = (comm.rank(), comm.world());
     let full = Dit::init(dims, 0);
     let params = full.param_count();
@@ -182,21 +202,14 @@ pub fn sharded_step(
         comm,
     );
     let b = global_batch / world;
-    let opts = (Kind::Float, Device::Cpu);
-    let active: Vec<usize> = (0..dims.num_blocks as usize).collect();
     let mut one = |step: u64| {
-        let x0 = Tensor::rand([b as i64, dims.in_channels, frames, size, size], opts) * 2.0 - 1.0;
-        let text = Tensor::randn([b as i64, 4, dims.text_dim], opts);
-        let d = draws(0, 0, step, rank * b, b, &x0.size()[1..], Device::Cpu);
-        crate::pretrain::flow_matching_backward(
+        random_flow_backward(
             &mut role.model,
             comm,
-            &x0,
-            &text,
-            &d,
-            1.0,
-            0.1,
-            &active,
+            dims,
+            [b, rank * b],
+            [frames, size],
+            step,
         );
         role.step(comm);
     };
@@ -320,22 +333,8 @@ pub fn checkpoint_cost(
         &Solo,
     );
     drop(full);
-    let active: Vec<usize> = (0..dims.num_blocks as usize).collect();
-    let opts = (Kind::Float, Device::Cpu);
     let mut one = |step: u64| {
-        let x0 = Tensor::rand([batch as i64, dims.in_channels, 8, 16, 16], opts) * 2.0 - 1.0;
-        let text = Tensor::randn([batch as i64, 4, dims.text_dim], opts);
-        let d = crate::train::draws(0, 0, step, 0, batch, &x0.size()[1..], Device::Cpu);
-        crate::pretrain::flow_matching_backward(
-            &mut role.model,
-            &Solo,
-            &x0,
-            &text,
-            &d,
-            1.0,
-            0.1,
-            &active,
-        );
+        random_flow_backward(&mut role.model, &Solo, dims, [batch, 0], [8, 16], step);
         role.step(&Solo);
     };
     one(0);

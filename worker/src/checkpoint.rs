@@ -12,7 +12,6 @@ use crate::data::DataPosition;
 use crate::faults;
 use crate::train::Role;
 use anyhow::{anyhow, bail, Context, Result};
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -144,31 +143,8 @@ pub fn shard_file_name(rank: u32) -> String {
 
 /// A snapshot as safetensors bytes.
 pub fn serialize(s: &Snapshot) -> Result<Vec<u8>> {
-    let bufs: Vec<(String, Vec<i64>, Vec<u8>)> = s
-        .tensors
-        .iter()
-        .map(|(n, t)| {
-            let v = Vec::<f32>::try_from(t.view(-1)).expect("f32 tensor");
-            (
-                n.clone(),
-                t.size(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = bufs
-        .iter()
-        .map(|(n, shape, b)| {
-            let shape = shape.iter().map(|&d| d as usize).collect();
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, shape, b).expect("sizes match"),
-            )
-        })
-        .collect();
     let info = HashMap::from([(META_KEY.to_string(), serde_json::to_string(&s.meta)?)]);
-    safetensors::serialize(views, Some(info))
-        .map_err(|e| anyhow!("serialising a checkpoint: {e:?}"))
+    crate::model::file::safetensors_bytes(&s.tensors, info)
 }
 
 enum Job {

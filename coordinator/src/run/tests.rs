@@ -78,6 +78,15 @@ fn authed<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
+fn next_command(run_id: &str, rank: u32, step: u64) -> pb::NextCommandRequest {
+    pb::NextCommandRequest {
+        run_id: run_id.into(),
+        rank,
+        stage: "pruning".into(),
+        step,
+    }
+}
+
 fn commit(run_id: &str, rank: u32, stage: &str, step: u64, global: u64) -> pb::ShardCommit {
     pb::ShardCommit {
         run_id: run_id.into(),
@@ -164,12 +173,7 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
     assert!(s.hub_client.register(register(&s, 1)).await.is_ok());
     let e = s
         .hub_client
-        .next_command(pb::NextCommandRequest {
-            run_id: run_id.clone(),
-            rank: 1,
-            stage: "pruning".into(),
-            step: 5,
-        })
+        .next_command(next_command(&run_id, 1, 5))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -192,12 +196,7 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
     // waits for both ranks.
     let cmd = s
         .hub_client
-        .next_command(pb::NextCommandRequest {
-            run_id: run_id.clone(),
-            rank: 0,
-            stage: "pruning".into(),
-            step: 5,
-        })
+        .next_command(next_command(&run_id, 0, 5))
         .await
         .unwrap()
         .into_inner();

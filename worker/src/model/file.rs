@@ -47,8 +47,12 @@ pub struct ModelMeta {
     pub sampler: Option<SamplerSettings>,
 }
 
-/// Writes named tensors (as f32) with `meta`, atomically (temporary file, then rename).
-pub fn save(path: &Path, named: &[(String, Tensor)], meta: &ModelMeta) -> anyhow::Result<()> {
+/// Named tensors (as f32) and string metadata as safetensors bytes (also the format of
+/// checkpoint shards).
+pub fn safetensors_bytes(
+    named: &[(String, Tensor)],
+    info: HashMap<String, String>,
+) -> anyhow::Result<Vec<u8>> {
     let bufs: Vec<(String, Vec<i64>, Vec<u8>)> = named
         .iter()
         .map(|(n, t)| {
@@ -75,13 +79,19 @@ pub fn save(path: &Path, named: &[(String, Tensor)], meta: &ModelMeta) -> anyhow
             )
         })
         .collect();
+    safetensors::serialize(views, Some(info)).map_err(|e| anyhow::anyhow!("serialising: {e:?}"))
+}
+
+/// Writes named tensors (as f32) with `meta`, atomically (temporary file, then rename).
+pub fn save(path: &Path, named: &[(String, Tensor)], meta: &ModelMeta) -> anyhow::Result<()> {
     let info = HashMap::from([(META_KEY.to_string(), serde_json::to_string(meta)?)]);
+    let bytes = safetensors_bytes(named, info)?;
     let tmp = path.with_extension("safetensors.tmp");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    safetensors::serialize_to_file(views, Some(info), &tmp)
-        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e:?}", tmp.display()))?;
+    std::fs::write(&tmp, bytes)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
