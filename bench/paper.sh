@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# `make paper`: METHOD.md's experiments on moving-shapes with the same code as the demo, each a
+# real 2-rank run from the shipped tiny teacher:
+#   1. the main table: teacher 50-step CFG, teacher 4-step, plain DMD2, no Stage II, b2 = 0,
+#      FastLightGen (bench/paper-table.sh);
+#   2. the alpha ablation of Stage II: alpha = 0, 0.5 (the demo), 0.7, 1.0;
+#   3. the b2 ablation of Stage III: b2 = 0 (row e), 0.25, 0.75 (the demo draws b2 in [0, 0.5]);
+#   4. quality against cost (the paper's Figure 1): students keeping 100% (plain DMD2), 90%, 70%
+#      (the demo) and 50% of the block parameters, each sampled with 1, 2, 4 and 8 steps, next
+#      to the teacher with CFG at 1 to 50 steps;
+# then one report, bench/results/paper/report.md (+ PNG figures), also copied into
+# BENCHMARKS.md between its "make paper" markers.
+#
+# Resumable: a run whose eval.json exists, or a sampling whose eval.json exists, is not done
+# again; stop it any time and start it again. Takes about 2 hours on a 2-core CPU.
+# Usage: bench/paper.sh [OUT_DIR]   (default bench/results/paper)
+set -euo pipefail
+out=${1:-bench/results/paper}
+bin=./target/release/fastlightgen
+mkdir -p "$out/cost" "$out/figures"
+run_dir() { echo "runs/$(sed -n 's/^name = "\(.*\)"/\1/p' "$1" | head -1)"; }
+main=$(run_dir cluster-configs/demo-cpu.toml)
+step() { echo; echo "== make paper: $* =="; }
+
+step "main table (FastLightGen and the baselines)"
+bench/paper-table.sh "$out"
+
+# A variant that shares Stage I (and, with "pruning", Stage II) with the demo: copy those
+# files and run the later stages alone.
+reuse() { # config, stages to rerun...
+  local cfg=$1; shift
+  local dir; dir=$(run_dir "$cfg")
+  if [ -e "$dir/eval.json" ]; then echo "$dir: done"; return; fi
+  mkdir -p "$dir"
+  cp "$main/importance.json" "$main/importance.png" "$dir/"
+  if [[ " $* " != *" pruning "* ]]; then
+    mkdir -p "$dir/pruning"
+    cp "$main/pruning/model.safetensors" "$dir/pruning/"
+  fi
+  local args=()
+  for s in "$@"; do args+=(--stage "$s"); done
+  "$bin" workers "$cfg" "${args[@]}"
+}
+full() { # config
+  local dir; dir=$(run_dir "$1")
+  if [ -e "$dir/eval.json" ]; then echo "$dir: done"; return; fi
+  "$bin" workers "$1"
+}
+
+step "alpha ablation (Stage II)"
+for a in 0 0.7 1; do reuse "cluster-configs/paper/alpha-$a.toml" pruning distill export eval; done
+step "b2 ablation (Stage III)"
+for b in 0.25 0.75; do reuse "cluster-configs/paper/b2-$b.toml" distill export eval; done
+step "students of other sizes"
+for s in 90 50; do full "cluster-configs/paper/share-$s.toml"; done
+
+step "quality against cost: sampling every student and the teacher at several step counts"
+sample() { # name, model, steps, cfg
+  local dir="$out/cost/$1-s$3"
+  [ -e "$dir/eval.json" ] && return
+  "$bin" sample --model "$2" --steps "$3" --cfg "$4" --num 64 --seed 0 --batch 32 --out "$dir" --eval > /dev/null
+  echo "$dir: $(python3 -c "import json;print(json.load(open('$dir/eval.json'))['average'])")"
+}
+for n in 1 2 4 8 16 50; do sample teacher teacher/tiny-teacher.safetensors "$n" 4; done
+for st in "share-100:runs/paper-dmd2" "share-90:runs/paper-share-90" "share-70:$main" "share-50:runs/paper-share-50"; do
+  for n in 1 2 4 8; do sample "${st%%:*}" "${st#*:}/export/student.safetensors" "$n" 1; done
+done
+
+step "report"
+python3 bench/paper_report.py "$out" "$main"
+"$bin" plot "$out/figures/alpha.json" "$out/figures/alpha.png"
+"$bin" plot "$out/figures/b2.json" "$out/figures/b2.png"
+"$bin" plot "$out/figures/cost.json" "$out/figures/cost.png"
+python3 - "$out/report.md" BENCHMARKS.md <<'PY'
+import sys, re
+report, bench = sys.argv[1], sys.argv[2]
+body = open(report).read().split("\n", 1)[1]  # without its title
+body = body.replace("(figures/", "(bench/results/paper/figures/")
+text = open(bench).read()
+start, end = "<!-- make paper: start -->", "<!-- make paper: end -->"
+block = f"{start}\n{body.strip()}\n{end}"
+if start in text:
+    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+else:
+    text = text.rstrip() + "\n\n## `make paper`: the paper's experiments on moving-shapes (issue 7)\n\n" + block + "\n"
+open(bench, "w").write(text)
+PY
+echo "report: $out/report.md (and BENCHMARKS.md)"
