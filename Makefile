@@ -15,11 +15,12 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 CARGO := cargo
 
-.PHONY: setup debs venv build test demo fmt clean-runs help
+.PHONY: setup debs venv build test demo paper fmt clean-runs help
 
 help:
 	@echo "make demo   - set up, build, and run the laptop demo (see README.md)"
 	@echo "make test   - set up, build, and run every test"
+	@echo "make paper  - the paper's experiments on moving-shapes (hours; resumable)"
 	@echo "make setup  - install Debian packages and the torch wheel (idempotent)"
 	@echo "make build  - build the release binaries into target/release/"
 
@@ -52,16 +53,20 @@ test: build
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log; \
 	exit $$status
 
-# The laptop demo on the shipped tiny teacher: every FastLightGen stage on 2 real MPI ranks
-# (Stage I importance, Stage II pruning, Stage III distillation, export, sampling and
-# evaluation of teacher and student), about 15 minutes after the build on 2 cores.
-DEMO_RUN := runs/demo-cpu
+# The laptop demo on the shipped tiny teacher: the real coordinator and 2 real MPI ranks run
+# every FastLightGen stage (Stage I importance, Stage II pruning, Stage III distillation,
+# export, sampling and evaluation of teacher and student) with committed checkpoints, about
+# 14 minutes after the build on 2 cores, then write runs/demo-cpu/report.md and print its
+# three numbers. Run again, it continues an interrupted run or shows the finished one's
+# numbers; `rm -rf runs/demo-cpu` to start over.
 demo: build
 	./target/release/fastlightgen validate cluster-configs/demo-cpu.toml
-	./target/release/fastlightgen workers cluster-configs/demo-cpu.toml
-	@echo
-	@echo "demo outputs in $(DEMO_RUN)/: importance.json/.png, pruning/, distill/, export/student.safetensors,"
-	@echo "  samples/{teacher,teacher-few-step,student}/ (GIFs, grid.png), eval.json, metrics.jsonl"
+	./target/release/fastlightgen run cluster-configs/demo-cpu.toml
+
+# The paper's experiments on moving-shapes (main table, alpha and b2 ablations, quality
+# against cost): about 2 hours on 2 cores after the demo; resumable (bench/paper.sh).
+paper: build
+	bench/paper.sh
 
 fmt:
 	$(CARGO) fmt --all

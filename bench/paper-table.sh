@@ -10,7 +10,7 @@ bin=./target/release/fastlightgen
 mkdir -p "$out"
 run_dir() { sed -n 's/^name = "\(.*\)"/\1/p' "$1" | head -1; }
 main=runs/$(run_dir cluster-configs/demo-cpu.toml)
-[ -e "$main/eval.json" ] || "$bin" workers cluster-configs/demo-cpu.toml
+[ -e "$main/eval.json" ] || "$bin" run cluster-configs/demo-cpu.toml
 for cfg in cluster-configs/paper/dmd2.toml cluster-configs/paper/no-stage2.toml cluster-configs/paper/b2-zero.toml; do
   dir=runs/$(run_dir "$cfg")
   [ -e "$dir/eval.json" ] && continue

@@ -145,6 +145,13 @@ enum Command {
     },
     /// Show what this machine offers: libtorch, CUDA driver, GPUs, NCCL.
     Env,
+    /// (Re)write a run's report.md (durations, loss curves, importance, quality table,
+    /// samples side by side) and print its three headline numbers; see --help.
+    #[command(disable_help_flag = true)]
+    Report {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Generate videos with a model (videos.npy, labels.npy, GIFs, grid.png); see --help.
     #[command(disable_help_flag = true)]
     Sample {
@@ -218,6 +225,7 @@ fn main() -> ExitCode {
         Command::Data { args } => forward("data", args),
         Command::Workers { config, stages } => workers(config, stages),
         Command::Env => forward("env", Vec::new()),
+        Command::Report { args } => forward("report", args),
         Command::Sample { args } => forward("sample", args),
         Command::Export { args } => forward("export", args),
         Command::Eval { args } => forward("eval", args),

@@ -81,10 +81,13 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
     );
     if hub.phase() == Phase::Finished {
         println!(
-            "run {} in {} has already finished (see events.jsonl); use another experiment.name to run again",
+            "run {} in {} has already finished; remove the directory (or use another experiment.name) to run it again",
             hub.run_id,
             run_dir.display()
         );
+        if cfg.runs_stage("eval") {
+            write_report(&run_dir);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let addr = cfg
@@ -166,6 +169,9 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
     let _ = rt.block_on(server);
     let _ = std::fs::remove_file(address_file(&run_dir));
     let status = hub.status();
+    if hub.phase() == Phase::Finished && cfg.runs_stage("eval") {
+        write_report(&run_dir);
+    }
     println!(
         "run {}: {} (stage {}, {} restart(s), last checkpoint {})",
         hub.run_id,
@@ -175,6 +181,23 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
         crate::client::last_checkpoint(&status)
     );
     Ok(code)
+}
+
+/// Writes the run's report.md with the worker binary (plots and GIFs need the tensor side)
+/// and lets it print the headline numbers.
+fn write_report(run_dir: &Path) {
+    let result = worker_binary().and_then(|bin| {
+        std::process::Command::new(bin)
+            .arg("report")
+            .arg(run_dir)
+            .status()
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("warning: writing the report failed ({s})"),
+        Err(e) => eprintln!("warning: cannot write the report: {e}"),
+    }
 }
 
 /// Polls until the run ends (workers started elsewhere).

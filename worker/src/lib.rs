@@ -20,6 +20,7 @@ pub mod plot;
 pub mod pretrain;
 pub mod progress;
 pub mod ranks;
+pub mod report;
 pub mod rng;
 pub mod sample;
 pub mod shard;

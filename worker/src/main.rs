@@ -127,6 +127,13 @@ enum Command {
         #[arg(long)]
         coordinator: Option<String>,
     },
+    /// Write a run's report: `<run dir>/report.md` with the stage durations, loss curves,
+    /// Stage I importance chart, quality table and samples side by side (images in
+    /// `<run dir>/report/`); prints where it is and the three numbers that matter.
+    Report {
+        /// The run directory (runs/NAME), after its eval stage.
+        dir: PathBuf,
+    },
     /// Write a run's Stage III generator (its EMA) as the unsharded student:
     /// `<run dir>/export/student.safetensors` (kept blocks only, original indices, sampler
     /// settings in its metadata) and `export/student.json`.
@@ -544,6 +551,7 @@ fn run(cli: Cli) -> Result<()> {
             finish_bench(&lines, out)?;
         }
         Command::MpiBench(b) => mpi_bench(b)?,
+        Command::Report { dir } => flg_worker::report::write(&dir)?.print(),
         Command::Plot { spec, out } => {
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec)?)
                 .with_context(|| format!("{}: not JSON", spec.display()))?;
@@ -789,7 +797,10 @@ fn run_stages(
     let run_dir = cfg.run_dir();
     if ranks.rank == 0 {
         std::fs::create_dir_all(&run_dir)?;
-        std::fs::write(run_dir.join("config.toml"), cfg.to_toml())?;
+        // The run's config, with every stage it lists (also when `--stage` runs only some).
+        let mut resolved = cfg.clone();
+        resolved.experiment.stages = all_stages.clone();
+        std::fs::write(run_dir.join("config.toml"), resolved.to_toml())?;
         data::open_or_generate(cfg, &run_dir)?; // generated once, by rank 0
     }
     comm.barrier();

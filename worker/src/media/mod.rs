@@ -26,15 +26,27 @@ pub fn write_gif(
     w: usize,
     scale: usize,
 ) -> std::io::Result<()> {
-    let file = std::fs::File::create(path)?;
-    let (hh, ww) = ((h * scale) as u16, (w * scale) as u16);
+    let per = h * w * 3;
+    let big: Vec<Vec<u8>> = (0..frames)
+        .map(|t| upscale(&video[t * per..(t + 1) * per], h, w, scale))
+        .collect();
+    write_frames_gif(path, &big, h * scale, w * scale)
+}
+
+/// Writes a looping GIF of RGB frames of `h` x `w` pixels.
+pub fn write_frames_gif(
+    path: &Path,
+    frames: &[Vec<u8>],
+    h: usize,
+    w: usize,
+) -> std::io::Result<()> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let (hh, ww) = (h as u16, w as u16);
     let mut enc = gif::Encoder::new(file, ww, hh, &[]).map_err(std::io::Error::other)?;
     enc.set_repeat(gif::Repeat::Infinite)
         .map_err(std::io::Error::other)?;
-    let per = h * w * 3;
-    for t in 0..frames {
-        let big = upscale(&video[t * per..(t + 1) * per], h, w, scale);
-        let mut frame = gif::Frame::from_rgb_speed(ww, hh, &big, 10);
+    for f in frames {
+        let mut frame = gif::Frame::from_rgb_speed(ww, hh, f, 10);
         frame.delay = 15; // 150 ms: an 8-frame clip loops in about a second
         enc.write_frame(&frame).map_err(std::io::Error::other)?;
     }
@@ -67,12 +79,17 @@ pub fn write_grid_png(
             }
         }
     }
+    write_png(path, &img, height, width)
+}
+
+/// Writes an RGB image of `h` x `w` pixels as PNG.
+pub fn write_png(path: &Path, img: &[u8], height: usize, width: usize) -> std::io::Result<()> {
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut enc = png::Encoder::new(file, width as u32, height as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     enc.write_header()
         .map_err(std::io::Error::other)?
-        .write_image_data(&img)
+        .write_image_data(img)
         .map_err(std::io::Error::other)
 }
