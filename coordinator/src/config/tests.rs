@@ -302,3 +302,14 @@ fn latents_data_is_checked_against_the_model() {
     let e = error_with("[data]\nkind = \"latents\"");
     assert!(issue(&e, "data.path").message.contains("missing"));
 }
+
+#[test]
+fn the_eval_stage_needs_moving_shapes() {
+    let e = error_with("[data]\nkind = \"latents\"\npath = \"/nowhere\"\n");
+    assert!(
+        issue(&e, "experiment.stages")
+            .message
+            .contains("moving-shapes"),
+        "{e}"
+    );
+}

@@ -75,6 +75,14 @@ fn check_experiment(c: &Config, issues: &mut Issues) {
             }
         }
     }
+    if c.runs_stage("eval") && c.data.kind != DataKind::MovingShapes {
+        issues.push(
+            "experiment.stages",
+            "\"eval\" scores moving-shapes videos against their definition; with data.kind = \
+             \"latents\" leave it out and sample the exported student (fastlightgen sample) for \
+             your own benchmark",
+        );
+    }
     let needs_teacher = ["importance", "pruning", "distill"]
         .iter()
         .any(|s| c.runs_stage(s));
