@@ -56,7 +56,7 @@ test: build
 # The laptop demo on the shipped tiny teacher: the real coordinator and 2 real MPI ranks run
 # every FastLightGen stage (Stage I importance, Stage II pruning, Stage III distillation,
 # export, sampling and evaluation of teacher and student) with committed checkpoints, about
-# 14 minutes after the build on 2 cores, then write runs/demo-cpu/report.md and print its
+# 15 minutes after the build on 2 cores, then write runs/demo-cpu/report.md and print its
 # three numbers. Run again, it continues an interrupted run or shows the finished one's
 # numbers; `rm -rf runs/demo-cpu` to start over.
 demo: build
