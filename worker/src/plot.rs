@@ -163,7 +163,10 @@ pub fn line_chart(
             .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))?
             .label(name.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+        // Markers help read a few points; on a per-step curve they only blur the line.
+        if points.len() <= 60 {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+        }
     }
     if series.len() > 1 || !series.first().is_some_and(|s| s.0.is_empty()) {
         draw_legend(&mut chart)?;

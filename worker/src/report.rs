@@ -121,8 +121,15 @@ fn curves(stage: &str) -> &'static [(&'static str, &'static str)] {
     }
 }
 
-fn loss_plot(dir: &Path, stage: &str, steps: &BTreeMap<u64, Value>) -> Result<Option<String>> {
+/// Draws a stage's loss curves; returns the image path and a line saying how each curve
+/// moved (mean of the first tenth of the steps -> mean of the last tenth).
+fn loss_plot(
+    dir: &Path,
+    stage: &str,
+    steps: &BTreeMap<u64, Value>,
+) -> Result<Option<(String, String)>> {
     let mut series = Vec::new();
+    let mut moves = Vec::new();
     for (key, legend) in curves(stage) {
         let pts: Vec<(f64, f64)> = steps
             .iter()
@@ -132,6 +139,13 @@ fn loss_plot(dir: &Path, stage: &str, steps: &BTreeMap<u64, Value>) -> Result<Op
         if pts.is_empty() {
             continue;
         }
+        let tenth = (pts.len() / 10).max(1);
+        let mean = |p: &[(f64, f64)]| p.iter().map(|x| x.1).sum::<f64>() / p.len() as f64;
+        moves.push(format!(
+            "{legend} {:.4} -> {:.4}",
+            mean(&pts[..tenth]),
+            mean(&pts[pts.len() - tenth..])
+        ));
         let window = (pts.len() / 25).max(1);
         series.push((format!("{legend} (mean of {window})"), smooth(&pts, window)));
     }
@@ -146,7 +160,11 @@ fn loss_plot(dir: &Path, stage: &str, steps: &BTreeMap<u64, Value>) -> Result<Op
         "loss",
         &series,
     )?;
-    Ok(Some(name))
+    let line = format!(
+        "First tenth of the steps -> last tenth (means): {}.",
+        moves.join("; ")
+    );
+    Ok(Some((name, line)))
 }
 
 /// One animated GIF: a row per model (`rows`), a column per video, the same videos (prompt and
@@ -333,16 +351,14 @@ pub fn write(run_dir: &Path) -> Result<Headline> {
     writeln!(w, "## Training curves\n")?;
     for s in &cfg.experiment.stages {
         if let Some(st) = steps.get(s) {
-            if let Some(img) = loss_plot(run_dir, s, st)? {
+            if let Some((img, moves)) = loss_plot(run_dir, s, st)? {
                 writeln!(w, "![{s} losses]({img})\n")?;
-                let caption = match s.as_str() {
-                    "pruning" => "Stage II trains the pruned pass P (random candidates skipped) towards the full pass U: the gap |P - U|^2 falls while the full pass's flow loss stays put.",
-                    "distill" => "Stage III: the fake score tracks the generator's samples (flow loss); the DMD loss is the distance between the fake and the well-guided real score.",
+                let what = match s.as_str() {
+                    "pruning" => "Stage II trains the pruned pass P (random candidates skipped) towards the full pass U with the same weights. ",
+                    "distill" => "Stage III: the fake score follows the generator's samples (its flow loss); the generator's DMD loss measures how far the fake score is from the well-guided real score. ",
                     _ => "",
                 };
-                if !caption.is_empty() {
-                    writeln!(w, "{caption}\n")?;
-                }
+                writeln!(w, "{what}{moves}\n")?;
             }
         }
     }
