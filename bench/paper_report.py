@@ -70,18 +70,30 @@ lines += ["## Alpha ablation (Stage II)", "",
           "(lr 3e-5, 300 steps). Held-out gap: `|P - U|^2` with all candidates removed, before and "
           "after Stage II; the score is the final student's, after Stage III.", "",
           "| alpha | held-out gap before -> after | " + HEAD[2:], "|---|---|" + "---|" * 8]
-alpha_pts = []
-for a, run in [(0.0, "runs/paper-alpha-0"), (0.5, main), (0.7, "runs/paper-alpha-0.7"),
-               (1.0, "runs/paper-alpha-1")]:
-    r, g = student(run), held_out(run)
-    gap = f"{g[0]:.4f} -> {g[1]:.4f}" if g else "-"
-    label = f"{a}" + (" (demo)" if run == main else "")
-    if r:
-        lines.append(f"| {label} | {gap} | " + score_cells(r["eval"]))
-        alpha_pts.append([a, r["eval"]["average"]])
-    else:
-        lines.append(f"| {label} | {gap} | " + missing(8))
-lines.append("")
+
+
+def ablation(entries, lead=lambda run: []):
+    """One table row per (x, label, run) with `lead(run)` cells first; returns the plotted
+    (x, average) points of the rows that ran (x None: shown, not plotted)."""
+    pts = []
+    for x, label, run in entries:
+        r = student(run)
+        first = "".join(f"{c} | " for c in lead(run))
+        lines.append(f"| {label} | {first}" + (score_cells(r["eval"]) if r else missing(8)))
+        if r and x is not None:
+            pts.append([x, r["eval"]["average"]])
+    lines.append("")
+    return pts
+
+
+def gap_cell(run):
+    g = held_out(run)
+    return [f"{g[0]:.4f} -> {g[1]:.4f}" if g else "-"]
+
+
+alpha_pts = ablation([(0.0, "0.0", "runs/paper-alpha-0"), (0.5, "0.5 (demo)", main),
+                      (0.7, "0.7", "runs/paper-alpha-0.7"), (1.0, "1.0", "runs/paper-alpha-1")],
+                     gap_cell)
 lines += ["![alpha ablation](figures/alpha.png)", ""]
 
 # ---------------------------------------------------------------- b2
@@ -90,17 +102,8 @@ lines += ["## b2 ablation (Stage III)", "",
           "guidance of the full model over the pruned one. Fixed values here; the demo draws b2 "
           "uniformly in [0, 0.5] each step.", "",
           "| b2 | " + HEAD[2:], "|---|" + "---|" * 8]
-b2_pts = []
-for b, label, run in [(0.0, "0 (row e)", "runs/paper-b2-zero"), (0.25, "0.25", "runs/paper-b2-0.25"),
-                      (0.75, "0.75", "runs/paper-b2-0.75"), (None, "U[0, 0.5] (demo)", main)]:
-    r = student(run)
-    if r:
-        lines.append(f"| {label} | " + score_cells(r["eval"]))
-        if b is not None:
-            b2_pts.append([b, r["eval"]["average"]])
-    else:
-        lines.append(f"| {label} | " + missing(8))
-lines.append("")
+b2_pts = ablation([(0.0, "0 (row e)", "runs/paper-b2-zero"), (0.25, "0.25", "runs/paper-b2-0.25"),
+                   (0.75, "0.75", "runs/paper-b2-0.75"), (None, "U[0, 0.5] (demo)", main)])
 lines += ["![b2 ablation](figures/b2.png)", ""]
 
 # ---------------------------------------------------------------- cost
