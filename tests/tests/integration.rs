@@ -1027,9 +1027,20 @@ fn a_run_killed_mid_step_and_mid_checkpoint_and_hung_finishes_with_the_same_weig
             )
         })
         .collect();
-    // Launch 1 resumes from the newest commit before the kill; launch 2 from step 8 (step 12
-    // was cut short); launch 3 from distill step 4.
-    let before_kill = (kill_step / 4) * 4;
+    // Launch 1 resumes from the newest checkpoint committed before the kill (the kill comes
+    // at the boundary of `kill_step`, before that boundary's own checkpoint is asked for);
+    // launch 2 from step 8 (step 12 was cut short); launch 3 from distill step 4.
+    let first_loss = ev.iter().position(|e| e["kind"] == "rank_lost").unwrap();
+    let before_kill = ev[..first_loss]
+        .iter()
+        .filter(|e| e["kind"] == "checkpoint_committed")
+        .map(|e| e["step"].as_u64().unwrap())
+        .next_back()
+        .expect("a checkpoint before the kill");
+    assert!(
+        (4..kill_step).contains(&before_kill) && before_kill % 4 == 0,
+        "resumed from {before_kill}, killed at {kill_step}"
+    );
     assert_eq!(
         resumed,
         vec![
