@@ -200,6 +200,25 @@ fn write_report(run_dir: &Path) {
     }
 }
 
+/// Ctrl-C presses so far; the first asks the run to stop (once, recorded in `stop_asked`).
+/// `second` says what another press does.
+fn ctrl_c_presses(
+    interrupts: &AtomicU32,
+    stop_asked: &mut bool,
+    hub: &RunHub,
+    second: &str,
+) -> u32 {
+    let n = interrupts.load(Ordering::SeqCst);
+    if n >= 1 && !*stop_asked {
+        *stop_asked = true;
+        hub.stop("Ctrl-C");
+        eprintln!(
+            "stopping: the ranks write a final checkpoint and exit (Ctrl-C again to {second})"
+        );
+    }
+    n
+}
+
 /// Polls until the run ends (workers started elsewhere).
 fn serve_until_done(hub: &RunHub, interrupts: &AtomicU32) -> ExitCode {
     let mut asked = false;
@@ -208,13 +227,7 @@ fn serve_until_done(hub: &RunHub, interrupts: &AtomicU32) -> ExitCode {
         if phase.ended() {
             return exit_for(phase);
         }
-        let n = interrupts.load(Ordering::SeqCst);
-        if n >= 1 && !asked {
-            asked = true;
-            hub.stop("Ctrl-C at the coordinator");
-            eprintln!("stopping: the ranks write a final checkpoint (Ctrl-C again to leave them)");
-        }
-        if n >= 2 {
+        if ctrl_c_presses(interrupts, &mut asked, hub, "leave them") >= 2 {
             return ExitCode::FAILURE;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -298,13 +311,7 @@ fn launch_and_supervise(
         let lost_before = hub.lost_launches();
         let reason = loop {
             std::thread::sleep(Duration::from_millis(100));
-            let n = interrupts.load(Ordering::SeqCst);
-            if n >= 1 && !stop_asked {
-                stop_asked = true;
-                hub.stop("Ctrl-C");
-                eprintln!("stopping: the ranks write a final checkpoint and exit (Ctrl-C again to kill them)");
-            }
-            if n >= 2 {
+            if ctrl_c_presses(interrupts, &mut stop_asked, hub, "kill them") >= 2 {
                 end_workers(&mut child, hub);
                 hub.fail("killed by a second Ctrl-C");
                 return ExitCode::FAILURE;

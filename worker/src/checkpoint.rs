@@ -8,11 +8,11 @@
 //! `(seed, stage, step)` (see `train::draws`), so the step number is the whole RNG state.
 
 use crate::control::Control;
-use crate::data::DataPosition;
+use crate::data::{DataPosition, Loader};
 use crate::faults;
+use crate::shard::UnitLayout;
 use crate::train::Role;
 use anyhow::{anyhow, bail, Context, Result};
-use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -265,15 +265,9 @@ pub struct Loaded {
 }
 
 fn read_meta(path: &Path) -> Result<ShardMeta> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let (_, m) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow!("{}: not a valid safetensors file: {e:?}", path.display()))?;
-    let text = m
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(META_KEY))
+    let text = crate::model::file::metadata_entry(path, META_KEY)?
         .ok_or_else(|| anyhow!("{}: not a fastlightgen checkpoint shard", path.display()))?;
-    serde_json::from_str(text)
+    serde_json::from_str(&text)
         .map_err(|e| anyhow!("{}: bad checkpoint metadata: {e}", path.display()))
 }
 
@@ -317,16 +311,9 @@ impl Loaded {
         })
     }
 
-    /// This rank's shard of `role`'s unit `unit` (`what`: param, m, v, ema) for a layout of
-    /// `numel` elements in shards of `shard_len`.
-    fn shard(
-        &self,
-        role: &str,
-        unit: usize,
-        what: &str,
-        numel: i64,
-        shard_len: i64,
-    ) -> Result<Tensor> {
+    /// This rank's shard of `role`'s unit `unit` (`what`: param, m, v, ema) in `layout`
+    /// (this launch's; the old ranks' shards are joined and cut again when the world changed).
+    fn shard(&self, role: &str, unit: usize, what: &str, layout: &UnitLayout) -> Result<Tensor> {
         let k = key(role, unit, what);
         let get = |f: &HashMap<String, Tensor>| {
             f.get(&k)
@@ -337,16 +324,14 @@ impl Loaded {
             return get(&self.files[0]);
         }
         let parts: Vec<Tensor> = self.files.iter().map(get).collect::<Result<_>>()?;
-        let full = Tensor::cat(&parts, 0).narrow(0, 0, numel);
-        let padded = Tensor::zeros([shard_len * self.world as i64], (Kind::Float, Device::Cpu));
-        padded.narrow(0, 0, numel).copy_(&full);
-        Ok(padded
-            .narrow(0, self.rank as i64 * shard_len, shard_len)
+        let full = Tensor::cat(&parts, 0).narrow(0, 0, layout.numel);
+        Ok(layout
+            .shard_of(&layout.flatten(&[full], self.world), self.rank)
             .copy())
     }
 
     /// Puts `role` back as it was: shards, AdamW moments and counts, EMA.
-    pub fn restore_role(&self, name: &str, role: &mut Role) -> Result<()> {
+    fn restore_role(&self, name: &str, role: &mut Role) -> Result<()> {
         let meta = self
             .meta
             .roles
@@ -369,12 +354,9 @@ impl Loaded {
         let device = role.model.device;
         let (mut m, mut v, mut ema) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..units.len() {
-            let (numel, len) = (
-                role.model.units[i].layout.numel,
-                role.model.units[i].layout.shard_len,
-            );
+            let layout = role.model.units[i].layout.clone();
             let load = |what: &str| -> Result<Tensor> {
-                Ok(self.shard(name, i, what, numel, len)?.to_device(device))
+                Ok(self.shard(name, i, what, &layout)?.to_device(device))
             };
             role.model.units[i].shard = load("param")?;
             role.model.units[i].grad = None;
@@ -393,8 +375,16 @@ impl Loaded {
         Ok(())
     }
 
-    pub fn data_position(&self) -> Option<DataPosition> {
-        self.meta.data
+    /// Puts a training stage back where the checkpoint left it: every named role, and the
+    /// loader's position. Returns the steps already done.
+    pub fn restore(&self, roles: Vec<(&str, &mut Role)>, loader: &mut Loader) -> Result<u64> {
+        for (name, role) in roles {
+            self.restore_role(name, role)?;
+        }
+        if let Some(pos) = self.meta.data {
+            loader.restore(pos);
+        }
+        Ok(self.meta.step)
     }
 
     pub fn extra(&self, key: &str) -> Option<f64> {

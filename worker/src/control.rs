@@ -188,6 +188,15 @@ impl Control {
         self.progress.step.store(step, Ordering::Relaxed);
     }
 
+    /// The stage this rank is in (as its heartbeats say), empty before the first.
+    pub fn stage(&self) -> String {
+        self.progress
+            .stage
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
     /// Rank 0: the command for the boundary after `step` steps of `stage`.
     pub fn next_command(&self, stage: &str, step: u64) -> Result<Command> {
         let req = pb::NextCommandRequest {

@@ -42,15 +42,17 @@ pub fn parse(spec: &str) -> Result<Vec<Fault>, String> {
         .collect()
 }
 
-/// The faults of `FLG_FAULT` (none when unset; a malformed value is reported and ignored).
-fn configured() -> Vec<Fault> {
-    match std::env::var("FLG_FAULT") {
+/// The faults of `FLG_FAULT`, read once (none when unset; a malformed value is reported and
+/// ignored): this is asked at every step boundary.
+fn configured() -> &'static [Fault] {
+    static FAULTS: std::sync::OnceLock<Vec<Fault>> = std::sync::OnceLock::new();
+    FAULTS.get_or_init(|| match std::env::var("FLG_FAULT") {
         Ok(spec) => parse(&spec).unwrap_or_else(|e| {
             eprintln!("warning: {e}");
             Vec::new()
         }),
         Err(_) => Vec::new(),
-    }
+    })
 }
 
 fn matching(action: &str, rank: u32, generation: u32, stage: &str, step: u64) -> bool {

@@ -757,7 +757,11 @@ fn run_rank(
             use mpi::traits::Communicator;
             eprintln!("error (rank {} of {}): {e:#}", ranks.rank, ranks.world);
             if let Some(c) = &control {
-                let stage = cfg.experiment.stages.first().cloned().unwrap_or_default();
+                // The stage that failed (or the first, for an error before any stage).
+                let stage = Some(c.stage())
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| cfg.experiment.stages.first().cloned())
+                    .unwrap_or_default();
                 if ranks.rank == 0 {
                     let _ = c.report_stage(&stage, "failed", 0.0, &format!("{e:#}"));
                 }

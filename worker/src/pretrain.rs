@@ -196,11 +196,7 @@ pub fn run(ctx: &crate::stages::StageCtx, snapshot_every: u64) -> Result<PathBuf
     )?;
     let mut first = 0;
     if let Some(ck) = ctx.resume_for("pretrain")? {
-        ck.restore_role("model", &mut role)?;
-        if let Some(pos) = ck.data_position() {
-            loader.restore(pos);
-        }
-        first = ck.meta.step;
+        first = ck.restore(vec![("model", &mut role)], &mut loader)?;
     }
     let all_blocks: Vec<usize> = (0..dims.num_blocks as usize).collect();
     let dir = out_dir(run_dir);

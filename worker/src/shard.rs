@@ -71,6 +71,11 @@ impl UnitLayout {
         Tensor::cat(&parts, 0)
     }
 
+    /// Rank `rank`'s part of a padded flat buffer (a view).
+    pub fn shard_of(&self, flat: &Tensor, rank: usize) -> Tensor {
+        flat.narrow(0, rank as i64 * self.shard_len, self.shard_len)
+    }
+
     /// Views of a full flat buffer as the unit's tensors.
     pub fn unflatten(&self, flat: &Tensor) -> Vec<Tensor> {
         self.specs
@@ -102,9 +107,7 @@ impl UnitLayout {
                 )
             })
             .collect();
-        let full = self.flatten(&parts, world);
-        full.narrow(0, rank as i64 * self.shard_len, self.shard_len)
-            .copy()
+        self.shard_of(&self.flatten(&parts, world), rank).copy()
     }
 }
 
@@ -169,10 +172,7 @@ impl ShardedDit {
             let layout = UnitLayout::new(specs, world);
             let tensors = dit::unit_tensors(u, &layout.specs);
             let flat = layout.flatten(&tensors, world);
-            let shard = flat
-                .narrow(0, rank as i64 * layout.shard_len, layout.shard_len)
-                .to_device(device)
-                .copy();
+            let shard = layout.shard_of(&flat, rank).to_device(device).copy();
             units.push(ShardedUnit {
                 layout,
                 shard,

@@ -41,14 +41,12 @@ impl EventLog {
     /// Appends one event (flushed and synced: it is the state a restart reads). After a torn
     /// last line (a crash mid-write) it starts a new line, so only the torn event is lost.
     pub fn append(&self, event: &Value) -> std::io::Result<()> {
-        let torn = std::fs::read(&self.path)
-            .map(|b| b.last().is_some_and(|&c| c != b'\n'))
-            .unwrap_or(false);
         let mut f = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&self.path)?;
-        if torn {
+        if ends_torn(&mut f)? {
             writeln!(f)?;
         }
         writeln!(f, "{event}")?;
@@ -63,6 +61,18 @@ impl EventLog {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+}
+
+/// Whether a non-empty file's last byte is not a newline (only that byte is read).
+fn ends_torn(f: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if f.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// What a run's history says about where it stands.

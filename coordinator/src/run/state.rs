@@ -781,9 +781,11 @@ impl RunHub {
     }
 
     fn refuse_if_ended(&self, inner: &Inner, what: &str) -> Option<pb::ControlReply> {
-        inner.phase.ended().then(|| pb::ControlReply {
-            accepted: false,
-            message: format!("cannot {what}: the run has {}", inner.phase.name()),
+        inner.phase.ended().then(|| {
+            refused(&format!(
+                "cannot {what}: the run has {}",
+                inner.phase.name()
+            ))
         })
     }
 
@@ -803,10 +805,7 @@ impl RunHub {
             return r;
         }
         if !inner.pause {
-            return pb::ControlReply {
-                accepted: false,
-                message: "the run is not paused".into(),
-            };
+            return refused("the run is not paused");
         }
         inner.pause = false;
         self.emit(event("resume_requested", json!({"reason": reason})), true);
@@ -819,13 +818,10 @@ impl RunHub {
             return r;
         }
         if !TRAINING_STAGES.contains(&inner.stage.as_str()) {
-            return pb::ControlReply {
-                accepted: false,
-                message: format!(
-                    "stage {:?} has no steps to checkpoint; its output is written when it ends",
-                    inner.stage
-                ),
-            };
+            return refused(&format!(
+                "stage {:?} has no steps to checkpoint; its output is written when it ends",
+                inner.stage
+            ));
         }
         inner.checkpoint_asked = true;
         self.emit(
@@ -980,6 +976,13 @@ pub fn stage_offset(cfg: &Config, stage: &str) -> u64 {
         .take_while(|s| s.as_str() != stage)
         .map(|s| stage_steps(cfg, s))
         .sum()
+}
+
+fn refused(message: &str) -> pb::ControlReply {
+    pb::ControlReply {
+        accepted: false,
+        message: message.into(),
+    }
 }
 
 fn accepted(message: &str) -> pb::ControlReply {

@@ -96,17 +96,23 @@ pub fn save(path: &Path, named: &[(String, Tensor)], meta: &ModelMeta) -> anyhow
     Ok(())
 }
 
-/// The fastlightgen metadata of a weights file, if it has any.
-pub fn read_meta(path: &Path) -> anyhow::Result<Option<ModelMeta>> {
+/// The string metadata entry `key` of a safetensors file (the header only is read, through
+/// a memory map), if it has one.
+pub fn metadata_entry(path: &Path, key: &str) -> anyhow::Result<Option<String>> {
     let file = std::fs::File::open(path)
         .map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", path.display()))?;
     // SAFETY: read-only map of a file we do not modify.
     let map = unsafe { memmap2::Mmap::map(&file) }?;
     let (_, meta) = SafeTensors::read_metadata(&map[..])
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e:?}", path.display()))?;
-    match meta.metadata().as_ref().and_then(|m| m.get(META_KEY)) {
+    Ok(meta.metadata().as_ref().and_then(|m| m.get(key)).cloned())
+}
+
+/// The fastlightgen metadata of a weights file, if it has any.
+pub fn read_meta(path: &Path) -> anyhow::Result<Option<ModelMeta>> {
+    match metadata_entry(path, META_KEY)? {
         None => Ok(None),
-        Some(s) => Ok(Some(serde_json::from_str(s).map_err(|e| {
+        Some(s) => Ok(Some(serde_json::from_str(&s).map_err(|e| {
             anyhow::anyhow!("{}: bad {META_KEY} metadata: {e}", path.display())
         })?)),
     }

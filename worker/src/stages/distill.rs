@@ -325,12 +325,13 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
     }
     let mut first = 0;
     if let Some(ck) = ctx.resume_for("distill")? {
-        ck.restore_role("generator", &mut roles.generator)?;
-        ck.restore_role("fake", &mut roles.fake)?;
-        if let Some(pos) = ck.data_position() {
-            loader.restore(pos);
-        }
-        first = ck.meta.step;
+        first = ck.restore(
+            vec![
+                ("generator", &mut roles.generator),
+                ("fake", &mut roles.fake),
+            ],
+            &mut loader,
+        )?;
     }
     bar.set_position(first);
     let mut last_gen = f64::NAN;

@@ -174,13 +174,10 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
         |m: &ShardedDit| removed_gap(m, ctx.comm, &ctx.data, p.batch_size, p.shift, seed, &kept);
     // A resumed launch continues from its checkpoint: weights, optimizer, data position.
     let (first, gap_before) = match ctx.resume_for("pruning")? {
-        Some(ck) => {
-            ck.restore_role("model", &mut role)?;
-            if let Some(pos) = ck.data_position() {
-                loader.restore(pos);
-            }
-            (ck.meta.step, ck.extra("gap_before").unwrap_or(f64::NAN))
-        }
+        Some(ck) => (
+            ck.restore(vec![("model", &mut role)], &mut loader)?,
+            ck.extra("gap_before").unwrap_or(f64::NAN),
+        ),
         None => (0, gap(&role.model)),
     };
     let bar = ctx.bar(p.steps, "pruning");
