@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 VENV  := $(CURDIR)/.venv
 TORCH_VERSION := 2.13.0
-DEBS  := libopenmpi-dev openmpi-bin libclang-dev clang pkg-config build-essential fonts-dejavu-core
+DEBS  := libopenmpi-dev openmpi-bin libclang-dev clang pkg-config build-essential fonts-dejavu-core unzip
 
 # libtorch comes from the torch wheel in the project's virtual environment; torch-sys finds it
 # through the environment's python. The binaries embed its directory as an rpath (worker/build.rs),
@@ -15,7 +15,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 CARGO := cargo
 
-.PHONY: setup debs venv build test demo paper fmt clean-runs help
+.PHONY: setup debs venv build test demo paper gpu-kit fmt clean-runs help
 
 help:
 	@echo "make demo   - set up, build, and run the laptop demo (see README.md)"
@@ -23,6 +23,7 @@ help:
 	@echo "make paper  - the paper's experiments on moving-shapes (hours; resumable)"
 	@echo "make setup  - install Debian packages and the torch wheel (idempotent)"
 	@echo "make build  - build the release binaries into target/release/"
+	@echo "make gpu-kit - the GPU check kit (target/gpu-kit, <= 60 MB): run its gpu-check.sh on a CUDA machine"
 
 setup: debs venv
 
@@ -67,6 +68,12 @@ demo: build
 # against cost): about 2 hours on 2 cores after the demo; resumable (bench/paper.sh).
 paper: build
 	bench/paper.sh
+
+# The GPU check kit: the worker built against the torch 2.11 wheel (what the lent GPU machines
+# have), OpenMPI's run-time files and bench/gpu-check.sh in target/gpu-kit (at most 60 MB).
+# See bench/gpu-kit/build.sh; run `target/gpu-kit/gpu-check.sh cuda` on the GPU machine.
+gpu-kit: debs
+	bench/gpu-kit/build.sh
 
 fmt:
 	$(CARGO) fmt --all

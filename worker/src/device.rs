@@ -18,6 +18,8 @@ pub enum CollectiveBackend {
 /// What this machine offers for GPU work.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpuEnv {
+    /// Why libtorch's CUDA part (libtorch_cuda.so) is present but failed to load, if it did.
+    pub torch_cuda_error: Option<String>,
     /// The CUDA driver library (libcuda.so) could be loaded.
     pub cuda_driver: bool,
     /// libnccl.so could be loaded (the build links it to the torch wheel's NCCL).
@@ -29,6 +31,7 @@ pub struct GpuEnv {
 impl GpuEnv {
     /// Probes the machine. Loads no symbol and calls no GPU function.
     pub fn detect() -> GpuEnv {
+        let torch_cuda_error = load_torch_cuda().err();
         // SAFETY: these only try to dlopen the libraries by name and report success.
         let cuda_driver = unsafe { cudarc::driver::sys::is_culib_present() };
         let nccl = unsafe { cudarc::nccl::sys::is_culib_present() };
@@ -38,11 +41,62 @@ impl GpuEnv {
             0
         };
         GpuEnv {
+            torch_cuda_error,
             cuda_driver,
             nccl,
             torch_cuda_devices,
         }
     }
+}
+
+/// Makes libtorch's CUDA backend available to this process, once.
+///
+/// A binary linked against a CUDA libtorch already has libtorch_cuda.so loaded, and this is a
+/// no-op. The GPU kit's binary (bench/gpu-kit/build.sh) links only libtorch's CPU part, so that
+/// one build runs on machines with and without CUDA; loading libtorch_cuda.so here runs its
+/// static initialisers, which register CUDA with ATen, exactly as `import torch` does. A
+/// libtorch without a CUDA part (no such file) is not an error: the machine is CPU-only.
+pub fn load_torch_cuda() -> Result<(), String> {
+    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            // SAFETY: dlopen with a valid C string; the handle is kept for the process lifetime.
+            let handle = unsafe {
+                libc::dlopen(
+                    c"libtorch_cuda.so".as_ptr(),
+                    libc::RTLD_NOW | libc::RTLD_GLOBAL,
+                )
+            };
+            if !handle.is_null() {
+                return Ok(());
+            }
+            // SAFETY: dlerror returns a thread-local C string or null.
+            let err = unsafe {
+                let e = libc::dlerror();
+                if e.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+                }
+            };
+            // "libtorch_cuda.so: cannot open ..." is the library itself missing (a CPU
+            // libtorch); any other message is a present library whose dependencies fail.
+            if err.starts_with("libtorch_cuda.so:") {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        })
+        .clone()
+}
+
+/// The file a shared library of this process was loaded from (read from /proc/self/maps).
+pub fn loaded_library(name: &str) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| path.rsplit('/').next() == Some(name))
+        .map(str::to_string)
 }
 
 /// Chooses the collective backend for a config's device and backend on this machine.
@@ -107,11 +161,13 @@ mod tests {
     use super::*;
 
     const NO_GPU: GpuEnv = GpuEnv {
+        torch_cuda_error: None,
         cuda_driver: false,
         nccl: true,
         torch_cuda_devices: 0,
     };
     const GPU: GpuEnv = GpuEnv {
+        torch_cuda_error: None,
         cuda_driver: true,
         nccl: true,
         torch_cuda_devices: 8,
@@ -152,6 +208,9 @@ mod tests {
         if !env.cuda_driver {
             assert!(select_backend(Device::Cuda, Backend::Auto, &env).is_err());
         }
+        // libtorch_cuda.so, where this libtorch has one, loads with all its dependencies.
+        assert_eq!(env.torch_cuda_error, None);
+        assert!(loaded_library("libtorch_cpu.so").is_some());
         // The build links libnccl.so to the torch wheel's NCCL, so it must load here too.
         assert!(
             env.nccl || env!("FLG_NCCL_LINK").is_empty(),

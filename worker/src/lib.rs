@@ -4,6 +4,8 @@
 //! tools (data generation, sampling, evaluation).
 
 pub mod bench;
+pub mod bench_device;
+pub mod bench_recompute;
 pub mod checkpoint;
 pub mod collective;
 pub mod control;

@@ -193,6 +193,33 @@ enum DataCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// One device: the model there against the CPU, and a full-size forward and backward
+    /// pass (the GPU kit's checks, bench/gpu-check.sh).
+    #[command(subcommand)]
+    Device(DeviceBench),
+    /// The sharded training step at W = 1 without block recompute (cluster.
+    /// activation_checkpoint = "none") and with it ("full"), against plain autograd on the
+    /// whole model: samples/s of each and their ratios (median over alternating rounds, one
+    /// run), and how far the first step's gradients are apart.
+    Recompute {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        frames: i64,
+        #[arg(long, default_value_t = 16)]
+        size: i64,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Also write the result as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Training throughput (samples/s) of the pretraining step in Rust and the same step in
     /// plain PyTorch (bench/pytorch_train_step.py, same libtorch, same sizes), one after the
     /// other, and their ratio.
@@ -256,6 +283,62 @@ enum BenchCommand {
         /// Also write the results as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceBench {
+    /// A model's forward on the device in f32 and bf16 against its f32 forward on the CPU
+    /// (one fixed random batch); prints one JSON line and exits 1 when an error is over its
+    /// tolerance (relative L2: f32 2e-3, bf16 5e-2).
+    Forward {
+        /// Weights file with fastlightgen metadata (e.g. the shipped tiny teacher).
+        #[arg(long, default_value = "teacher/tiny-teacher.safetensors")]
+        model: PathBuf,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value_t = 4)]
+        batch: i64,
+        /// Video frames and side of the random input (the data the model was trained on).
+        #[arg(long, default_value_t = 8)]
+        frames: i64,
+        #[arg(long, default_value_t = 16)]
+        size: i64,
+    },
+    /// Forward and backward passes of a freshly initialised preset model (loss: mean square
+    /// error to a random target, no optimiser): seconds per step, samples/s, model TFLOP/s
+    /// (torchtitan's count: 6 per parameter and token plus attention), MFU against
+    /// --peak-tflops, and device memory in use after the steps. Prints one JSON line.
+    Step {
+        /// Model dimensions: tiny, small-100m or wan2.1-t2v-1.3b.
+        #[arg(long, default_value = "wan2.1-t2v-1.3b")]
+        preset: String,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// bf16 or fp32.
+        #[arg(long, default_value = "bf16")]
+        precision: String,
+        #[arg(long, default_value_t = 1)]
+        batch: i64,
+        /// Latent frames, height and width (Wan 2.1 at 480x832, 81 frames: 21 x 60 x 104).
+        #[arg(long, default_value_t = 21)]
+        frames: i64,
+        #[arg(long, default_value_t = 60)]
+        height: i64,
+        #[arg(long, default_value_t = 104)]
+        width: i64,
+        /// Text tokens per sample (Wan's umT5 context: 512).
+        #[arg(long, default_value_t = 512)]
+        text_len: i64,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// The device's dense bf16 peak in TFLOP/s for the MFU (H100 and H200 SXM: 989).
+        #[arg(long, default_value_t = 989.0)]
+        peak_tflops: f64,
     },
 }
 
@@ -518,6 +601,93 @@ fn run(cli: Cli) -> Result<()> {
             }
             finish_bench(&lines, out)?;
         }
+        Command::Bench(BenchCommand::Device(DeviceBench::Forward {
+            model,
+            device,
+            batch,
+            frames,
+            size,
+        })) => {
+            use flg_worker::bench_device;
+            let device = bench_device::parse_device(&device)?;
+            let (m, _) = flg_worker::model::file::load(&model, None)?;
+            let report = bench_device::device_forward(&m, device, batch, frames, size);
+            println!("{report}");
+            if report["pass"] != serde_json::Value::Bool(true) {
+                bail!(
+                    "the forward on {device:?} differs from the CPU's beyond the tolerance: {report}"
+                );
+            }
+        }
+        Command::Bench(BenchCommand::Device(DeviceBench::Step {
+            preset,
+            device,
+            precision,
+            batch,
+            frames,
+            height,
+            width,
+            text_len,
+            warmup,
+            steps,
+            peak_tflops,
+        })) => {
+            use flg_worker::bench_device;
+            let dims = flg_coordinator::config::preset(&preset)
+                .with_context(|| format!("--preset {preset}: not a preset with dimensions"))?;
+            let kind = match precision.as_str() {
+                "bf16" => tch::Kind::BFloat16,
+                "fp32" => tch::Kind::Float,
+                other => bail!("--precision {other}: expected bf16 or fp32"),
+            };
+            let device = bench_device::parse_device(&device)?;
+            let shape = bench_device::StepShape {
+                batch,
+                frames,
+                height,
+                width,
+                text_len,
+            };
+            let report =
+                bench_device::model_step(&dims, &shape, device, kind, warmup, steps, peak_tflops);
+            println!("{report}");
+        }
+        Command::Bench(BenchCommand::Recompute {
+            preset,
+            batch,
+            frames,
+            size,
+            warmup,
+            steps,
+            rounds,
+            out,
+        }) => {
+            let dims = flg_coordinator::config::preset(&preset)
+                .with_context(|| format!("--preset {preset}: not a preset with dimensions"))?;
+            let r = flg_worker::bench_recompute::run(
+                &preset,
+                &dims,
+                [frames, size],
+                batch,
+                warmup,
+                steps,
+                rounds,
+            );
+            let json = serde_json::to_string(&r)?;
+            println!("{json}");
+            eprintln!(
+                "sharded step, W = 1: no recompute {:.1} samples/s ({:.3}x plain), recompute {:.1} ({:.3}x); plain autograd {:.1}; gradients vs plain {:.1e}",
+                r.sharded_none_samples_per_s,
+                r.none_over_plain,
+                r.sharded_full_samples_per_s,
+                r.full_over_plain,
+                r.plain_samples_per_s,
+                r.max_rel_grad_diff_none_vs_plain
+            );
+            if let Some(out) = out {
+                std::fs::write(&out, json + "\n")?;
+            }
+        }
         Command::Bench(BenchCommand::Collectives { world, out }) => {
             let lines = run_mpi_bench(world, &["mpi-bench".into(), "collectives".into()])?;
             finish_bench(&lines, out)?;
@@ -583,7 +753,30 @@ fn run(cli: Cli) -> Result<()> {
         } => run_rank(&config, snapshot_every, &stages, coordinator.as_deref())?,
         Command::Env => {
             let env = GpuEnv::detect();
-            println!("libtorch:        {}", env!("FLG_LIBTORCH_DIR"));
+            let torch = flg_worker::device::loaded_library("libtorch_cpu.so");
+            println!(
+                "libtorch:        {}",
+                torch.as_deref().unwrap_or(env!("FLG_LIBTORCH_DIR"))
+            );
+            println!(
+                "libtorch CUDA:   {}",
+                match (
+                    &env.torch_cuda_error,
+                    flg_worker::device::loaded_library("libtorch_cuda.so")
+                ) {
+                    (Some(e), _) => format!("present but failed to load: {e}"),
+                    (None, Some(p)) => format!("loaded ({p})"),
+                    (None, None) => "none (a CPU-only libtorch)".to_string(),
+                }
+            );
+            println!(
+                "MPI:             {}",
+                mpi::environment::library_version()
+                    .unwrap_or_else(|_| "?".into())
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            );
             println!(
                 "CUDA driver:     {}",
                 if env.cuda_driver {
@@ -889,8 +1082,7 @@ fn run_stage(
         }
         "importance" => {
             let full = ctx.load_input(&ctx.teacher, "pretrain")?;
-            let model =
-                flg_worker::shard::ShardedDit::from_dit(&full, ctx.comm, ctx.device, ctx.kind);
+            let model = ctx.shard(&full);
             drop(full);
             let report = stages::importance::measure(
                 &model,

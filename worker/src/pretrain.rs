@@ -179,12 +179,7 @@ pub fn run(ctx: &crate::stages::StageCtx, snapshot_every: u64) -> Result<PathBuf
         Some(w) => file::load(w, Some(&dims))?.0,
         None => Dit::init(&dims, cfg.experiment.seed),
     };
-    let mut role = Role::new(
-        ShardedDit::from_dit(&full, comm, ctx.device, ctx.kind),
-        &p.optim,
-        p.ema_decay,
-        comm,
-    );
+    let mut role = Role::new(ctx.shard(&full), &p.optim, p.ema_decay, comm);
     let param_count = full.param_count();
     drop(full);
     let mut loader = Loader::new(

@@ -130,6 +130,18 @@ pub struct ShardedDit {
     pub device: Device,
     /// Kind the gathered parameters compute in (f32, or bf16 on CUDA).
     pub compute_kind: Kind,
+    /// Recompute each block in the backward from its saved input (activation checkpointing:
+    /// memory for one block's activations, one more forward of compute) instead of keeping
+    /// every block's autograd graph from the forward. cluster.activation_checkpoint.
+    pub recompute: bool,
+}
+
+/// One block's autograd graph kept from the forward (no recompute): its output and the
+/// leaves the backward asks gradients for.
+struct BlockGraph {
+    y: Tensor,
+    h_in: Tensor,
+    params: Vec<Tensor>,
 }
 
 /// What `forward` keeps for `backward`.
@@ -141,9 +153,12 @@ pub struct Tape {
     /// The input of each active block, then the input of the head.
     inputs: Vec<Tensor>,
     e: Tensor,
+    /// Leaves (requires_grad) when `graphs` holds the blocks' graphs, which use them.
     e0: Tensor,
     context: Tensor,
     grid: [i64; 3],
+    /// Each active block's graph, in order, when the model does not recompute; else empty.
+    graphs: Vec<BlockGraph>,
 }
 
 fn leaf(t: &Tensor) -> Tensor {
@@ -189,7 +204,14 @@ impl ShardedDit {
             units,
             device,
             compute_kind,
+            recompute: true,
         }
+    }
+
+    /// The same model with block recompute on or off (see [`ShardedDit::recompute`]).
+    pub fn with_recompute(mut self, recompute: bool) -> ShardedDit {
+        self.recompute = recompute;
+        self
     }
 
     fn unit_index(&self, block_id: usize) -> usize {
@@ -246,6 +268,7 @@ impl ShardedDit {
                 .collect(),
             device: self.device,
             compute_kind: self.compute_kind,
+            recompute: self.recompute,
         }
     }
 
@@ -275,17 +298,37 @@ impl ShardedDit {
         let emb = dit::embed(&stem, &x.to_kind(kind), t, &text.to_kind(kind), &self.dims);
         let rope = Rope::new(&self.dims, emb.grid, self.device);
         let mut inputs = Vec::with_capacity(active.len() + 1);
+        let mut graphs = Vec::new();
         let mut h = emb.tokens;
+        let (e0, context) = if self.recompute {
+            (emb.e0, emb.context)
+        } else {
+            (leaf(&emb.e0), leaf(&emb.context))
+        };
         {
             let bi = BlockInputs {
-                e0: &emb.e0,
-                context: &emb.context,
+                e0: &e0,
+                context: &context,
                 rope: &rope,
             };
             for &id in active {
-                let u = self.gathered(self.unit_index(id), comm);
+                let ui = self.unit_index(id);
                 inputs.push(h.shallow_clone());
-                h = dit::block_forward(&u, &h, &bi, &self.dims);
+                if self.recompute {
+                    let u = self.gathered(ui, comm);
+                    h = dit::block_forward(&u, &h, &bi, &self.dims);
+                } else {
+                    // The block's graph from leaves, kept for the backward.
+                    let params: Vec<Tensor> = self.gather_unit(ui, comm).iter().map(leaf).collect();
+                    let u = Unit::from_specs(
+                        &self.units[ui].layout.specs,
+                        params.iter().map(|t| t.shallow_clone()).collect(),
+                    );
+                    let h_in = leaf(&h);
+                    let y = tch::with_grad(|| dit::block_forward(&u, &h_in, &bi, &self.dims));
+                    h = y.detach();
+                    graphs.push(BlockGraph { y, h_in, params });
+                }
             }
         }
         inputs.push(h.shallow_clone());
@@ -297,9 +340,10 @@ impl ShardedDit {
             active: active.to_vec(),
             inputs,
             e: emb.e,
-            e0: emb.e0,
-            context: emb.context,
+            e0,
+            context,
             grid: emb.grid,
+            graphs,
         };
         (out, tape)
     }
@@ -332,26 +376,35 @@ impl ShardedDit {
             }
         }
 
-        // Blocks, last to first, each recomputed from its saved input.
-        let e0 = leaf(&tape.e0);
-        let ctx = leaf(&tape.context);
+        // Blocks, last to first: each recomputed from its saved input, or its kept graph.
+        let mut graphs = tape.graphs;
+        let (e0, ctx) = if graphs.is_empty() {
+            (leaf(&tape.e0), leaf(&tape.context))
+        } else {
+            (tape.e0.shallow_clone(), tape.context.shallow_clone())
+        };
         let rope = Rope::new(&self.dims, tape.grid, self.device);
         let mut g_e0 = e0.zeros_like();
         let mut g_ctx = ctx.zeros_like();
         for (k, &id) in tape.active.iter().enumerate().rev() {
             let ui = self.unit_index(id);
-            let params: Vec<Tensor> = self.gather_unit(ui, comm).iter().map(leaf).collect();
-            let u = Unit::from_specs(
-                &self.units[ui].layout.specs,
-                params.iter().map(|t| t.shallow_clone()).collect(),
-            );
-            let h_in = leaf(&tape.inputs[k]);
-            let bi = BlockInputs {
-                e0: &e0,
-                context: &ctx,
-                rope: &rope,
+            let (y, h_in, params) = match graphs.pop() {
+                Some(BlockGraph { y, h_in, params }) => (y, h_in, params),
+                None => {
+                    let params: Vec<Tensor> = self.gather_unit(ui, comm).iter().map(leaf).collect();
+                    let u = Unit::from_specs(
+                        &self.units[ui].layout.specs,
+                        params.iter().map(|t| t.shallow_clone()).collect(),
+                    );
+                    let h_in = leaf(&tape.inputs[k]);
+                    let bi = BlockInputs {
+                        e0: &e0,
+                        context: &ctx,
+                        rope: &rope,
+                    };
+                    (dit::block_forward(&u, &h_in, &bi, &self.dims), h_in, params)
+                }
             };
-            let y = dit::block_forward(&u, &h_in, &bi, &self.dims);
             let mut wrt = vec![
                 h_in.shallow_clone(),
                 e0.shallow_clone(),
@@ -574,6 +627,100 @@ mod tests {
                     assert!(!active.contains(&b), "active block {b} got no gradient")
                 }
                 (None, None) => panic!("the stem got no gradient"),
+            }
+        }
+    }
+
+    /// The bf16 compute path (cluster.precision = "bf16", the Wan config's setting) runs end
+    /// to end on the sharded model and tracks the f32 path: forward output and gradients
+    /// within bf16's precision. Runs on the CPU, so every CI run covers it.
+    #[test]
+    fn sharded_bf16_step_tracks_f32() {
+        let d = preset("tiny").unwrap();
+        let m = Dit::init(&d, 5);
+        let _ = m
+            .stem
+            .p("head.head.weight")
+            .shallow_clone()
+            .normal_(0.0, 0.05);
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([2, 3, 8, 16, 16], opts);
+        let t = Tensor::rand([2], opts);
+        let text = Tensor::randn([2, 4, 32], opts);
+        let target = Tensor::randn([2, 3, 8, 16, 16], opts);
+        let active = [0usize, 1, 4, 7, 9];
+        let grads = |kind: Kind| {
+            let mut s = ShardedDit::from_dit(&m, &Solo, Device::Cpu, kind);
+            let (out, tape) = s.forward(&Solo, &x, &t, &text, &active);
+            assert_eq!(out.kind(), Kind::Float, "the sharded forward returns f32");
+            let grad_out = (&out - &target) * (2.0 / out.numel() as f64);
+            s.backward(&Solo, tape, &grad_out);
+            let g: Vec<Tensor> = s
+                .units
+                .iter()
+                .filter_map(|u| u.grad.as_ref().map(|g| g.to_kind(Kind::Float)))
+                .collect();
+            (out, Tensor::cat(&g, 0))
+        };
+        let (out32, g32) = grads(Kind::Float);
+        let (out16, g16) = grads(Kind::BFloat16);
+        let rel =
+            |a: &Tensor, b: &Tensor| (a - b).norm().double_value(&[]) / b.norm().double_value(&[]);
+        let (eo, eg) = (rel(&out16, &out32), rel(&g16, &g32));
+        assert!(
+            eo < 3e-2,
+            "bf16 forward differs from f32 by {eo} (relative L2)"
+        );
+        assert!(
+            eg < 1e-1,
+            "bf16 gradients differ from f32 by {eg} (relative L2)"
+        );
+        assert!(eo > 0.0, "the bf16 run computed in f32");
+    }
+
+    /// Without recompute (every block's graph kept from the forward) the sharded step gives
+    /// the same output and gradients as with it.
+    #[test]
+    fn kept_block_graphs_give_the_recomputed_gradients() {
+        let d = preset("tiny").unwrap();
+        let m = Dit::init(&d, 6);
+        let _ = m
+            .stem
+            .p("head.head.weight")
+            .shallow_clone()
+            .normal_(0.0, 0.05);
+        tch::manual_seed(4);
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([2, 3, 8, 16, 16], opts);
+        let t = Tensor::rand([2], opts);
+        let text = Tensor::randn([2, 4, 32], opts);
+        let target = Tensor::randn([2, 3, 8, 16, 16], opts);
+        let active = [0usize, 2, 3, 6, 8, 9];
+        let run = |recompute: bool| {
+            let mut s =
+                ShardedDit::from_dit(&m, &Solo, Device::Cpu, Kind::Float).with_recompute(recompute);
+            let (out, tape) = s.forward(&Solo, &x, &t, &text, &active);
+            let grad_out = (&out - &target) * (2.0 / out.numel() as f64);
+            s.backward(&Solo, tape, &grad_out);
+            let grads: Vec<Option<Tensor>> = s.grads();
+            (out, grads)
+        };
+        let (out_r, g_r) = run(true);
+        let (out_k, g_k) = run(false);
+        assert!(out_k.allclose(&out_r, 1e-6, 1e-6, false));
+        for (i, (a, b)) in g_k.iter().zip(&g_r).enumerate() {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let diff = (a - b).abs().max().double_value(&[]);
+                    let scale = b.abs().max().double_value(&[]).max(1e-8);
+                    assert!(
+                        diff / scale < 1e-5,
+                        "unit {i}: max diff {diff} (scale {scale})"
+                    );
+                }
+                (None, None) => {}
+                _ => panic!("unit {i}: a gradient in one mode only"),
             }
         }
     }

@@ -74,6 +74,17 @@ pub enum Backend {
     Nccl,
 }
 
+/// Activation checkpointing of the transformer blocks (torchtitan's `activation_checkpoint`
+/// modes): `full` keeps each block's input and recomputes the block in the backward (least
+/// memory, about one more forward of compute); `none` keeps every block's autograd graph from
+/// the forward (fastest, activations of all blocks in memory). Same numbers either way.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationCheckpoint {
+    Full,
+    None,
+}
+
 /// Compute precision. Master weights, optimizer moments and reductions are always f32.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -90,6 +101,8 @@ pub struct Cluster {
     pub device: Device,
     pub backend: Backend,
     pub precision: Precision,
+    /// `full` (recompute every block in the backward) or `none`; see [`ActivationCheckpoint`].
+    pub activation_checkpoint: ActivationCheckpoint,
     /// Address the coordinator's gRPC server listens on. Port 0 picks a free port.
     pub coordinator_addr: String,
     /// Ranks send a heartbeat this often.
@@ -115,6 +128,7 @@ impl Default for Cluster {
             device: Device::Cpu,
             backend: Backend::Auto,
             precision: Precision::Fp32,
+            activation_checkpoint: ActivationCheckpoint::Full,
             coordinator_addr: "127.0.0.1:0".into(),
             heartbeat_interval_s: 1.0,
             heartbeat_timeout_s: 30.0,

@@ -122,14 +122,9 @@ fn main() -> anyhow::Result<()> {
         }
         Stage::Distill => {
             let d = &cfg.distill;
-            let mut roles = distill::Roles::new(
-                &teacher,
-                &args.candidates,
-                d,
-                &comm,
-                Device::Cpu,
-                Kind::Float,
-            );
+            let mut roles = distill::Roles::new(&teacher, &args.candidates, d, &comm, |m| {
+                ShardedDit::from_dit(m, &comm, Device::Cpu, Kind::Float)
+            });
             let mut loader = Loader::new(
                 data.clone(),
                 seed ^ stage_id::DISTILL,

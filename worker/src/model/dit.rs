@@ -77,10 +77,11 @@ fn linear(x: &Tensor, u: &Unit, name: &str) -> Tensor {
     )
 }
 
-/// RMSNorm over the last dimension with a learned scale (Wan's `WanRMSNorm`).
+/// RMSNorm over the last dimension with a learned scale (Wan's `WanRMSNorm`): the statistic
+/// in f32, the result back in x's kind (bf16 stays bf16, as in Wan's `type_as`).
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-    x * (var + eps).rsqrt() * weight
+    (x * (var + eps).rsqrt()).to_kind(x.kind()) * weight
 }
 
 /// LayerNorm over the last dimension, without or with an affine part.
@@ -208,7 +209,8 @@ pub fn embed(stem: &Unit, x: &Tensor, t: &Tensor, text: &Tensor, dims: &ModelDim
     let size = patches.size();
     let grid = [size[2], size[3], size[4]];
     let tokens = patches.flatten(2, 4).transpose(1, 2); // [B, N, D]
-    let f = timestep_features(t, dims.freq_dim);
+                                                        // The features are computed in f64/f32 and enter the MLP in the weights' kind (bf16 runs).
+    let f = timestep_features(t, dims.freq_dim).to_kind(stem.p("time_embedding.0.weight").kind());
     let e = linear(
         &linear(&f, stem, "time_embedding.0").silu(),
         stem,

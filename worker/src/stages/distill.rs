@@ -59,13 +59,11 @@ impl Roles {
         removed: &[usize],
         d: &Distill,
         comm: &dyn Collective,
-        device: tch::Device,
-        kind: Kind,
+        shard: impl Fn(&Dit) -> ShardedDit,
     ) -> Roles {
         let full_ids = base.block_ids.clone();
         let pruned_ids = kept_blocks(&full_ids, removed);
         let student = base.pruned(&pruned_ids);
-        let shard = |m: &Dit| ShardedDit::from_dit(m, comm, device, kind);
         Roles {
             generator: Role::new(shard(&student), &d.generator_optim, d.ema_decay, comm),
             fake: Role::new(shard(&student), &d.fake_optim, 0.0, comm),
@@ -308,7 +306,7 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
     };
     let base = ctx.load_input(&base_file, made_by)?;
     let removed = removed_blocks(ctx)?;
-    let mut roles = Roles::new(&base, &removed, d, ctx.comm, ctx.device, ctx.kind);
+    let mut roles = Roles::new(&base, &removed, d, ctx.comm, |m| ctx.shard(m));
     drop(base);
     let mut loader = Loader::new(
         ctx.data.clone(),
@@ -411,7 +409,9 @@ mod tests {
             b2_range: [0.0, 0.0],
             ..Distill::default()
         };
-        let mut roles = Roles::new(&base, &[1], &d, &Solo, Device::Cpu, Kind::Float);
+        let mut roles = Roles::new(&base, &[1], &d, &Solo, |m| {
+            ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float)
+        });
         tch::manual_seed(0);
         let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
         let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));

@@ -99,6 +99,14 @@ impl StageCtx<'_> {
         self.comm.rank() == 0
     }
 
+    /// Shards a whole model across the ranks on this rank's device, computing in the run's
+    /// precision, with the run's activation checkpointing (cluster.activation_checkpoint).
+    pub fn shard(&self, model: &crate::model::Dit) -> crate::shard::ShardedDit {
+        use flg_coordinator::config::ActivationCheckpoint;
+        crate::shard::ShardedDit::from_dit(model, self.comm, self.device, self.kind)
+            .with_recompute(self.cfg.cluster.activation_checkpoint == ActivationCheckpoint::Full)
+    }
+
     pub fn has_stage(&self, s: &str) -> bool {
         self.all_stages.iter().any(|x| x == s)
     }

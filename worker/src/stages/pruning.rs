@@ -154,12 +154,7 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
         )
     })?;
     let teacher = ctx.load_input(&ctx.teacher, "pretrain")?;
-    let mut role = Role::new(
-        ShardedDit::from_dit(&teacher, ctx.comm, ctx.device, ctx.kind),
-        &p.optim,
-        0.0,
-        ctx.comm,
-    );
+    let mut role = Role::new(ctx.shard(&teacher), &p.optim, 0.0, ctx.comm);
     drop(teacher);
     let mut loader = Loader::new(
         ctx.data.clone(),
