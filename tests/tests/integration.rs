@@ -891,6 +891,58 @@ fn every_stage_runs_on_2_ranks_and_the_exported_student_samples_alone() {
     );
 }
 
+/// Unit prefetch (the gather thread) and kept block graphs (no recompute) change how a step
+/// is computed, not what: on 2 real ranks, Stage II and III with both give the models the
+/// defaults give. Every step line also carries its throughput.
+#[test]
+fn prefetch_and_kept_block_graphs_train_the_same_models_on_2_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = teacher_data(tmp.path(), 64);
+    let run = |name: &str, cluster_extra: &str| {
+        let cfg = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[experiment]\nname = \"{name}\"\nseed = 3\noutput_dir = {out:?}\n\
+                 stages = [\"importance\", \"pruning\", \"distill\"]\n\
+                 [cluster]\nworld_size = 2\n{cluster_extra}\n[model]\npreset = \"tiny\"\nweights = {teacher:?}\n\
+                 [data]\npath = {data:?}\nnum_samples = 64\n\
+                 [importance]\ncalibration_samples = 16\ntimesteps_per_sample = 1\nbatch_size = 16\n\
+                 [pruning]\nsteps = 3\nbatch_size = 8\n\
+                 [distill]\nsteps = 4\nbatch_size = 4\ngenerator_every = 2\n",
+                out = tmp.path().join("runs"),
+                teacher = shipped_teacher(),
+                data = data_dir,
+            ),
+        )
+        .unwrap();
+        assert_ok(&fastlightgen(&["workers", cfg.to_str().unwrap()]));
+        tmp.path().join("runs").join(name)
+    };
+    let base = run("defaults", "");
+    let other = run(
+        "prefetch",
+        "prefetch = \"on\"\nactivation_checkpoint = \"none\"",
+    );
+    for f in ["pruning/model.safetensors", "distill/generator.safetensors"] {
+        let d = max_relative_difference(&base.join(f), &other.join(f));
+        assert!(d <= 1e-5, "{f}: max relative difference {d}");
+    }
+    let metrics = std::fs::read_to_string(other.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("step").is_some())
+        .collect();
+    assert_eq!(steps.len(), 3 + 4, "one line per Stage II and III step");
+    for v in &steps {
+        for key in ["samples_per_s", "tflops", "peak_memory_gib"] {
+            let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}"));
+            assert!(x > 0.0 && x.is_finite(), "{key} = {x} in {v}");
+        }
+    }
+}
+
 #[test]
 fn stage_iii_lowers_its_generator_loss_on_a_short_run() {
     // 60 steps from the teacher with a generator update at every step: the DMD2 loss (how far

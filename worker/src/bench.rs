@@ -153,6 +153,8 @@ pub struct StepReport {
     /// Bytes of parameter, gradient and AdamW-moment shards this rank holds.
     pub state_bytes: i64,
     pub peak_rss_bytes: u64,
+    /// Whether the next unit's all-gather overlapped the current unit's compute.
+    pub prefetch_active: bool,
 }
 
 /// One flow-matching backward pass of every block on a random local batch of `local[0]`
@@ -188,6 +190,7 @@ pub fn sharded_step(
     use crate::shard::ShardedDit;
     use crate::train::Role;
     let (rank, world) = (comm.rank(), comm.world());
+    comm.set_timing(true);
     let full = Dit::init(dims, 0);
     let params = full.param_count();
     let model = ShardedDit::from_dit(&full, comm, Device::Cpu, Kind::Float);
@@ -246,6 +249,7 @@ pub fn sharded_step(
         collective_s: (comm.seconds_waiting() - waited0) / steps as f64,
         state_bytes: shards + grads + moments,
         peak_rss_bytes: peak_rss_bytes(),
+        prefetch_active: comm.overlaps_gathers(),
     }
 }
 

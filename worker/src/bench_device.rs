@@ -91,18 +91,16 @@ pub struct StepShape {
     pub text_len: i64,
 }
 
-/// Model FLOPs of one forward and backward pass, as torchtitan counts them: 6 per parameter
-/// and token for the matrix products, plus 12 x blocks x width x (context length) per token
-/// for the attention scores and their weighted sums (self-attention over the video tokens,
-/// cross-attention over the text tokens). Embeddings and norms are left out.
+/// Model FLOPs of one forward and backward pass (three forwards; see `throughput`).
 pub fn step_flops(dims: &ModelDims, shape: &StepShape) -> f64 {
-    let [pt, ph, pw] = dims.patch;
-    let seq = (shape.frames / pt) * (shape.height / ph) * (shape.width / pw);
-    let tokens = (shape.batch * seq) as f64;
-    let block_params =
-        crate::model::params::block_param_count(dims) as f64 * dims.num_blocks as f64;
-    let attention = 12.0 * dims.num_blocks as f64 * dims.dim as f64 * (seq + shape.text_len) as f64;
-    (6.0 * block_params + attention) * tokens
+    let seq = crate::throughput::tokens_per_video(dims, &[shape.frames, shape.height, shape.width]);
+    3.0 * crate::throughput::forward_flops(
+        dims,
+        shape.batch,
+        seq,
+        shape.text_len,
+        dims.num_blocks as usize,
+    )
 }
 
 /// Device memory in use, in bytes, as the CUDA driver reports it (total - free); `None` on

@@ -27,4 +27,5 @@ pub mod rng;
 pub mod sample;
 pub mod shard;
 pub mod stages;
+pub mod throughput;
 pub mod train;

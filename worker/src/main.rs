@@ -220,11 +220,9 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Training throughput (samples/s) of the pretraining step in Rust and the same step in
-    /// plain PyTorch (bench/pytorch_train_step.py, same libtorch, same sizes), one after the
-    /// other, and their ratio.
     /// Sharded training step for several world sizes, each an mpirun job: step time, time in
-    /// collectives, per-rank state bytes and peak memory. Prints one JSON line per rank.
+    /// collectives (the exposed part: blocking calls and waits for prefetched gathers),
+    /// per-rank state bytes and peak memory. Prints one JSON line per rank.
     Scaling {
         #[arg(long, default_value = "tiny")]
         preset: String,
@@ -236,6 +234,10 @@ enum BenchCommand {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// Unit prefetch (the next unit's all-gather overlapping the current unit's compute):
+        /// on, off, or both (each world size twice, off then on, for a before/after).
+        #[arg(long, default_value = "off")]
+        prefetch: String,
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -264,6 +266,9 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Training throughput (samples/s) of the pretraining step in Rust and the same step in
+    /// plain PyTorch (bench/pytorch_train_step.py, same libtorch, same sizes), one after the
+    /// other, and their ratio.
     TrainStep {
         #[arg(long, default_value = "tiny")]
         preset: String,
@@ -355,6 +360,9 @@ enum MpiBench {
         warmup: usize,
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// Unit prefetch on the gather thread: on or off.
+        #[arg(long, default_value = "off")]
+        prefetch: String,
     },
     /// (under mpirun) All-gather and reduce-scatter bus bandwidth per message size, next to
     /// a memory-copy bandwidth of the same sizes.
@@ -578,10 +586,20 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             steps,
             warmup,
+            prefetch,
             out,
         }) => {
+            let settings: &[bool] = match prefetch.as_str() {
+                "on" => &[true],
+                "off" => &[false],
+                "both" => &[false, true],
+                other => bail!("--prefetch {other}: expected on, off or both"),
+            };
             let mut lines = Vec::new();
-            for w in worlds {
+            for (w, &on) in worlds
+                .iter()
+                .flat_map(|&w| settings.iter().map(move |on| (w, on)))
+            {
                 let args: Vec<std::ffi::OsString> = [
                     "mpi-bench",
                     "step",
@@ -597,7 +615,12 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|s| s.into())
                 .collect();
-                lines.extend(run_mpi_bench(w, &args)?);
+                let mut args = args;
+                args.extend(["--prefetch".into(), if on { "on" } else { "off" }.into()]);
+                for mut l in run_mpi_bench(w, &args)? {
+                    l["prefetch"] = on.into();
+                    lines.push(l);
+                }
             }
             finish_bench(&lines, out)?;
         }
@@ -983,7 +1006,9 @@ fn run_stages(
     )
     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let local = collective::local_rank();
-    let comm = collective::connect(backend, &ranks.universe, local).map_err(anyhow::Error::msg)?;
+    let prefetch = collective::prefetch_on(cfg.cluster.prefetch, backend);
+    let comm = collective::connect(backend, &ranks.universe, local, prefetch)
+        .map_err(anyhow::Error::msg)?;
     collective::share_cores_among_local_ranks();
     let device = device::tch_device(cfg.cluster.device, local);
     let kind = if cfg.cluster.precision == Precision::Bf16 {
@@ -1157,9 +1182,10 @@ fn finish_bench(lines: &[serde_json::Value], out: Option<PathBuf>) -> Result<()>
 
 /// One rank of a benchmark job: prints JSON lines (every rank for `step`, rank 0 otherwise).
 fn mpi_bench(b: MpiBench) -> Result<()> {
-    let universe =
-        mpi::initialize().ok_or_else(|| anyhow::anyhow!("MPI could not be initialised"))?;
-    let comm = flg_worker::collective::MpiCollective::new(&universe);
+    let universe = flg_worker::ranks::init_mpi()
+        .ok_or_else(|| anyhow::anyhow!("MPI could not be initialised"))?;
+    let prefetch = matches!(&b, MpiBench::Step { prefetch, .. } if prefetch == "on");
+    let comm = flg_worker::collective::MpiCollective::new(&universe, prefetch);
     use flg_worker::collective::Collective;
     flg_worker::collective::share_cores_among_local_ranks();
     match b {
@@ -1168,6 +1194,7 @@ fn mpi_bench(b: MpiBench) -> Result<()> {
             batch,
             warmup,
             steps,
+            prefetch: _,
         } => {
             let dims = flg_coordinator::config::preset(&preset)
                 .ok_or_else(|| anyhow::anyhow!("unknown preset {preset}"))?;

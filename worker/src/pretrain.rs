@@ -204,6 +204,7 @@ pub fn run(ctx: &crate::stages::StageCtx, snapshot_every: u64) -> Result<PathBuf
     bar.set_position(first);
     let start = Instant::now();
     let (mut window_loss, mut window_n) = (0.0, 0u64);
+    let mut meter = crate::throughput::StepMeter::new(ctx.device);
     if lead {
         tracing::info!(
             params = param_count,
@@ -237,12 +238,15 @@ pub fn run(ctx: &crate::stages::StageCtx, snapshot_every: u64) -> Result<PathBuf
             let elapsed = start.elapsed().as_secs_f64();
             let avg = window_loss / window_n as f64;
             bar.set_message(format!("pretrain {avg:.4}"));
-            log.write(&serde_json::json!({
+            // Rates over the steps since the previous line.
+            let rates = meter.step(window_n * p.batch_size);
+            let mut line = serde_json::json!({
                 "stage": "pretrain", "step": done, "loss": avg, "last_loss": loss, "grad_norm": norm,
                 "lr": role.opt.lr_at(step), "samples": done * p.batch_size, "world": world,
-                "samples_per_s": (done * p.batch_size) as f64 / elapsed, "elapsed_s": elapsed,
-                "collective_s": comm.seconds_waiting(),
-            }))?;
+                "elapsed_s": elapsed, "collective_s": comm.seconds_waiting(),
+            });
+            rates.insert_into(&mut line);
+            log.write(&line)?;
         }
         if done % p.log_every == 0 || done == p.steps {
             (window_loss, window_n) = (0.0, 0);

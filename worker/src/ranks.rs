@@ -19,10 +19,17 @@ pub enum RankError {
     WorldSize(ConfigError),
 }
 
+/// Initialises MPI with full thread support where the library has it: the MPI backend's unit
+/// prefetch runs its all-gathers on a thread of its own (collective.rs). An MPI without it
+/// still works, without the overlap.
+pub fn init_mpi() -> Option<mpi::environment::Universe> {
+    mpi::initialize_with_threading(mpi::Threading::Multiple).map(|(u, _)| u)
+}
+
 /// Initialises MPI and checks the job's size against `cluster.world_size` before any
 /// collective runs (a mismatch would hang the first collective instead of failing).
 pub fn init(config: &Config, config_path: &Path) -> Result<Ranks, RankError> {
-    let universe = mpi::initialize().ok_or(RankError::NoMpi)?;
+    let universe = init_mpi().ok_or(RankError::NoMpi)?;
     let world = universe.world();
     let (rank, size) = (world.rank() as u32, world.size() as u32);
     config

@@ -173,6 +173,59 @@ fn grad_or_zeros(g: &Tensor, like: &Tensor) -> Tensor {
     }
 }
 
+/// Gathers a model's units in a known order, one ahead: the next unit's all-gather runs
+/// (on the backend's gather thread or NCCL stream) while the caller computes with the
+/// current one. At most two gathered units are alive at a time.
+/// It holds its own handles on the shards (not a borrow of the model), so that the backward
+/// can add gradients to the model meanwhile.
+struct Prefetch<'a> {
+    comm: &'a dyn Collective,
+    kind: Kind,
+    /// (unit index, its shard, its layout) in the order of use.
+    order: Vec<(usize, Tensor, UnitLayout)>,
+    next: usize,
+    pending: Option<crate::collective::PendingGather>,
+}
+
+impl<'a> Prefetch<'a> {
+    fn new(model: &ShardedDit, comm: &'a dyn Collective, order: Vec<usize>) -> Prefetch<'a> {
+        let order = order
+            .into_iter()
+            .map(|i| {
+                let u = &model.units[i];
+                (i, u.shard.shallow_clone(), u.layout.clone())
+            })
+            .collect();
+        let mut p = Prefetch {
+            comm,
+            kind: model.compute_kind,
+            order,
+            next: 0,
+            pending: None,
+        };
+        p.start_next();
+        p
+    }
+
+    fn start_next(&mut self) {
+        if let Some((_, shard, _)) = self.order.get(self.next) {
+            self.pending = Some(self.comm.start_all_gather(&shard.to_kind(self.kind)));
+        }
+    }
+
+    /// The full tensors of the next unit in the order (and starts the gather after it).
+    fn take(&mut self) -> (usize, Vec<Tensor>) {
+        let full = self
+            .comm
+            .finish_all_gather(self.pending.take().expect("a gather in flight"));
+        let (i, _, layout) = &self.order[self.next];
+        let unit = (*i, layout.unflatten(&full.narrow(0, 0, layout.numel)));
+        self.next += 1;
+        self.start_next();
+        unit
+    }
+}
+
 impl ShardedDit {
     /// Shards a whole model: every rank passes the same full model and keeps its own shards.
     pub fn from_dit(
@@ -212,6 +265,12 @@ impl ShardedDit {
     pub fn with_recompute(mut self, recompute: bool) -> ShardedDit {
         self.recompute = recompute;
         self
+    }
+
+    /// Model FLOPs of a forward over input `x` [B, C, T, H, W] with `text` [B, L, D].
+    fn forward_flops(&self, x: &Tensor, text: &Tensor, blocks: usize) -> f64 {
+        let seq = crate::throughput::tokens_per_video(&self.dims, &x.size());
+        crate::throughput::forward_flops(&self.dims, x.size()[0], seq, text.size()[1], blocks)
     }
 
     fn unit_index(&self, block_id: usize) -> usize {
@@ -294,7 +353,12 @@ impl ShardedDit {
     ) -> (Tensor, Tape) {
         let _guard = tch::no_grad_guard();
         let kind = self.compute_kind;
-        let stem = self.gathered(0, comm);
+        crate::throughput::count(self.forward_flops(x, text, active.len()));
+        let order = std::iter::once(0)
+            .chain(active.iter().map(|&id| self.unit_index(id)))
+            .collect();
+        let mut units = Prefetch::new(self, comm, order);
+        let stem = Unit::from_specs(&self.units[0].layout.specs, units.take().1);
         let emb = dit::embed(&stem, &x.to_kind(kind), t, &text.to_kind(kind), &self.dims);
         let rope = Rope::new(&self.dims, emb.grid, self.device);
         let mut inputs = Vec::with_capacity(active.len() + 1);
@@ -311,15 +375,15 @@ impl ShardedDit {
                 context: &context,
                 rope: &rope,
             };
-            for &id in active {
-                let ui = self.unit_index(id);
+            for _ in active {
+                let (ui, gathered) = units.take();
                 inputs.push(h.shallow_clone());
                 if self.recompute {
-                    let u = self.gathered(ui, comm);
+                    let u = Unit::from_specs(&self.units[ui].layout.specs, gathered);
                     h = dit::block_forward(&u, &h, &bi, &self.dims);
                 } else {
                     // The block's graph from leaves, kept for the backward.
-                    let params: Vec<Tensor> = self.gather_unit(ui, comm).iter().map(leaf).collect();
+                    let params: Vec<Tensor> = gathered.iter().map(leaf).collect();
                     let u = Unit::from_specs(
                         &self.units[ui].layout.specs,
                         params.iter().map(|t| t.shallow_clone()).collect(),
@@ -353,7 +417,15 @@ impl ShardedDit {
     pub fn backward(&mut self, comm: &dyn Collective, tape: Tape, grad_out: &Tensor) {
         let kind = self.compute_kind;
         let world = comm.world();
-        let stem_tensors: Vec<Tensor> = self.gather_unit(0, comm).iter().map(leaf).collect();
+        // The backward is twice the forward's model FLOPs (recompute is not counted).
+        crate::throughput::count(2.0 * self.forward_flops(&tape.x, &tape.text, tape.active.len()));
+        // The stem, then (when recomputing) the active blocks from last to first.
+        let mut order = vec![0];
+        if tape.graphs.is_empty() {
+            order.extend(tape.active.iter().rev().map(|&id| self.unit_index(id)));
+        }
+        let mut units = Prefetch::new(self, comm, order);
+        let stem_tensors: Vec<Tensor> = units.take().1.iter().map(leaf).collect();
         let stem = Unit::from_specs(
             &self.units[0].layout.specs,
             stem_tensors.iter().map(|t| t.shallow_clone()).collect(),
@@ -391,7 +463,9 @@ impl ShardedDit {
             let (y, h_in, params) = match graphs.pop() {
                 Some(BlockGraph { y, h_in, params }) => (y, h_in, params),
                 None => {
-                    let params: Vec<Tensor> = self.gather_unit(ui, comm).iter().map(leaf).collect();
+                    let (gathered_ui, gathered) = units.take();
+                    debug_assert_eq!(gathered_ui, ui);
+                    let params: Vec<Tensor> = gathered.iter().map(leaf).collect();
                     let u = Unit::from_specs(
                         &self.units[ui].layout.specs,
                         params.iter().map(|t| t.shallow_clone()).collect(),

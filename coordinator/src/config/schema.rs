@@ -85,6 +85,18 @@ pub enum ActivationCheckpoint {
     None,
 }
 
+/// Unit prefetch: the next unit's all-gather runs while the current unit computes (FSDP's
+/// forward and backward prefetch). `auto` is on with NCCL (a GPU moves data beside its
+/// compute) and off with MPI: on a CPU the gather thread competes with the compute threads
+/// for the cores, and measured slower (BENCHMARKS.md, "Unit prefetch").
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Prefetch {
+    Auto,
+    On,
+    Off,
+}
+
 /// Compute precision. Master weights, optimizer moments and reductions are always f32.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -103,6 +115,8 @@ pub struct Cluster {
     pub precision: Precision,
     /// `full` (recompute every block in the backward) or `none`; see [`ActivationCheckpoint`].
     pub activation_checkpoint: ActivationCheckpoint,
+    /// `auto`, `on` or `off`; see [`Prefetch`].
+    pub prefetch: Prefetch,
     /// Address the coordinator's gRPC server listens on. Port 0 picks a free port.
     pub coordinator_addr: String,
     /// Ranks send a heartbeat this often.
@@ -129,6 +143,7 @@ impl Default for Cluster {
             backend: Backend::Auto,
             precision: Precision::Fp32,
             activation_checkpoint: ActivationCheckpoint::Full,
+            prefetch: Prefetch::Auto,
             coordinator_addr: "127.0.0.1:0".into(),
             heartbeat_interval_s: 1.0,
             heartbeat_timeout_s: 30.0,

@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cfg = Config::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ranks = flg_worker::ranks::init(&cfg, &args.config)?;
-    let comm = MpiCollective::new(&ranks.universe);
+    let comm = MpiCollective::new(&ranks.universe, false);
     tch::set_num_threads(args.threads);
     let (rank, world) = (ranks.rank as usize, ranks.world as usize);
     let seed = cfg.experiment.seed;

@@ -333,6 +333,7 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
     }
     bar.set_position(first);
     let mut last_gen = f64::NAN;
+    let mut meter = crate::throughput::StepMeter::new(ctx.device);
     for s in first..d.steps {
         let batch = loader.next_batch();
         let (x0, text) = batch_tensors(&batch, &ctx.data, ctx.device);
@@ -342,6 +343,7 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
             last_gen = g;
         }
         bar.set_message(format!("distill {:.3}/{:.3}", r.fake_loss, last_gen));
+        let rates = meter.step(d.batch_size);
         if let Some(log) = log.as_mut() {
             let mut line = serde_json::json!({
                 "stage": "distill", "step": s + 1, "fake_loss": r.fake_loss,
@@ -352,6 +354,7 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
                 line["generator_loss"] = g.into();
                 line["generator_grad_norm"] = n.into();
             }
+            rates.insert_into(&mut line);
             log.write(&line)?;
         }
         let mut values = vec![("fake_loss", r.fake_loss)];

@@ -182,6 +182,7 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
         tracing::info!(candidates = ?report.candidates, steps = p.steps, alpha = p.alpha, skip_prob = p.skip_prob, "Stage II: dynamic probabilistic pruning");
     }
     let num_blocks = role.model.dims.num_blocks as usize;
+    let mut meter = crate::throughput::StepMeter::new(ctx.device);
     for s in first..p.steps {
         let active = active_blocks(seed, s, num_blocks, &report.candidates, p.skip_prob);
         let (l, norm) = step(
@@ -198,12 +199,15 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
         bar.inc(1);
         let done = s + 1;
         bar.set_message(format!("pruning {:.4}", l.loss));
+        let rates = meter.step(p.batch_size);
         if let Some(log) = log.as_mut() {
-            log.write(&serde_json::json!({
+            let mut line = serde_json::json!({
                 "stage": "pruning", "step": done, "skipped": skipped, "loss": l.loss, "gap": l.gap,
                 "flow_full": l.flow_full, "flow_pruned": l.flow_pruned, "grad_norm": norm,
                 "lr": role.opt.lr_at(s), "elapsed_s": start.elapsed().as_secs_f64(),
-            }))?;
+            });
+            rates.insert_into(&mut line);
+            log.write(&line)?;
         }
         ctx.after_step(
             "pruning",
