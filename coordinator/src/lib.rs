@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod dataset;
 pub mod launch;
+pub mod memory;
 pub mod progress;
 pub mod run;
 pub mod supervise;

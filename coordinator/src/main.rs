@@ -112,6 +112,25 @@ enum Command {
         /// config meant for another machine, e.g. a cluster config checked on a laptop.
         #[arg(long)]
         skip_files: bool,
+        /// Also estimate each rank's memory for every training stage (parameters, gradients,
+        /// AdamW moments and EMA over W, gathered units, activations with and without
+        /// recompute, the runtime) and compare the peak with --device-memory-gib.
+        #[arg(long)]
+        estimate_memory: bool,
+        /// With --estimate-memory: estimate for this many ranks instead of cluster.world_size
+        /// (e.g. 1 to see whether one GPU holds a run planned for 8).
+        #[arg(long)]
+        ranks: Option<u32>,
+        /// Memory of one device (GPU) or node share (CPU) in GiB for the comparison
+        /// [default: 80 for cuda (an H100), 24 for cpu].
+        #[arg(long)]
+        device_memory_gib: Option<f64>,
+        /// Latent video [C,T,H,W] and text tokens for a `latents` data set that cannot be
+        /// read here [default: 16,21,60,104 and 512: Wan 2.1 at 480x832, 81 frames].
+        #[arg(long, value_delimiter = ',', num_args = 4)]
+        latent: Option<Vec<i64>>,
+        #[arg(long)]
+        text_len: Option<i64>,
     },
     /// Start the config's worker ranks with mpirun (cluster.world_size of them), without a
     /// coordinator, and wait for them.
@@ -197,12 +216,23 @@ fn main() -> ExitCode {
             config,
             world_size,
             skip_files,
+            estimate_memory,
+            ranks,
+            device_memory_gib,
+            latent,
+            text_len,
         } => validate(
             config,
             world_size,
             LoadOptions {
                 check_files: !skip_files,
             },
+            estimate_memory.then(|| MemoryArgs {
+                ranks,
+                device_gib: device_memory_gib,
+                latent: latent.map(|v| [v[0], v[1], v[2], v[3]]),
+                text_len,
+            }),
         ),
         Command::Run { config } => flg_coordinator::supervise::main(
             &config,
@@ -256,7 +286,20 @@ fn mutate(action: &str, m: Mutation) -> ExitCode {
     })
 }
 
-fn validate(path: PathBuf, world_size: Option<u32>, options: LoadOptions) -> ExitCode {
+/// `validate --estimate-memory`'s settings.
+struct MemoryArgs {
+    ranks: Option<u32>,
+    device_gib: Option<f64>,
+    latent: Option<[i64; 4]>,
+    text_len: Option<i64>,
+}
+
+fn validate(
+    path: PathBuf,
+    world_size: Option<u32>,
+    options: LoadOptions,
+    memory: Option<MemoryArgs>,
+) -> ExitCode {
     let result = Config::load_with(&path, options).and_then(|c| {
         if let Some(w) = world_size {
             c.check_world_size(&path, w)?;
@@ -281,6 +324,27 @@ fn validate(path: PathBuf, world_size: Option<u32>, options: LoadOptions) -> Exi
                 "  model: {} (dim {}, {} blocks, {} heads, patch {:?})",
                 c.model.preset, d.dim, d.num_blocks, d.num_heads, d.patch
             );
+            if let Some(m) = memory {
+                use flg_coordinator::memory;
+                let fallback = (
+                    m.latent.unwrap_or([16, 21, 60, 104]),
+                    m.text_len.unwrap_or(512),
+                );
+                let ((latent, text_len), source) = match m.latent {
+                    Some(l) => (
+                        (l, m.text_len.unwrap_or(d.text_len)),
+                        "--latent".to_string(),
+                    ),
+                    None => memory::latent_shape(&c, fallback),
+                };
+                let world = m.ranks.or(world_size).unwrap_or(c.cluster.world_size);
+                let device_gib = m.device_gib.unwrap_or(match c.cluster.device {
+                    flg_coordinator::config::Device::Cuda => 80.0,
+                    flg_coordinator::config::Device::Cpu => 24.0,
+                });
+                let e = memory::estimate(&c, world, latent, text_len, source);
+                print!("{}", memory::render(&e, device_gib));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

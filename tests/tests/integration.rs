@@ -221,6 +221,109 @@ fn validate_command_reports_every_problem_and_exits_nonzero() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The memory estimate: per stage and role, a verdict against the device, and the 8-GPU Wan
+/// config that fits on 8 x 80 GB but not on one GPU.
+#[test]
+fn validate_estimates_memory_per_stage_and_says_whether_it_fits() {
+    let wan = repo().join("cluster-configs/wan2.1-t2v-1.3b-8xh100.toml");
+    let w = wan.to_str().unwrap();
+    let res = fastlightgen(&["validate", "--skip-files", "--estimate-memory", w]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let out = text(&res.stdout);
+    for want in [
+        "memory per rank, 8 rank(s) on Cuda, Bf16 compute",
+        "pruning (batch 2 per rank)",
+        "generator",
+        "fake score",
+        "of 80 GiB per rank: fits",
+    ] {
+        assert!(out.contains(want), "{want:?} in\n{out}");
+    }
+    let res = fastlightgen(&[
+        "validate",
+        "--skip-files",
+        "--estimate-memory",
+        "--ranks",
+        "1",
+        w,
+    ]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let one = text(&res.stdout);
+    assert!(one.contains("does NOT fit"), "{one}");
+    // The CPU demo reads its shape from the moving-shapes settings.
+    let demo = repo().join("cluster-configs/demo-cpu.toml");
+    let res = fastlightgen(&[
+        "validate",
+        "--skip-files",
+        "--estimate-memory",
+        demo.to_str().unwrap(),
+    ]);
+    let out = text(&res.stdout);
+    assert!(
+        out.contains("[3, 8, 16, 16] (128 tokens)") && out.contains("fits"),
+        "{out}"
+    );
+}
+
+/// The GPU kit's checks, run on the CPU: the forward against itself and a timed step.
+#[test]
+fn device_checks_run_on_the_cpu() {
+    let teacher = repo().join("teacher/tiny-teacher.safetensors");
+    let t = teacher.to_str().unwrap();
+    let res = fastlightgen(&[
+        "bench", "device", "forward", "--model", t, "--device", "cpu",
+    ]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&res.stdout).trim()).unwrap();
+    assert_eq!(v["pass"], true, "{v}");
+    assert_eq!(v["f32_rel_l2"], 0.0, "the CPU against itself");
+    assert!(
+        v["bf16_rel_l2"].as_f64().unwrap() > 0.0,
+        "bf16 computed in bf16: {v}"
+    );
+    let res = fastlightgen(&[
+        "bench",
+        "device",
+        "step",
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--frames",
+        "8",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--text-len",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&res.stdout).trim()).unwrap();
+    assert_eq!(v["params"], 1_592_016);
+    assert!(v["step_s"].as_f64().unwrap() > 0.0 && v["tflops"].as_f64().unwrap() > 0.0);
+    // A device that is not there is a clear error.
+    let res = fastlightgen(&[
+        "bench", "device", "forward", "--model", t, "--device", "cuda",
+    ]);
+    assert!(!res.status.success());
+    assert!(
+        text(&res.stderr).contains("--device cuda"),
+        "{}",
+        text(&res.stderr)
+    );
+}
+
 #[test]
 fn data_commands_write_and_check_a_data_directory() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1384,6 +1487,14 @@ fn fastlightgen_run_writes_a_report_whose_files_exist_and_whose_numbers_are_eval
     );
 
     let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    // The throughput of both training stages, from their step lines.
+    let table = md
+        .split("## Throughput")
+        .nth(1)
+        .expect("a throughput section");
+    for stage in ["| pruning |", "| distill |"] {
+        assert!(table.contains(stage), "throughput row {stage}: {table}");
+    }
     // Every image and file the report links to is there and is what its name says.
     let links: Vec<&str> = md
         .split("](")

@@ -127,18 +127,28 @@ pub fn pytorch_train_step(
     Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
 }
 
-/// Peak resident memory of this process (VmHWM), in bytes.
-pub fn peak_rss_bytes() -> u64 {
+/// A memory figure of this process from /proc/self/status (e.g. "VmHWM:"), in bytes.
+fn proc_status_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|kb| kb.parse::<u64>().ok())
             })
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Resident memory of this process now (VmRSS), in bytes.
+pub fn rss_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
 }
 
 /// One rank's share of a sharded training-step benchmark.
@@ -153,6 +163,8 @@ pub struct StepReport {
     /// Bytes of parameter, gradient and AdamW-moment shards this rank holds.
     pub state_bytes: i64,
     pub peak_rss_bytes: u64,
+    /// Resident memory before the model was built (libtorch, OpenMPI, the binary).
+    pub start_rss_bytes: u64,
     /// Whether the next unit's all-gather overlapped the current unit's compute.
     pub prefetch_active: bool,
 }
@@ -190,6 +202,7 @@ pub fn sharded_step(
     use crate::shard::ShardedDit;
     use crate::train::Role;
     let (rank, world) = (comm.rank(), comm.world());
+    let start_rss_bytes = rss_bytes();
     comm.set_timing(true);
     let full = Dit::init(dims, 0);
     let params = full.param_count();
@@ -249,6 +262,7 @@ pub fn sharded_step(
         collective_s: (comm.seconds_waiting() - waited0) / steps as f64,
         state_bytes: shards + grads + moments,
         peak_rss_bytes: peak_rss_bytes(),
+        start_rss_bytes,
         prefetch_active: comm.overlaps_gathers(),
     }
 }

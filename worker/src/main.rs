@@ -241,6 +241,24 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// `validate --estimate-memory`'s model against the measured peak: for each preset and
+    /// world size an mpirun job of sharded training steps (AdamW, no EMA, moving-shapes
+    /// 8x16x16 videos) reports every rank's peak resident memory (VmHWM), printed beside the
+    /// estimate of the same step and their ratio.
+    Memory {
+        #[arg(long, value_delimiter = ',', default_value = "tiny,small-100m")]
+        presets: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        worlds: Vec<u32>,
+        /// Global batch per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// The estimate must be within this share of the measured peak; else exit 1.
+        #[arg(long, default_value_t = 0.2)]
+        tolerance: f64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Collective bandwidth with 2 ranks (an mpirun job) next to memory-copy bandwidth.
     Collectives {
         #[arg(long, default_value_t = 2)]
@@ -578,6 +596,84 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(out) = out {
                 let v = serde_json::json!({"preset": preset, "batch": batch, "rounds": rows, "median_ratio": median});
                 std::fs::write(out, serde_json::to_string_pretty(&v)?)?;
+            }
+        }
+        Command::Bench(BenchCommand::Memory {
+            presets,
+            worlds,
+            batch,
+            tolerance,
+            out,
+        }) => {
+            use flg_coordinator::config::{Device, Precision};
+            use flg_coordinator::memory::StepSetup;
+            let mut rows = Vec::new();
+            let mut worst: f64 = 0.0;
+            for preset in &presets {
+                let dims = flg_coordinator::config::preset(preset)
+                    .with_context(|| format!("--presets {preset}: not a preset with dimensions"))?;
+                for &w in &worlds {
+                    let args: Vec<std::ffi::OsString> = [
+                        "mpi-bench",
+                        "step",
+                        "--preset",
+                        preset,
+                        "--batch",
+                        &batch.to_string(),
+                        "--warmup",
+                        "1",
+                        "--steps",
+                        "2",
+                    ]
+                    .iter()
+                    .map(|s| s.into())
+                    .collect();
+                    let lines = run_mpi_bench(w, &args)?;
+                    let setup = StepSetup {
+                        dims: dims.clone(),
+                        world: w,
+                        latent: [dims.in_channels, 8, 16, 16],
+                        text_len: 4,
+                        device: Device::Cpu,
+                        precision: Precision::Fp32,
+                        recompute: true,
+                        prefetch: false,
+                    };
+                    let estimate = setup.pretrain(batch as u64, false).total();
+                    let measured = lines
+                        .iter()
+                        .filter_map(|l| l["peak_rss_bytes"].as_f64())
+                        .fold(0.0, f64::max);
+                    let start = lines
+                        .iter()
+                        .filter_map(|l| l["start_rss_bytes"].as_f64())
+                        .fold(0.0, f64::max);
+                    let error = estimate / measured - 1.0;
+                    worst = worst.max(error.abs());
+                    let gib = |b: f64| b / (1u64 << 30) as f64;
+                    println!(
+                        "{preset} W={w} batch {batch}: measured peak {:.3} GiB (runtime {:.3}), estimate {:.3} GiB ({:+.1}%)",
+                        gib(measured),
+                        gib(start),
+                        gib(estimate),
+                        100.0 * error
+                    );
+                    rows.push(serde_json::json!({
+                        "preset": preset, "world": w, "batch": batch,
+                        "measured_peak_bytes": measured, "start_rss_bytes": start,
+                        "estimate_bytes": estimate, "relative_error": error,
+                    }));
+                }
+            }
+            if let Some(out) = out {
+                std::fs::write(out, serde_json::to_string_pretty(&rows)?)?;
+            }
+            if worst > tolerance {
+                bail!(
+                    "the estimate is {:.0}% off the measured peak (tolerance {:.0}%)",
+                    100.0 * worst,
+                    100.0 * tolerance
+                );
             }
         }
         Command::Bench(BenchCommand::Scaling {

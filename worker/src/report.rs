@@ -227,6 +227,60 @@ fn side_by_side_gif(run_dir: &Path, rows: &[&str], out: &Path, columns: usize) -
     Ok(cols)
 }
 
+/// Per training stage: median samples/s and model TFLOP/s per rank over its step lines, and
+/// the largest peak memory a step line reported (runs before these fields show nothing).
+fn throughput(
+    w: &mut String,
+    stages: &[String],
+    steps: &BTreeMap<String, BTreeMap<u64, Value>>,
+) -> Result<()> {
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let mut rows = Vec::new();
+    for s in stages {
+        let Some(st) = steps.get(s) else { continue };
+        let field = |k: &str| {
+            st.values()
+                .filter_map(|l| l[k].as_f64())
+                .collect::<Vec<_>>()
+        };
+        let Some(sps) = median(field("samples_per_s")) else {
+            continue;
+        };
+        let tflops = median(field("tflops"));
+        let peak = field("peak_memory_gib").into_iter().reduce(f64::max);
+        rows.push(format!(
+            "| {s} | {sps:.1} | {} | {} |",
+            fmt_opt(tflops, 4, ""),
+            fmt_opt(peak, 2, " GiB")
+        ));
+    }
+    if !rows.is_empty() {
+        writeln!(
+            w,
+            "## Throughput
+"
+        )?;
+        writeln!(
+            w,
+            "Per step, median over the stage: samples/s of all ranks together, model TFLOP/s of one rank \
+             (torchtitan's count: 6 per parameter and token plus attention; recompute not counted), \
+             and the largest peak memory of rank 0 (GPU: in use on the device; CPU: resident set).\n"
+        )?;
+        writeln!(
+            w,
+            "| stage | samples/s | TFLOP/s per rank | peak memory |\n|---|---|---|---|"
+        )?;
+        for r in rows {
+            writeln!(w, "{r}")?;
+        }
+        writeln!(w)?;
+    }
+    Ok(())
+}
+
 fn fmt_opt(v: Option<f64>, digits: usize, suffix: &str) -> String {
     v.map_or("-".into(), |x| format!("{x:.digits$}{suffix}"))
 }
@@ -371,6 +425,8 @@ pub fn write(run_dir: &Path) -> Result<Headline> {
             l["gap_after"].as_f64().unwrap_or(f64::NAN)
         )?;
     }
+
+    throughput(w, &cfg.experiment.stages, &steps)?;
 
     if let Ok(imp) = ImportanceReport::read(&paths::importance(run_dir)) {
         writeln!(w, "## Stage I: block importance\n")?;

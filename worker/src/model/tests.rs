@@ -178,3 +178,23 @@ fn a_short_training_run_lowers_the_loss() {
     let last = loss_at(&m).double_value(&[]);
     assert!(last < 0.8 * first, "loss {first} -> {last}");
 }
+
+/// The coordinator's memory estimate counts parameters from the dimensions alone; it must
+/// agree with the specs the worker builds models from, for every preset.
+#[test]
+fn the_memory_estimate_counts_the_parameters_the_worker_builds() {
+    use crate::model::params::{block_param_count, stem_param_count};
+    for name in ["tiny", "small-100m", "wan2.1-t2v-1.3b"] {
+        let d = flg_coordinator::config::preset(name).unwrap();
+        assert_eq!(
+            flg_coordinator::memory::block_params(&d),
+            block_param_count(&d),
+            "{name}"
+        );
+        assert_eq!(
+            flg_coordinator::memory::stem_params(&d),
+            stem_param_count(&d),
+            "{name}"
+        );
+    }
+}
