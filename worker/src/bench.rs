@@ -42,20 +42,7 @@ pub fn rust_train_step(
             keep_u: Tensor::rand([batch], opts),
             eps: x0.randn_like(),
         };
-        let loss = flow_loss(
-            |x, t, c| model.forward(x, t, c, None),
-            &x0,
-            &text,
-            &d,
-            1.0,
-            0.1,
-        );
-        let g = Tensor::run_backward(&[&loss], &params, false, false);
-        opt.update(
-            &params,
-            &crate::optim::all_present(&g),
-            clip_factor(grad_sq_sum(&g).sqrt(), 1.0),
-        );
+        plain_flow_step(&model, &params, &mut opt, &x0, &text, &d);
     };
     for _ in 0..warmup {
         step();
@@ -65,6 +52,32 @@ pub fn rust_train_step(
         step();
     }
     (steps as i64 * batch) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One plain-autograd pretraining step of a whole model: flow-matching loss (no shift, 10%
+/// prompt dropout), backward into `params` (the model's, requiring grad), clipping at 1, AdamW.
+pub fn plain_flow_step(
+    model: &Dit,
+    params: &[Tensor],
+    opt: &mut AdamW,
+    x0: &Tensor,
+    text: &Tensor,
+    d: &crate::train::Draws,
+) {
+    let loss = flow_loss(
+        |x, t, c| model.forward(x, t, c, None),
+        x0,
+        text,
+        d,
+        1.0,
+        0.1,
+    );
+    let g = Tensor::run_backward(&[&loss], params, false, false);
+    opt.update(
+        params,
+        &crate::optim::all_present(&g),
+        clip_factor(grad_sq_sum(&g).sqrt(), 1.0),
+    );
 }
 
 /// The Python interpreter of the torch wheel this build links (its virtual environment).

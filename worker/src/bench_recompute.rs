@@ -2,7 +2,7 @@
 //! against plain autograd on the whole model, on the same batch and draws, in one run.
 
 use crate::model::Dit;
-use crate::optim::{all_present, clip_factor, grad_sq_sum, AdamW};
+use crate::optim::AdamW;
 use crate::pretrain::{flow_loss, flow_matching_backward};
 use crate::shard::{ShardedDit, Solo};
 use crate::train::{draws, Draws};
@@ -137,22 +137,6 @@ pub fn run(
         .map(|p| p.set_requires_grad(true))
         .collect();
     let mut plain_opt = AdamW::new(&optim(), &params);
-    let mut plain_step = || {
-        let loss = flow_loss(
-            |x, t, c| plain_model.forward(x, t, c, None),
-            &x0,
-            &text,
-            &d,
-            1.0,
-            0.1,
-        );
-        let g = Tensor::run_backward(&[&loss], &params, false, false);
-        plain_opt.update(
-            &params,
-            &all_present(&g),
-            clip_factor(grad_sq_sum(&g).sqrt(), 1.0),
-        );
-    };
     let active: Vec<usize> = model.block_ids.clone();
     let sharded_role = |recompute: bool| {
         crate::train::Role::new(
@@ -162,36 +146,18 @@ pub fn run(
             &Solo,
         )
     };
+    let sharded_step = |role: &mut crate::train::Role| {
+        flow_matching_backward(&mut role.model, &Solo, &x0, &text, &d, 1.0, 0.1, &active);
+        role.step(&Solo);
+    };
     let (mut none_role, mut full_role) = (sharded_role(false), sharded_role(true));
     let (mut p, mut n, mut f) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds.max(1) {
-        p.push(time(&mut plain_step));
-        n.push(time(&mut || {
-            flow_matching_backward(
-                &mut none_role.model,
-                &Solo,
-                &x0,
-                &text,
-                &d,
-                1.0,
-                0.1,
-                &active,
-            );
-            none_role.step(&Solo);
+        p.push(time(&mut || {
+            crate::bench::plain_flow_step(&plain_model, &params, &mut plain_opt, &x0, &text, &d)
         }));
-        f.push(time(&mut || {
-            flow_matching_backward(
-                &mut full_role.model,
-                &Solo,
-                &x0,
-                &text,
-                &d,
-                1.0,
-                0.1,
-                &active,
-            );
-            full_role.step(&Solo);
-        }));
+        n.push(time(&mut || sharded_step(&mut none_role)));
+        f.push(time(&mut || sharded_step(&mut full_role)));
     }
     let median = |v: Vec<f64>| {
         let mut v = v;

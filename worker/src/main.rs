@@ -573,8 +573,7 @@ fn run(cli: Cli) -> Result<()> {
             rounds,
             out,
         }) => {
-            let dims = flg_coordinator::config::preset(&preset)
-                .ok_or_else(|| anyhow::anyhow!("unknown --preset {preset}"))?;
+            let dims = preset_dims(&preset)?;
             let mut rows = Vec::new();
             for round in 0..rounds.max(1) {
                 let rust =
@@ -610,8 +609,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut rows = Vec::new();
             let mut worst: f64 = 0.0;
             for preset in &presets {
-                let dims = flg_coordinator::config::preset(preset)
-                    .with_context(|| format!("--presets {preset}: not a preset with dimensions"))?;
+                let dims = preset_dims(preset)?;
                 for &w in &worlds {
                     let args: Vec<std::ffi::OsString> = [
                         "mpi-bench",
@@ -752,8 +750,7 @@ fn run(cli: Cli) -> Result<()> {
             peak_tflops,
         })) => {
             use flg_worker::bench_device;
-            let dims = flg_coordinator::config::preset(&preset)
-                .with_context(|| format!("--preset {preset}: not a preset with dimensions"))?;
+            let dims = preset_dims(&preset)?;
             let kind = match precision.as_str() {
                 "bf16" => tch::Kind::BFloat16,
                 "fp32" => tch::Kind::Float,
@@ -781,8 +778,7 @@ fn run(cli: Cli) -> Result<()> {
             rounds,
             out,
         }) => {
-            let dims = flg_coordinator::config::preset(&preset)
-                .with_context(|| format!("--preset {preset}: not a preset with dimensions"))?;
+            let dims = preset_dims(&preset)?;
             let r = flg_worker::bench_recompute::run(
                 &preset,
                 &dims,
@@ -821,8 +817,7 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let mut lines = Vec::new();
             for p in presets {
-                let dims = flg_coordinator::config::preset(&p)
-                    .ok_or_else(|| anyhow::anyhow!("--presets: unknown preset {p:?}"))?;
+                let dims = preset_dims(&p)?;
                 let c = flg_worker::bench::checkpoint_cost(&p, &dims, batch, steps, repeats, &dir)?;
                 println!(
                     "{p}: {} parameters, step {:.3} s, the step waits {:.4} s for a checkpoint ({:.1}% of a step), \
@@ -919,6 +914,16 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// The dimensions of a `--preset` (tiny, small-100m, wan2.1-t2v-1.3b).
+fn preset_dims(name: &str) -> Result<flg_coordinator::config::ModelDims> {
+    flg_coordinator::config::preset(name).with_context(|| {
+        format!(
+            "--preset {name}: not a preset with dimensions (one of {:?})",
+            &flg_coordinator::config::PRESETS[..3]
+        )
+    })
+}
+
 fn print_summary(ds: &DataSet) {
     let m = &ds.manifest;
     println!(
@@ -987,10 +992,7 @@ fn load_model(
     Option<flg_worker::model::file::ModelMeta>,
 )> {
     let fallback = match preset {
-        Some(p) => Some(
-            flg_coordinator::config::preset(p)
-                .ok_or_else(|| anyhow::anyhow!("unknown --preset {p}"))?,
-        ),
+        Some(p) => Some(preset_dims(p)?),
         None => None,
     };
     flg_worker::model::file::load(path, fallback.as_ref())
@@ -1292,8 +1294,7 @@ fn mpi_bench(b: MpiBench) -> Result<()> {
             steps,
             prefetch: _,
         } => {
-            let dims = flg_coordinator::config::preset(&preset)
-                .ok_or_else(|| anyhow::anyhow!("unknown preset {preset}"))?;
+            let dims = preset_dims(&preset)?;
             let r = flg_worker::bench::sharded_step(&dims, &comm, 8, 16, batch, warmup, steps);
             let mut v = serde_json::to_value(&r)?;
             v["preset"] = preset.into();

@@ -629,20 +629,28 @@ mod tests {
     use super::*;
     use flg_coordinator::config::preset;
 
-    #[test]
-    fn sharded_backward_matches_plain_autograd() {
+    /// A tiny model with a non-zero head (seed `model_seed`) and a random batch of two videos
+    /// (seed `data_seed`): (model, x, t, text, target).
+    fn model_and_batch(model_seed: u64, data_seed: i64) -> (Dit, Tensor, Tensor, Tensor, Tensor) {
         let d = preset("tiny").unwrap();
-        let m = Dit::init(&d, 5);
+        let m = Dit::init(&d, model_seed);
         let _ = m
             .stem
             .p("head.head.weight")
             .shallow_clone()
             .normal_(0.0, 0.05);
-        tch::manual_seed(2);
-        let x = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
-        let t = Tensor::rand([2], (Kind::Float, Device::Cpu));
-        let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
-        let target = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
+        tch::manual_seed(data_seed);
+        let opts = (Kind::Float, Device::Cpu);
+        let x = Tensor::randn([2, 3, 8, 16, 16], opts);
+        let t = Tensor::rand([2], opts);
+        let text = Tensor::randn([2, 4, 32], opts);
+        let target = Tensor::randn([2, 3, 8, 16, 16], opts);
+        (m, x, t, text, target)
+    }
+
+    #[test]
+    fn sharded_backward_matches_plain_autograd() {
+        let (m, x, t, text, target) = model_and_batch(5, 2);
         let active = [0usize, 2, 3, 5, 6, 9];
 
         // Plain autograd on the whole model.
@@ -710,19 +718,7 @@ mod tests {
     /// within bf16's precision. Runs on the CPU, so every CI run covers it.
     #[test]
     fn sharded_bf16_step_tracks_f32() {
-        let d = preset("tiny").unwrap();
-        let m = Dit::init(&d, 5);
-        let _ = m
-            .stem
-            .p("head.head.weight")
-            .shallow_clone()
-            .normal_(0.0, 0.05);
-        tch::manual_seed(3);
-        let opts = (Kind::Float, Device::Cpu);
-        let x = Tensor::randn([2, 3, 8, 16, 16], opts);
-        let t = Tensor::rand([2], opts);
-        let text = Tensor::randn([2, 4, 32], opts);
-        let target = Tensor::randn([2, 3, 8, 16, 16], opts);
+        let (m, x, t, text, target) = model_and_batch(5, 3);
         let active = [0usize, 1, 4, 7, 9];
         let grads = |kind: Kind| {
             let mut s = ShardedDit::from_dit(&m, &Solo, Device::Cpu, kind);
@@ -757,19 +753,7 @@ mod tests {
     /// the same output and gradients as with it.
     #[test]
     fn kept_block_graphs_give_the_recomputed_gradients() {
-        let d = preset("tiny").unwrap();
-        let m = Dit::init(&d, 6);
-        let _ = m
-            .stem
-            .p("head.head.weight")
-            .shallow_clone()
-            .normal_(0.0, 0.05);
-        tch::manual_seed(4);
-        let opts = (Kind::Float, Device::Cpu);
-        let x = Tensor::randn([2, 3, 8, 16, 16], opts);
-        let t = Tensor::rand([2], opts);
-        let text = Tensor::randn([2, 4, 32], opts);
-        let target = Tensor::randn([2, 3, 8, 16, 16], opts);
+        let (m, x, t, text, target) = model_and_batch(6, 4);
         let active = [0usize, 2, 3, 6, 8, 9];
         let run = |recompute: bool| {
             let mut s =
