@@ -317,8 +317,13 @@ fn validate(
             );
             println!("  stages: {}", c.experiment.stages.join(" -> "));
             println!(
-                "  cluster: {} rank(s), {:?}, backend {:?}, {:?}",
-                c.cluster.world_size, c.cluster.device, c.cluster.backend, c.cluster.precision
+                "  cluster: {} rank(s), {:?}, backend {:?}, {:?}, activation checkpoint {:?}, prefetch {:?}",
+                c.cluster.world_size,
+                c.cluster.device,
+                c.cluster.backend,
+                c.cluster.precision,
+                c.cluster.activation_checkpoint,
+                c.cluster.prefetch
             );
             println!(
                 "  model: {} (dim {}, {} blocks, {} heads, patch {:?})",
