@@ -588,6 +588,8 @@ impl Collective for NcclCollective {
 
 impl Drop for NcclCollective {
     fn drop(&mut self) {
+        // Collectives still queued on the NCCL stream finish before the communicator goes.
+        let _ = self.stream.synchronize();
         // SAFETY: the communicator was created by comm_init_rank and is not used after this.
         unsafe {
             let _ = cudarc::nccl::result::comm_destroy(self.comm);
