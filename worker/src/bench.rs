@@ -54,6 +54,25 @@ pub fn rust_train_step(
     (steps as i64 * batch) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Runs `flg-worker ARGS` (this binary) as an mpirun job of `np` ranks on this node and
+/// returns the JSON lines it printed.
+pub fn run_mpi_job(np: u32, args: &[std::ffi::OsString]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let exe = std::env::current_exe()?;
+    let out = flg_coordinator::launch::MpiLaunch::single_node(np)
+        .command(&exe, args)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "mpirun -np {np} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
 /// One plain-autograd pretraining step of a whole model: flow-matching loss (no shift, 10%
 /// prompt dropout), backward into `params` (the model's, requiring grad), clipping at 1, AdamW.
 pub fn plain_flow_step(

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_device;
+pub mod bench_memory;
 pub mod bench_recompute;
 pub mod checkpoint;
 pub mod collective;

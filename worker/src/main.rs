@@ -604,75 +604,11 @@ fn run(cli: Cli) -> Result<()> {
             tolerance,
             out,
         }) => {
-            use flg_coordinator::config::{Device, Precision};
-            use flg_coordinator::memory::StepSetup;
-            let mut rows = Vec::new();
-            let mut worst: f64 = 0.0;
-            for preset in &presets {
-                let dims = preset_dims(preset)?;
-                for &w in &worlds {
-                    let args: Vec<std::ffi::OsString> = [
-                        "mpi-bench",
-                        "step",
-                        "--preset",
-                        preset,
-                        "--batch",
-                        &batch.to_string(),
-                        "--warmup",
-                        "1",
-                        "--steps",
-                        "2",
-                    ]
-                    .iter()
-                    .map(|s| s.into())
-                    .collect();
-                    let lines = run_mpi_bench(w, &args)?;
-                    let setup = StepSetup {
-                        dims: dims.clone(),
-                        world: w,
-                        latent: [dims.in_channels, 8, 16, 16],
-                        text_len: 4,
-                        device: Device::Cpu,
-                        precision: Precision::Fp32,
-                        recompute: true,
-                        prefetch: false,
-                    };
-                    let estimate = setup.pretrain(batch as u64, false).total();
-                    let measured = lines
-                        .iter()
-                        .filter_map(|l| l["peak_rss_bytes"].as_f64())
-                        .fold(0.0, f64::max);
-                    let start = lines
-                        .iter()
-                        .filter_map(|l| l["start_rss_bytes"].as_f64())
-                        .fold(0.0, f64::max);
-                    let error = estimate / measured - 1.0;
-                    worst = worst.max(error.abs());
-                    let gib = |b: f64| b / (1u64 << 30) as f64;
-                    println!(
-                        "{preset} W={w} batch {batch}: measured peak {:.3} GiB (runtime {:.3}), estimate {:.3} GiB ({:+.1}%)",
-                        gib(measured),
-                        gib(start),
-                        gib(estimate),
-                        100.0 * error
-                    );
-                    rows.push(serde_json::json!({
-                        "preset": preset, "world": w, "batch": batch,
-                        "measured_peak_bytes": measured, "start_rss_bytes": start,
-                        "estimate_bytes": estimate, "relative_error": error,
-                    }));
-                }
-            }
-            if let Some(out) = out {
-                std::fs::write(out, serde_json::to_string_pretty(&rows)?)?;
-            }
-            if worst > tolerance {
-                bail!(
-                    "the estimate is {:.0}% off the measured peak (tolerance {:.0}%)",
-                    100.0 * worst,
-                    100.0 * tolerance
-                );
-            }
+            let dims: Vec<_> = presets
+                .iter()
+                .map(|p| Ok((p.clone(), preset_dims(p)?)))
+                .collect::<Result<_>>()?;
+            flg_worker::bench_memory::check(&dims, &worlds, batch, tolerance, out.as_deref())?;
         }
         Command::Bench(BenchCommand::Scaling {
             preset,
@@ -711,7 +647,7 @@ fn run(cli: Cli) -> Result<()> {
                 .collect();
                 let mut args = args;
                 args.extend(["--prefetch".into(), if on { "on" } else { "off" }.into()]);
-                for mut l in run_mpi_bench(w, &args)? {
+                for mut l in flg_worker::bench::run_mpi_job(w, &args)? {
                     l["prefetch"] = on.into();
                     lines.push(l);
                 }
@@ -804,7 +740,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench(BenchCommand::Collectives { world, out }) => {
-            let lines = run_mpi_bench(world, &["mpi-bench".into(), "collectives".into()])?;
+            let lines =
+                flg_worker::bench::run_mpi_job(world, &["mpi-bench".into(), "collectives".into()])?;
             finish_bench(&lines, out)?;
         }
         Command::Bench(BenchCommand::Checkpoint {
@@ -1251,23 +1188,6 @@ fn run_stage(
 }
 
 /// Runs `flg-worker <args>` as an mpirun job of `np` ranks; returns the JSON lines it printed.
-fn run_mpi_bench(np: u32, args: &[std::ffi::OsString]) -> Result<Vec<serde_json::Value>> {
-    let exe = std::env::current_exe()?;
-    let out = flg_coordinator::launch::MpiLaunch::single_node(np)
-        .command(&exe, args)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "mpirun -np {np} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
 fn finish_bench(lines: &[serde_json::Value], out: Option<PathBuf>) -> Result<()> {
     for l in lines {
         println!("{l}");
