@@ -855,7 +855,7 @@ fn run(cli: Cli) -> Result<()> {
 fn preset_dims(name: &str) -> Result<flg_coordinator::config::ModelDims> {
     flg_coordinator::config::preset(name).with_context(|| {
         format!(
-            "--preset {name}: not a preset with dimensions (one of {:?})",
+            "preset {name:?}: not a preset with dimensions (one of {:?})",
             &flg_coordinator::config::PRESETS[..3]
         )
     })
