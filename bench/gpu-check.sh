@@ -5,8 +5,9 @@
 #   ./gpu-check.sh cuda [OUT]    on a CUDA machine (NCCL backend, bf16 and fp32)
 #   ./gpu-check.sh cpu  [OUT]    the same checks on the CPU (MPI backend, fp32)
 #
-# Checks, each with its own time limit, all within 8 minutes; a failing check does not stop
-# the others:
+# Checks, each with its own time limit and all within 8 minutes (FLG_CHECK_SECONDS, 480: a
+# check that would run past it is cut short, one that cannot start is skipped); a failing check
+# does not stop the others:
 #   env      the machine (nvidia-smi, torch) and what the worker finds (libtorch and its CUDA
 #            part, CUDA driver, GPUs, NCCL, MPI)
 #   forward  the tiny teacher's forward on the device in f32 and bf16 against the CPU's f32
@@ -54,11 +55,21 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export PATH=$KIT/mpi/bin:$KIT/bin:$PATH
 WORKER=$KIT/bin/flg-worker
 FAILED=0
+DEADLINE=$(($(date +%s) + ${FLG_CHECK_SECONDS:-480}))
 
 # check NAME SECONDS CMD...: runs CMD with a time limit, logs it, records the outcome.
 check() {
   local name=$1 limit=$2; shift 2
   local log=$OUT/$name.log start end rc
+  local left=$((DEADLINE - $(date +%s)))
+  if [ "$left" -lt 15 ]; then
+    echo "== $name: skipped, the checks' time is up" | tee -a "$OUT/all.log"
+    printf '{"check":"%s","device":"%s","status":"skipped","rc":null,"seconds":0,"result":null}\n' \
+      "$name" "$DEV" >>"$OUT/summary.jsonl"
+    FAILED=$((FAILED + 1))
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name: $*" | tee -a "$OUT/all.log"
   start=$(date +%s.%N)
   # bash -c so that CMD may be one of the functions below (exported).
