@@ -125,10 +125,12 @@ enum Command {
         /// [default: 80 for cuda (an H100), 24 for cpu].
         #[arg(long)]
         device_memory_gib: Option<f64>,
-        /// Latent video [C,T,H,W] and text tokens for a `latents` data set that cannot be
-        /// read here [default: 16,21,60,104 and 512: Wan 2.1 at 480x832, 81 frames].
-        #[arg(long, value_delimiter = ',', num_args = 4)]
+        /// With --estimate-memory: the latent video C,T,H,W per sample, for a `latents` data
+        /// set that cannot be read here, or to ask about other videos [default: the data set's,
+        /// else 16,21,60,104: Wan 2.1 at 480x832, 81 frames].
+        #[arg(long, value_name = "C,T,H,W", value_delimiter = ',')]
         latent: Option<Vec<i64>>,
+        /// With --estimate-memory: text tokens per sample [default: the data set's, else 512].
         #[arg(long)]
         text_len: Option<i64>,
     },
@@ -230,7 +232,7 @@ fn main() -> ExitCode {
             estimate_memory.then(|| MemoryArgs {
                 ranks,
                 device_gib: device_memory_gib,
-                latent: latent.map(|v| [v[0], v[1], v[2], v[3]]),
+                latent,
                 text_len,
             }),
         ),
@@ -290,7 +292,7 @@ fn mutate(action: &str, m: Mutation) -> ExitCode {
 struct MemoryArgs {
     ranks: Option<u32>,
     device_gib: Option<f64>,
-    latent: Option<[i64; 4]>,
+    latent: Option<Vec<i64>>,
     text_len: Option<i64>,
 }
 
@@ -331,11 +333,19 @@ fn validate(
             );
             if let Some(m) = memory {
                 use flg_coordinator::memory;
+                let latent = match m.latent.as_deref() {
+                    None => None,
+                    Some(&[c, t, h, w]) => Some([c, t, h, w]),
+                    Some(v) => {
+                        eprintln!("error: --latent takes C,T,H,W (4 numbers), got {v:?}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 let fallback = (
-                    m.latent.unwrap_or([16, 21, 60, 104]),
+                    latent.unwrap_or([16, 21, 60, 104]),
                     m.text_len.unwrap_or(512),
                 );
-                let ((latent, text_len), source) = match m.latent {
+                let ((latent, text_len), source) = match latent {
                     Some(l) => (
                         (l, m.text_len.unwrap_or(d.text_len)),
                         "--latent".to_string(),
