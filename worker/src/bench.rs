@@ -73,6 +73,26 @@ pub fn run_mpi_job(np: u32, args: &[std::ffi::OsString]) -> anyhow::Result<Vec<s
         .collect())
 }
 
+/// The gradients of the flow-matching loss (no shift, 10% prompt dropout) of a whole model
+/// with plain autograd, for `params` (the model's, requiring grad).
+pub fn plain_flow_grads(
+    model: &Dit,
+    params: &[Tensor],
+    x0: &Tensor,
+    text: &Tensor,
+    d: &crate::train::Draws,
+) -> Vec<Tensor> {
+    let loss = flow_loss(
+        |x, t, c| model.forward(x, t, c, None),
+        x0,
+        text,
+        d,
+        1.0,
+        0.1,
+    );
+    Tensor::run_backward(&[&loss], params, false, false)
+}
+
 /// One plain-autograd pretraining step of a whole model: flow-matching loss (no shift, 10%
 /// prompt dropout), backward into `params` (the model's, requiring grad), clipping at 1, AdamW.
 pub fn plain_flow_step(
@@ -83,15 +103,7 @@ pub fn plain_flow_step(
     text: &Tensor,
     d: &crate::train::Draws,
 ) {
-    let loss = flow_loss(
-        |x, t, c| model.forward(x, t, c, None),
-        x0,
-        text,
-        d,
-        1.0,
-        0.1,
-    );
-    let g = Tensor::run_backward(&[&loss], params, false, false);
+    let g = plain_flow_grads(model, params, x0, text, d);
     opt.update(
         params,
         &crate::optim::all_present(&g),

@@ -3,7 +3,7 @@
 
 use crate::model::Dit;
 use crate::optim::AdamW;
-use crate::pretrain::{flow_loss, flow_matching_backward};
+use crate::pretrain::flow_matching_backward;
 use crate::shard::{ShardedDit, Solo};
 use crate::train::{draws, Draws};
 use flg_coordinator::config::{ModelDims, Optim};
@@ -44,15 +44,7 @@ fn first_step_gradients(model: &Dit, x0: &Tensor, text: &Tensor, d: &Draws) -> [
         .into_iter()
         .map(|p| p.set_requires_grad(true))
         .collect();
-    let loss = flow_loss(
-        |x, t, c| model.forward(x, t, c, None),
-        x0,
-        text,
-        d,
-        1.0,
-        0.1,
-    );
-    let plain = Tensor::run_backward(&[&loss], &params, false, false);
+    let plain = crate::bench::plain_flow_grads(model, &params, x0, text, d);
     let active: Vec<usize> = model.block_ids.clone();
     let sharded = |recompute: bool| {
         let mut s =
