@@ -342,7 +342,8 @@ impl ShardedDit {
             .sum()
     }
 
-    /// Runs the model without building a graph, keeping each block's input for `backward`.
+    /// Runs the model for a `backward`: keeps each block's input (recompute), or each block's
+    /// graph (`recompute` off).
     pub fn forward(
         &self,
         comm: &dyn Collective,
@@ -350,6 +351,31 @@ impl ShardedDit {
         t: &Tensor,
         text: &Tensor,
         active: &[usize],
+    ) -> (Tensor, Tape) {
+        self.run(comm, x, t, text, active, !self.recompute)
+    }
+
+    /// Runs the model for its output only (a target, a rollout, an evaluation): no graph is
+    /// built whatever `recompute` says.
+    pub fn output(
+        &self,
+        comm: &dyn Collective,
+        x: &Tensor,
+        t: &Tensor,
+        text: &Tensor,
+        active: &[usize],
+    ) -> Tensor {
+        self.run(comm, x, t, text, active, false).0
+    }
+
+    fn run(
+        &self,
+        comm: &dyn Collective,
+        x: &Tensor,
+        t: &Tensor,
+        text: &Tensor,
+        active: &[usize],
+        keep_graphs: bool,
     ) -> (Tensor, Tape) {
         let _guard = tch::no_grad_guard();
         let kind = self.compute_kind;
@@ -364,10 +390,10 @@ impl ShardedDit {
         let mut inputs = Vec::with_capacity(active.len() + 1);
         let mut graphs = Vec::new();
         let mut h = emb.tokens;
-        let (e0, context) = if self.recompute {
-            (emb.e0, emb.context)
-        } else {
+        let (e0, context) = if keep_graphs {
             (leaf(&emb.e0), leaf(&emb.context))
+        } else {
+            (emb.e0, emb.context)
         };
         {
             let bi = BlockInputs {
@@ -378,7 +404,7 @@ impl ShardedDit {
             for _ in active {
                 let (ui, gathered) = units.take();
                 inputs.push(h.shallow_clone());
-                if self.recompute {
+                if !keep_graphs {
                     let u = Unit::from_specs(&self.units[ui].layout.specs, gathered);
                     h = dit::block_forward(&u, &h, &bi, &self.dims);
                 } else {

@@ -175,7 +175,7 @@ pub fn gradients(
     };
     if d.backward_simulation {
         for j in 0..draw.k {
-            let (v, _) = roles.generator.model.forward(
+            let v = roles.generator.model.output(
                 comm,
                 &x,
                 &full_t(b, times[j], &x),
@@ -186,11 +186,17 @@ pub fn gradients(
         }
     }
     let tk = times[draw.k];
-    let (v, tape) =
-        roles
-            .generator
-            .model
-            .forward(comm, &x, &full_t(b, tk, &x), text, &roles.pruned_ids);
+    let (v, tape) = {
+        let g = &roles.generator.model;
+        let t = full_t(b, tk, &x);
+        // The generator's graph is needed only on the steps that train it.
+        if train_generator {
+            let (v, tape) = g.forward(comm, &x, &t, text, &roles.pruned_ids);
+            (v, Some(tape))
+        } else {
+            (g.output(comm, &x, &t, text, &roles.pruned_ids), None)
+        }
+    };
     let sample = &x - v * tk; // the generator's x0
 
     let generator = train_generator.then(|| {
@@ -200,10 +206,10 @@ pub fn gradients(
             d.shift,
         );
         let xt = flow::noisy(&sample, &dr.eps, &t);
-        let (v_fake, _) = roles
+        let v_fake = roles
             .fake
             .model
-            .forward(comm, &xt, &t, text, &roles.pruned_ids);
+            .output(comm, &xt, &t, text, &roles.pruned_ids);
         let v_real = real_velocity(roles, comm, &xt, &t, text, draw);
         let x0_fake = flow::x0_from_v(&xt, &v_fake, &t);
         let x0_real = flow::x0_from_v(&xt, &v_real, &t);
@@ -216,6 +222,7 @@ pub fn gradients(
         let loss = 0.5 * grad.square().mean(Kind::Float).double_value(&[]);
         // L = 0.5 mean((x - sg(x - grad))^2): dL/dx = grad / n, and x = x_k - t_k v.
         let grad_v = grad * (-tk / n);
+        let tape = tape.expect("a tape on generator steps");
         roles.generator.model.backward(comm, tape, &grad_v);
         (all_reduce_mean(comm, &[loss])[0], f64::NAN)
     });
@@ -251,18 +258,18 @@ fn real_velocity(
     text: &Tensor,
     draw: StepDraw,
 ) -> Tensor {
-    let both = roles.real.forward(
+    let both = roles.real.output(
         comm,
         &Tensor::cat(&[xt, xt], 0),
         &Tensor::cat(&[t, t], 0),
         &Tensor::cat(&[text, &text.zeros_like()], 0),
         &roles.pruned_ids,
     );
-    let parts = both.0.chunk(2, 0);
+    let parts = both.chunk(2, 0);
     let (p_c, p_null) = (&parts[0], &parts[1]);
     let mut v = p_null + (p_c - p_null) * draw.b1;
     if draw.b2 != 0.0 && roles.pruned_ids != roles.full_ids {
-        let (u_c, _) = roles.real.forward(comm, xt, t, text, &roles.full_ids);
+        let u_c = roles.real.output(comm, xt, t, text, &roles.full_ids);
         v += (u_c - p_c) * draw.b2;
     }
     v

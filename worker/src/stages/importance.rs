@@ -125,7 +125,7 @@ pub fn measure(
         let xt = flow::noisy(&x0, &dr.eps, &tt);
         // Weighted sum over this batch of the per-item mean squared x0 error.
         let err = |active: &[usize]| -> f64 {
-            let (v, _) = model.forward(comm, &xt, &tt, &text, active);
+            let v = model.output(comm, &xt, &tt, &text, active);
             let x0_hat = flow::x0_from_v(&xt, &v, &tt);
             let per_item =
                 (x0_hat - &x0)

@@ -50,7 +50,7 @@ pub fn pruning_backward(
     let f = flow_inputs(x0, text, d, shift, cfg_dropout);
     let all = model.block_ids.clone();
     // U is a target (stop-gradient): its tape is dropped at once.
-    let (u, _) = model.forward(comm, &f.xt, &f.t, &f.text, &all);
+    let u = model.output(comm, &f.xt, &f.t, &f.text, &all);
     let (p, tape) = model.forward(comm, &f.xt, &f.t, &f.text, active);
     let n = p.numel() as f64;
     let grad = (&p - &u) * (2.0 * alpha / n) + (&p - &f.target) * (2.0 * (1.0 - alpha) / n);
@@ -96,8 +96,8 @@ pub fn removed_gap(
         model.device,
     );
     let f = flow_inputs(&x0, &text, &d, shift, 0.0);
-    let (u, _) = model.forward(comm, &f.xt, &f.t, &f.text, &model.block_ids.clone());
-    let (p, _) = model.forward(comm, &f.xt, &f.t, &f.text, kept);
+    let u = model.output(comm, &f.xt, &f.t, &f.text, &model.block_ids.clone());
+    let p = model.output(comm, &f.xt, &f.t, &f.text, kept);
     all_reduce_mean(comm, &[flow::mse(&p, &u).double_value(&[])])[0]
 }
 
