@@ -350,8 +350,9 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
             last_gen = g;
         }
         bar.set_message(format!("distill {:.3}/{:.3}", r.fake_loss, last_gen));
-        let rates = meter.step(d.batch_size);
         if let Some(log) = log.as_mut() {
+            // Rank 0 measures and logs (its rates stand for every rank's step).
+            let rates = meter.step(d.batch_size);
             let mut line = serde_json::json!({
                 "stage": "distill", "step": s + 1, "fake_loss": r.fake_loss,
                 "fake_grad_norm": r.fake_grad_norm, "k": r.draw.k, "b1": r.draw.b1, "b2": r.draw.b2,

@@ -199,8 +199,9 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
         bar.inc(1);
         let done = s + 1;
         bar.set_message(format!("pruning {:.4}", l.loss));
-        let rates = meter.step(p.batch_size);
         if let Some(log) = log.as_mut() {
+            // Rank 0 measures and logs (its rates stand for every rank's step).
+            let rates = meter.step(p.batch_size);
             let mut line = serde_json::json!({
                 "stage": "pruning", "step": done, "skipped": skipped, "loss": l.loss, "gap": l.gap,
                 "flow_full": l.flow_full, "flow_pruned": l.flow_pruned, "grad_norm": norm,
