@@ -18,9 +18,7 @@
 //!
 //! `bench memory` (worker) checks the estimate against the measured peak on the CPU.
 
-use crate::config::{
-    ActivationCheckpoint, Config, DataKind, Device, ModelDims, Precision, Prefetch,
-};
+use crate::config::{ActivationCheckpoint, Config, DataKind, Device, ModelDims, Precision};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -266,11 +264,7 @@ impl Estimate {
 
 /// The setup of a config's run on `world` ranks, with the latent video shape.
 pub fn setup(cfg: &Config, world: u32, latent: [i64; 4], text_len: i64) -> StepSetup {
-    let prefetch = match cfg.cluster.prefetch {
-        Prefetch::On => true,
-        Prefetch::Off => false,
-        Prefetch::Auto => cfg.cluster.device == Device::Cuda,
-    };
+    let prefetch = cfg.cluster.prefetch.enabled(cfg.cluster.device);
     StepSetup {
         dims: cfg.model_dims(),
         world,

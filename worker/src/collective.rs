@@ -597,16 +597,6 @@ impl Drop for NcclCollective {
     }
 }
 
-/// Whether a run prefetches units (cluster.prefetch; `auto`: with NCCL only).
-pub fn prefetch_on(setting: flg_coordinator::config::Prefetch, backend: CollectiveBackend) -> bool {
-    use flg_coordinator::config::Prefetch;
-    match setting {
-        Prefetch::Auto => backend == CollectiveBackend::Nccl,
-        Prefetch::On => true,
-        Prefetch::Off => false,
-    }
-}
-
 /// The collective for a chosen backend. `local_gpu` is this rank's GPU on its node;
 /// `prefetch`: started all-gathers overlap with compute.
 pub fn connect(

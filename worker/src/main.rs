@@ -1041,7 +1041,7 @@ fn run_stages(
     )
     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let local = collective::local_rank();
-    let prefetch = collective::prefetch_on(cfg.cluster.prefetch, backend);
+    let prefetch = cfg.cluster.prefetch.enabled(cfg.cluster.device);
     let comm = collective::connect(backend, &ranks.universe, local, prefetch)
         .map_err(anyhow::Error::msg)?;
     collective::share_cores_among_local_ranks();

@@ -97,6 +97,18 @@ pub enum Prefetch {
     Off,
 }
 
+impl Prefetch {
+    /// Whether units are prefetched on `device` (`auto`: on CUDA, where NCCL runs beside the
+    /// compute; not on the CPU).
+    pub fn enabled(self, device: Device) -> bool {
+        match self {
+            Prefetch::Auto => device == Device::Cuda,
+            Prefetch::On => true,
+            Prefetch::Off => false,
+        }
+    }
+}
+
 /// Compute precision. Master weights, optimizer moments and reductions are always f32.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
