@@ -1,7 +1,8 @@
 //! The control client: `fastlightgen status|watch|pause|resume|checkpoint|stop`.
 
 use crate::progress::Bars;
-use crate::supervise::{address_file, token_file};
+use flg_core::events::Record;
+use flg_core::RunDir;
 use flg_proto as pb;
 use pb::control_client::ControlClient;
 use std::path::Path;
@@ -22,9 +23,9 @@ pub fn resolve(coordinator: &str, token: Option<String>) -> Result<Target, Strin
             .ok()
             .filter(|t| !t.is_empty())
     });
-    let dir = Path::new(coordinator);
-    if dir.is_dir() {
-        let file = address_file(dir);
+    if Path::new(coordinator).is_dir() {
+        let dir = RunDir::new(coordinator);
+        let file = dir.coordinator_info();
         let text = std::fs::read_to_string(&file).map_err(|e| {
             format!(
                 "{}: {e} (is the run's coordinator running?)",
@@ -39,7 +40,7 @@ pub fn resolve(coordinator: &str, token: Option<String>) -> Result<Target, Strin
             .ok_or_else(|| format!("{}: no \"url\"", file.display()))?
             .to_string();
         let token = token.or_else(|| {
-            std::fs::read_to_string(token_file(dir))
+            std::fs::read_to_string(dir.control_token())
                 .ok()
                 .map(|t| t.trim().to_string())
         });
@@ -95,7 +96,7 @@ pub fn status(t: &Target, json: bool) -> ExitCode {
         println!(
             "{}",
             serde_json::json!({
-                "run_id": s.run_id, "experiment": s.experiment, "stage": s.stage, "state": s.state,
+                "run_id": s.run_id, "experiment": s.experiment, "stage": s.stage, "state": state_name(&s),
                 "step": s.step, "total_steps": s.total_steps, "losses": losses,
                 "samples_per_second": s.samples_per_second, "eta_seconds": s.eta_seconds,
                 "ranks_alive": s.ranks_alive, "world_size": s.world_size,
@@ -105,7 +106,7 @@ pub fn status(t: &Target, json: bool) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    println!("run {} ({}): {}", s.run_id, s.experiment, s.state);
+    println!("run {} ({}): {}", s.run_id, s.experiment, state_name(&s));
     println!(
         "  stage {} step {}/{}, {:.1} samples/s, eta {:.0} s",
         s.stage, s.step, s.total_steps, s.samples_per_second, s.eta_seconds
@@ -124,6 +125,17 @@ pub fn status(t: &Target, json: bool) -> ExitCode {
         last_checkpoint(&s)
     );
     ExitCode::SUCCESS
+}
+
+/// The run state's name (`running`, `finished`, ...).
+pub fn state_name(s: &pb::RunStatus) -> String {
+    match pb::RunState::try_from(s.state) {
+        Ok(st) => st
+            .as_str_name()
+            .trim_start_matches("RUN_STATE_")
+            .to_ascii_lowercase(),
+        Err(_) => format!("unknown state {}", s.state),
+    }
 }
 
 /// `step-N (stage)`, or `none`.
@@ -153,8 +165,10 @@ pub fn watch(t: &Target, from_start: bool) -> ExitCode {
             .await
             .map_err(|e| e.message().to_string())?
         {
-            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
-            bars.handle(&v);
+            // A kind this version does not know (a newer coordinator) is skipped.
+            if let Ok(r) = serde_json::from_str::<Record>(&e.json) {
+                bars.handle(&r);
+            }
             if matches!(e.kind.as_str(), "finished" | "stopped" | "failed") && !from_start {
                 break;
             }

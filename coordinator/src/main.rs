@@ -4,8 +4,8 @@
 //! (`data`, `env`) are handed to the `flg-worker` binary installed next to it.
 
 use clap::{Parser, Subcommand};
-use flg_coordinator::config::{Config, LoadOptions};
-use flg_coordinator::launch::worker_binary;
+use flg_core::config::{Config, LoadOptions};
+use flg_core::launch::worker_binary;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -146,6 +146,7 @@ enum Command {
     /// Adds the flags OpenMPI needs on one node (--oversubscribe, and --allow-run-as-root as
     /// root) or uses cluster.hostfile.
     Workers {
+        /// The experiment file, e.g. cluster-configs/demo-cpu.toml.
         config: PathBuf,
         /// Run only this stage of experiment.stages (repeatable).
         #[arg(long = "stage")]
@@ -166,12 +167,20 @@ enum Command {
     },
     /// Show what this machine offers: libtorch, CUDA driver, GPUs, NCCL.
     Env,
-    /// (Re)write a run's report.md (durations, loss curves, importance, quality table,
-    /// samples side by side) and print its three headline numbers; see --help.
-    #[command(disable_help_flag = true)]
+    /// (Re)write a run's report.md and print its three headline numbers.
+    ///
+    /// report.md holds the stage durations, loss curves, throughput, the Stage I importance
+    /// chart, the quality table and the samples side by side (images in <run dir>/report/,
+    /// the headline in report/summary.json). `fastlightgen run` writes it when a run with an
+    /// eval stage finishes.
     Report {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
+        /// The run directory (<output_dir>/<name>, e.g. runs/demo-cpu), after its eval stage.
+        dir: PathBuf,
+        /// Print the report's numbers as one JSON object instead (eval rows with their scores
+        /// and table cells, speedups, stage seconds, Stage II's held-out gap, Stage I's
+        /// candidates, throughput per stage), for scripts; writes nothing.
+        #[arg(long)]
+        json: bool,
     },
     /// Generate videos with a model (videos.npy, labels.npy, GIFs, grid.png); see --help.
     #[command(disable_help_flag = true)]
@@ -212,7 +221,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    flg_coordinator::init_logging();
+    flg_core::init_logging();
     match Cli::parse().command {
         Command::Validate {
             config,
@@ -257,7 +266,7 @@ fn main() -> ExitCode {
         Command::Data { args } => forward("data", args),
         Command::Workers { config, stages } => workers(config, stages),
         Command::Env => forward("env", Vec::new()),
-        Command::Report { args } => forward("report", args),
+        Command::Report { dir, json } => report(&dir, json),
         Command::Sample { args } => forward("sample", args),
         Command::Export { args } => forward("export", args),
         Command::Eval { args } => forward("eval", args),
@@ -315,7 +324,7 @@ fn validate(
             println!(
                 "  experiment {:?}, run directory {}",
                 c.experiment.name,
-                c.run_dir().display()
+                c.run_dir().path().display()
             );
             println!("  stages: {}", c.experiment.stages.join(" -> "));
             println!(
@@ -332,7 +341,7 @@ fn validate(
                 c.model.preset, d.dim, d.num_blocks, d.num_heads, d.patch
             );
             if let Some(m) = memory {
-                use flg_coordinator::memory;
+                use flg_core::memory;
                 let latent = match m.latent.as_deref() {
                     None => None,
                     Some(&[c, t, h, w]) => Some([c, t, h, w]),
@@ -354,8 +363,8 @@ fn validate(
                 };
                 let world = m.ranks.or(world_size).unwrap_or(c.cluster.world_size);
                 let device_gib = m.device_gib.unwrap_or(match c.cluster.device {
-                    flg_coordinator::config::Device::Cuda => 80.0,
-                    flg_coordinator::config::Device::Cpu => 24.0,
+                    flg_core::config::Device::Cuda => 80.0,
+                    flg_core::config::Device::Cpu => 24.0,
                 });
                 let e = memory::estimate(&c, world, latent, text_len, source);
                 print!("{}", memory::render(&e, device_gib));
@@ -364,6 +373,24 @@ fn validate(
         }
         Err(e) => {
             eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `fastlightgen report DIR [--json]`.
+fn report(dir: &std::path::Path, json: bool) -> ExitCode {
+    let run_dir = flg_core::RunDir::new(dir);
+    let result = if json {
+        flg_report::Summary::read(&run_dir)
+            .and_then(|s| Ok(println!("{}", serde_json::to_string_pretty(&s)?)))
+    } else {
+        flg_report::write(&run_dir).map(|h| h.print())
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -402,7 +429,7 @@ fn workers(path: PathBuf, stages: Vec<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let launch = flg_coordinator::launch::MpiLaunch {
+    let launch = flg_core::launch::MpiLaunch {
         np: cfg.cluster.world_size,
         hostfile: cfg.cluster.hostfile.clone(),
         extra_args: cfg.cluster.mpirun_args.clone(),

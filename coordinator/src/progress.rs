@@ -3,13 +3,14 @@
 //! a bar per training stage with its losses, a line per event worth knowing.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
+use flg_core::events::{Event, Record};
+use flg_core::Stage;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 pub struct Bars {
     bar: Option<ProgressBar>,
-    stage: String,
+    stage: Option<Stage>,
 }
 
 fn style(with_len: bool) -> ProgressStyle {
@@ -23,14 +24,6 @@ fn style(with_len: bool) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-fn num(e: &Value, k: &str) -> u64 {
-    e.get(k).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn text<'a>(e: &'a Value, k: &str) -> &'a str {
-    e.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
 impl Default for Bars {
     fn default() -> Self {
         Self::new()
@@ -41,7 +34,7 @@ impl Bars {
     pub fn new() -> Bars {
         Bars {
             bar: None,
-            stage: String::new(),
+            stage: None,
         }
     }
 
@@ -52,7 +45,7 @@ impl Bars {
         }
     }
 
-    fn start_stage(&mut self, stage: &str, total: u64) {
+    fn start_stage(&mut self, stage: Stage, total: u64) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
@@ -64,72 +57,82 @@ impl Bars {
             b
         };
         bar.set_prefix(stage.to_string());
-        self.stage = stage.to_string();
+        self.stage = Some(stage);
         self.bar = Some(bar);
     }
 
     /// Draws one event.
-    pub fn handle(&mut self, e: &Value) {
-        let kind = text(e, "kind");
-        match kind {
-            "stage_started" => {
-                let stage = text(e, "stage").to_string();
-                self.start_stage(&stage, num(e, "total_steps"));
-            }
-            "step" => {
-                let stage = text(e, "stage").to_string();
-                if self.bar.is_none() || self.stage != stage {
-                    self.start_stage(&stage, num(e, "total_steps"));
+    pub fn handle(&mut self, r: &Record) {
+        match &r.event {
+            Event::StageStarted {
+                stage, total_steps, ..
+            } => self.start_stage(*stage, *total_steps),
+            Event::Step {
+                stage,
+                step,
+                total_steps,
+                values,
+            } => {
+                if self.bar.is_none() || self.stage != Some(*stage) {
+                    self.start_stage(*stage, *total_steps);
                 }
                 if let Some(b) = &self.bar {
-                    b.set_position(num(e, "step"));
-                    if let Some(v) = e.get("values").and_then(Value::as_object) {
-                        let msg: Vec<String> = v
-                            .iter()
-                            .filter_map(|(k, x)| x.as_f64().map(|x| format!("{k} {x:.4}")))
-                            .collect();
-                        b.set_message(msg.join(" "));
-                    }
+                    b.set_position(*step);
+                    let msg: Vec<String> =
+                        values.iter().map(|(k, x)| format!("{k} {x:.4}")).collect();
+                    b.set_message(msg.join(" "));
                 }
             }
-            "stage_done" => {
-                let seconds = e.get("seconds").and_then(Value::as_f64).unwrap_or(0.0);
+            Event::StageDone { stage, seconds, .. } => {
                 if let Some(b) = self.bar.take() {
                     b.finish_and_clear();
                 }
-                eprintln!("{:>10} done in {seconds:.1} s", text(e, "stage"));
+                eprintln!("{:>10} done in {seconds:.1} s", stage.name());
             }
-            "checkpoint_committed" => self.say(format!(
-                "checkpoint step-{} committed ({} step {}, {:.1} MB)",
-                num(e, "global_step"),
-                text(e, "stage"),
-                num(e, "step"),
-                num(e, "bytes") as f64 / 1e6
+            Event::CheckpointCommitted {
+                stage,
+                step,
+                global_step,
+                bytes,
+                ..
+            } => self.say(format!(
+                "checkpoint step-{global_step} committed ({stage} step {step}, {:.1} MB)",
+                *bytes as f64 / 1e6
             )),
-            "generation_started" => {
-                let from = match e.get("resume_from").and_then(Value::as_str) {
+            Event::GenerationStarted {
+                generation,
+                resume_from,
+                resume_stage,
+                resume_step,
+                ..
+            } => {
+                let from = match resume_from {
                     Some(d) => format!(
                         "resuming {} from {d} (step {})",
-                        text(e, "resume_stage"),
-                        num(e, "resume_step")
+                        resume_stage.map(Stage::name).unwrap_or(""),
+                        resume_step.unwrap_or(0)
                     ),
                     None => "from the start of its first unfinished stage".to_string(),
                 };
-                self.say(format!("launch {}: {from}", num(e, "generation")));
+                self.say(format!("launch {generation}: {from}"));
             }
-            "checkpoint_rejected" => self.say(format!(
-                "checkpoint {} rejected: {}",
-                text(e, "dir"),
-                text(e, "reason")
-            )),
-            "rank_lost" | "restarting" | "failed" => {
-                let why = [text(e, "reason"), text(e, "message")].concat();
-                self.say(format!("{kind}: {why}"));
+            Event::CheckpointRejected { dir, reason } => {
+                self.say(format!("checkpoint {dir} rejected: {reason}"))
             }
-            "paused" | "resumed" | "stopped" | "stop_requested" | "finished" => self.say(format!(
-                "{kind} {}",
-                [text(e, "stage"), text(e, "reason")].join(" ").trim()
-            )),
+            Event::RankLost { reason, .. } | Event::Restarting { reason, .. } => {
+                self.say(format!("{}: {reason}", r.event.kind()))
+            }
+            Event::Failed { message, .. } => self.say(format!("failed: {message}")),
+            Event::Paused { stage, .. } | Event::Resumed { stage, .. } => {
+                self.say(format!("{} {stage}", r.event.kind()))
+            }
+            Event::Stopped { stage, reason, .. } => self.say(
+                format!("stopped {stage} {}", reason.as_deref().unwrap_or(""))
+                    .trim()
+                    .to_string(),
+            ),
+            Event::StopRequested { reason } => self.say(format!("stop_requested {reason}")),
+            Event::Finished { .. } => self.say("finished".to_string()),
             _ => {}
         }
     }
@@ -148,7 +151,7 @@ pub struct EventView {
 }
 
 impl EventView {
-    pub fn follow(mut rx: tokio::sync::broadcast::Receiver<Value>) -> EventView {
+    pub fn follow(mut rx: tokio::sync::broadcast::Receiver<Record>) -> EventView {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let mut bars = Bars::new();

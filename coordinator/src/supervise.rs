@@ -3,15 +3,15 @@
 //! last committed checkpoint when a rank dies or goes silent, up to `cluster.max_restarts`.
 //! Ctrl-C asks the ranks to stop with a final checkpoint; a second Ctrl-C ends them at once.
 
-use crate::config::Config;
-use crate::launch::{worker_binary, MpiLaunch};
+use flg_core::config::Config;
+use flg_core::Stage;
+use flg_core::launch::{worker_binary, MpiLaunch};
 use crate::progress::EventView;
-use crate::run::state::random_hex;
-use crate::run::{Phase, RunHub};
+use crate::run::{random_hex, Phase, RunHub};
 use std::ffi::OsString;
 use std::net::ToSocketAddrs;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ExitCode};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -22,15 +22,6 @@ use std::time::{Duration, Instant};
 pub enum Mode {
     LaunchWorkers,
     CoordinatorOnly,
-}
-
-/// The file next to the run that says where its coordinator listens (for the control client).
-pub fn address_file(run_dir: &Path) -> PathBuf {
-    run_dir.join("coordinator.json")
-}
-
-pub fn token_file(run_dir: &Path) -> PathBuf {
-    run_dir.join("control-token")
 }
 
 /// The control token: the config's, `$FLG_CONTROL_TOKEN`, or a new one (written to
@@ -45,9 +36,10 @@ fn control_token(cfg: &Config) -> Result<(String, bool), String> {
         }
     }
     let t = random_hex(16);
-    let path = token_file(&cfg.run_dir());
-    std::fs::create_dir_all(cfg.run_dir())
-        .map_err(|e| format!("{}: {e}", cfg.run_dir().display()))?;
+    let run_dir = cfg.run_dir();
+    let path = run_dir.control_token();
+    std::fs::create_dir_all(run_dir.path())
+        .map_err(|e| format!("{}: {e}", run_dir.path().display()))?;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -83,9 +75,9 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
         println!(
             "run {} in {} has already finished; remove the directory (or use another experiment.name) to run it again",
             hub.run_id,
-            run_dir.display()
+            run_dir.path().display()
         );
-        if cfg.runs_stage("eval") {
+        if cfg.runs_stage(Stage::Eval) {
             write_report(&run_dir);
         }
         return Ok(ExitCode::SUCCESS);
@@ -120,22 +112,22 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
         }))
         .map_err(|e| format!("cannot listen on {addr} (cluster.coordinator_addr): {e}"))?;
     let host = if bound.ip().is_unspecified() {
-        crate::run::state::hostname()
+        flg_core::hostname()
     } else {
         bound.ip().to_string()
     };
     let url = format!("http://{host}:{}", bound.port());
     let _ = std::fs::write(
-        address_file(&run_dir),
+        run_dir.coordinator_info(),
         serde_json::json!({"url": url, "pid": std::process::id(), "run_id": hub.run_id})
             .to_string(),
     );
     println!("coordinator: run {} at {url}", hub.run_id);
-    println!("  run directory {}", run_dir.display());
+    println!("  run directory {}", run_dir.path().display());
     if generated {
         println!(
             "  control token {token} (also in {}; pass it with --token or FLG_CONTROL_TOKEN)",
-            token_file(&run_dir).display()
+            run_dir.control_token().display()
         );
     }
     println!("  watch it: fastlightgen watch --coordinator {url}");
@@ -167,15 +159,15 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
     view.finish();
     let _ = shutdown_tx.send(());
     let _ = rt.block_on(server);
-    let _ = std::fs::remove_file(address_file(&run_dir));
-    let status = hub.status();
-    if hub.phase() == Phase::Finished && cfg.runs_stage("eval") {
+    let _ = std::fs::remove_file(run_dir.coordinator_info());
+    let status = hub.status(Instant::now());
+    if hub.phase() == Phase::Finished && cfg.runs_stage(Stage::Eval) {
         write_report(&run_dir);
     }
     println!(
         "run {}: {} (stage {}, {} restart(s), last checkpoint {})",
         hub.run_id,
-        status.state,
+        crate::client::state_name(&status),
         status.stage,
         status.restarts,
         crate::client::last_checkpoint(&status)
@@ -183,20 +175,12 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
     Ok(code)
 }
 
-/// Writes the run's report.md with the worker binary (plots and GIFs need the tensor side)
-/// and lets it print the headline numbers.
-fn write_report(run_dir: &Path) {
-    let result = worker_binary().and_then(|bin| {
-        std::process::Command::new(bin)
-            .arg("report")
-            .arg(run_dir)
-            .status()
-            .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(s) if s.success() => {}
-        Ok(s) => eprintln!("warning: writing the report failed ({s})"),
-        Err(e) => eprintln!("warning: cannot write the report: {e}"),
+/// Writes the run's report.md and prints the headline numbers (a failure is a warning: the
+/// run itself is done).
+fn write_report(run_dir: &flg_core::RunDir) {
+    match flg_report::write(run_dir) {
+        Ok(h) => h.print(),
+        Err(e) => eprintln!("warning: writing the report failed: {e:#}"),
     }
 }
 
@@ -295,7 +279,6 @@ fn launch_and_supervise(
     interrupts: &AtomicU32,
 ) -> ExitCode {
     let cfg = &hub.cfg;
-    let timeout = cfg.cluster.heartbeat_timeout_s;
     let mut restarts = 0;
     let mut stop_asked = false;
     loop {
@@ -307,8 +290,10 @@ fn launch_and_supervise(
                 return ExitCode::FAILURE;
             }
         };
-        let spawned = Instant::now();
+        // The hub decides when this launch is lost (silence, or not every rank registered
+        // within the window from now); the launcher only acts on it.
         let lost_before = hub.lost_launches();
+        hub.workers_started(Instant::now());
         let reason = loop {
             std::thread::sleep(Duration::from_millis(100));
             if ctrl_c_presses(interrupts, &mut stop_asked, hub, "kill them") >= 2 {
@@ -330,11 +315,6 @@ fn launch_and_supervise(
             }
             if hub.lost_launches() > lost_before {
                 break "a rank was lost".to_string();
-            }
-            let grace = (timeout * 4.0).max(60.0);
-            if !hub.generation_live() && spawned.elapsed().as_secs_f64() > grace {
-                hub.workers_exited(None);
-                break format!("no rank registered within {grace:.0} s of starting mpirun");
             }
         };
         end_workers(&mut child, hub);

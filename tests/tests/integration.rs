@@ -4,7 +4,7 @@
 //! `make test` builds the release binaries first; these tests find them next to this test
 //! executable's directory (target/release/).
 
-use flg_coordinator::launch::MpiLaunch;
+use flg_core::launch::MpiLaunch;
 use flg_worker::data::{self, shapes::ShapesSpec, DataSet, Loader};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -383,10 +383,10 @@ fn data_commands_write_and_check_a_data_directory() {
 
 #[test]
 fn sample_and_eval_commands_write_what_they_promise() {
-    use flg_worker::media::npy;
+    use flg_media::npy;
     use flg_worker::model::{file, Dit};
     let tmp = tempfile::tempdir().unwrap();
-    let dims = flg_coordinator::config::preset("tiny").unwrap();
+    let dims = flg_core::config::preset("tiny").unwrap();
     let model = Dit::init(&dims, 0);
     let spec = shapes_spec();
     let meta = file::ModelMeta {
@@ -1113,7 +1113,7 @@ fn run_with_faults(cfg: &Path, faults: &str) -> Output {
 }
 
 fn file_sha(p: &Path) -> String {
-    flg_coordinator::run::checkpoints::file_sha256(p)
+    flg_core::checkpoint::file_sha256(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

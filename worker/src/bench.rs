@@ -2,8 +2,8 @@
 
 use crate::model::Dit;
 use crate::optim::{clip_factor, grad_sq_sum, AdamW};
-use crate::pretrain::flow_loss;
-use flg_coordinator::config::{ModelDims, Optim};
+use crate::train::flow_loss;
+use flg_core::config::{ModelDims, Optim};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -58,7 +58,7 @@ pub fn rust_train_step(
 /// returns the JSON lines it printed.
 pub fn run_mpi_job(np: u32, args: &[std::ffi::OsString]) -> anyhow::Result<Vec<serde_json::Value>> {
     let exe = std::env::current_exe()?;
-    let out = flg_coordinator::launch::MpiLaunch::single_node(np)
+    let out = flg_core::launch::MpiLaunch::single_node(np)
         .command(&exe, args)
         .output()?;
     if !out.status.success() {
@@ -230,7 +230,7 @@ fn random_flow_backward(
     let text = Tensor::randn([b as i64, 4, dims.text_dim], opts);
     let d = crate::train::draws(0, 0, step, first, b, &x0.size()[1..], Device::Cpu);
     let active: Vec<usize> = (0..dims.num_blocks as usize).collect();
-    crate::pretrain::flow_matching_backward(model, comm, &x0, &text, &d, 1.0, 0.1, &active);
+    crate::train::flow_matching_backward(model, comm, &x0, &text, &d, 1.0, 0.1, &active);
 }
 
 /// Times sharded pretraining steps (random data, fixed draws) on this rank.

@@ -4,7 +4,7 @@
 //! them from the GPU kit.
 
 use crate::model::Dit;
-use flg_coordinator::config::ModelDims;
+use flg_core::config::ModelDims;
 use tch::{Device, Kind, Tensor};
 
 /// Tolerances of the device forward against the CPU's f32 forward, as relative L2 error.

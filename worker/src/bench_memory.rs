@@ -1,7 +1,7 @@
 //! `bench memory`: `validate --estimate-memory`'s model (coordinator/src/memory.rs) against
 //! the measured peak of real sharded training steps on the CPU.
 
-use flg_coordinator::config::ModelDims;
+use flg_core::config::ModelDims;
 use std::path::Path;
 
 /// For each preset and world size, an mpirun job of sharded training steps (AdamW, no EMA,
@@ -15,8 +15,8 @@ pub fn check(
     tolerance: f64,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
-    use flg_coordinator::config::{Device, Precision};
-    use flg_coordinator::memory::StepSetup;
+    use flg_core::config::{Device, Precision};
+    use flg_core::memory::StepSetup;
     let mut rows = Vec::new();
     let mut worst: f64 = 0.0;
     for (preset, dims) in presets {

@@ -3,10 +3,10 @@
 
 use crate::model::Dit;
 use crate::optim::AdamW;
-use crate::pretrain::flow_matching_backward;
+use crate::train::flow_matching_backward;
 use crate::shard::{ShardedDit, Solo};
 use crate::train::{draws, Draws};
-use flg_coordinator::config::{ModelDims, Optim};
+use flg_core::config::{ModelDims, Optim};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 

@@ -233,7 +233,7 @@ pub fn write_shard(dir: &Path, s: &Snapshot, generation: u32) -> Result<flg_prot
     Ok(flg_proto::ShardFile {
         path: name,
         bytes: bytes.len() as u64,
-        sha256: flg_coordinator::run::settings::hex(&Sha256::digest(&bytes)),
+        sha256: flg_core::settings::hex(&Sha256::digest(&bytes)),
     })
 }
 
@@ -280,7 +280,7 @@ fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 
 impl Loaded {
     pub fn open(dir: &Path, rank: usize, world: usize) -> Result<Loaded> {
-        let manifest = flg_coordinator::run::checkpoints::CheckpointStore::read_manifest(dir)
+        let manifest = flg_core::checkpoint::read_manifest(dir)
             .map_err(|e| anyhow!(e))?;
         let old_world = manifest.world_size as usize;
         let file_of = |r: usize| -> Result<PathBuf> {

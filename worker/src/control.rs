@@ -5,7 +5,7 @@
 //! The calls are blocking: a small tokio runtime inside serves them, from any thread.
 
 use anyhow::{anyhow, Context, Result};
-use flg_coordinator::config::Config;
+use flg_core::config::Config;
 use flg_proto as pb;
 use pb::worker_hub_client::WorkerHubClient;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,31 +14,103 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// What to do at a step boundary (rank 0 fetches it; every rank gets it by broadcast).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Continue,
     Pause,
-    Checkpoint,
-    Stop,
+    Checkpoint(CheckpointTarget),
+    /// Checkpoint, then stop.
+    Stop(CheckpointTarget),
 }
 
+/// The checkpoint the coordinator expects: its global step and the temporary directory
+/// (under `checkpoints/`) the ranks write into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointTarget {
+    pub global_step: u64,
+    pub tmp_dir: String,
+}
+
+/// Longest temporary directory name a broadcast command carries.
+const MAX_DIR: usize = 64;
+
 impl Command {
-    pub fn code(self) -> i32 {
-        match self {
-            Command::Continue => 0,
-            Command::Pause => 1,
-            Command::Checkpoint => 2,
-            Command::Stop => 3,
+    fn from_proto(c: &pb::Command) -> Result<Command> {
+        use pb::command::Kind;
+        let target = || -> Result<CheckpointTarget> {
+            let ok = !c.tmp_dir.is_empty()
+                && c.tmp_dir.len() <= MAX_DIR
+                && !c.tmp_dir.contains('/')
+                && !c.tmp_dir.starts_with('.');
+            if !ok {
+                return Err(anyhow!(
+                    "the coordinator named checkpoint directory {:?}: expected a plain name of at most {MAX_DIR} bytes",
+                    c.tmp_dir
+                ));
+            }
+            Ok(CheckpointTarget {
+                global_step: c.global_step,
+                tmp_dir: c.tmp_dir.clone(),
+            })
+        };
+        Ok(match Kind::try_from(c.kind) {
+            Ok(Kind::Continue) => Command::Continue,
+            Ok(Kind::Pause) => Command::Pause,
+            Ok(Kind::Checkpoint) => Command::Checkpoint(target()?),
+            Ok(Kind::Stop) => Command::Stop(target()?),
+            Err(_) => return Err(anyhow!("unknown command kind {} from the coordinator", c.kind)),
+        })
+    }
+
+    /// As numbers every backend broadcasts exactly: kind, global step, name length, name bytes.
+    fn encode(&self) -> Vec<f64> {
+        let (kind, target) = match self {
+            Command::Continue => (0.0, None),
+            Command::Pause => (1.0, None),
+            Command::Checkpoint(t) => (2.0, Some(t)),
+            Command::Stop(t) => (3.0, Some(t)),
+        };
+        let mut v = vec![0.0; 3 + MAX_DIR];
+        v[0] = kind;
+        if let Some(t) = target {
+            v[1] = t.global_step as f64;
+            v[2] = t.tmp_dir.len() as f64;
+            for (i, b) in t.tmp_dir.bytes().enumerate() {
+                v[3 + i] = b as f64;
+            }
+        }
+        v
+    }
+
+    fn decode(v: &[f64]) -> Command {
+        let target = || CheckpointTarget {
+            global_step: v[1] as u64,
+            tmp_dir: v[3..3 + v[2] as usize]
+                .iter()
+                .map(|&b| b as u8 as char)
+                .collect(),
+        };
+        match v[0] as i32 {
+            1 => Command::Pause,
+            2 => Command::Checkpoint(target()),
+            3 => Command::Stop(target()),
+            _ => Command::Continue,
         }
     }
 
-    pub fn from_code(c: i32) -> Command {
-        match c {
-            1 => Command::Pause,
-            2 => Command::Checkpoint,
-            3 => Command::Stop,
-            _ => Command::Continue,
-        }
+    /// Rank 0's command (`Some` there, `None` elsewhere), on every rank.
+    pub fn broadcast(
+        command: Option<Command>,
+        comm: &dyn crate::collective::Collective,
+        device: tch::Device,
+    ) -> Result<Command> {
+        let encoded = command
+            .as_ref()
+            .map_or_else(|| vec![0.0; 3 + MAX_DIR], Command::encode);
+        let t = tch::Tensor::from_slice(&encoded).to_device(device);
+        let shared = Vec::<f64>::try_from(comm.broadcast(&t, 0).to_device(tch::Device::Cpu))
+            .map_err(|e| anyhow!("the broadcast command: {e}"))?;
+        Ok(Command::decode(&shared))
     }
 }
 
@@ -97,14 +169,14 @@ impl Control {
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         };
-        let settings = flg_coordinator::run::settings::run_settings(cfg);
+        let settings = flg_core::settings::run_settings(cfg);
         let request = pb::RegisterRequest {
             run_id: String::new(),
             rank,
             world_size: world,
-            hostname: flg_coordinator::run::state::hostname(),
+            hostname: flg_core::hostname(),
             pid: std::process::id(),
-            config_hash: flg_coordinator::run::settings::settings_hash(&settings),
+            config_hash: flg_core::settings::settings_hash(&settings),
         };
         let reply = rt
             .block_on(WorkerHubClient::new(channel.clone()).register(request))
@@ -210,7 +282,7 @@ impl Control {
             .block_on(self.client().next_command(req))
             .map_err(|e| rpc_error("fetching the next command", &self.url, e))?
             .into_inner();
-        Ok(Command::from_code(c.kind))
+        Command::from_proto(&c)
     }
 
     pub fn report_metrics(
@@ -242,7 +314,7 @@ impl Control {
     pub fn report_stage(
         &self,
         stage: &str,
-        event: &str,
+        event: pb::StageEvent,
         seconds: f64,
         message: &str,
     ) -> Result<()> {
@@ -250,13 +322,13 @@ impl Control {
             run_id: self.run_id.clone(),
             rank: self.rank,
             stage: stage.into(),
-            event: event.into(),
+            event: event as i32,
             seconds,
             message: message.into(),
         };
         self.rt
             .block_on(self.client().report_stage(req))
-            .map_err(|e| rpc_error(&format!("reporting stage {stage} {event}"), &self.url, e))?;
+            .map_err(|e| rpc_error(&format!("reporting stage {stage} {}", event.as_str_name()), &self.url, e))?;
         Ok(())
     }
 
@@ -288,5 +360,41 @@ impl Control {
 impl Drop for Control {
     fn drop(&mut self) {
         self.beating.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_survive_the_broadcast_encoding() {
+        let target = CheckpointTarget {
+            global_step: 123_456_789,
+            tmp_dir: "tmp-123456789-g7".into(),
+        };
+        for c in [
+            Command::Continue,
+            Command::Pause,
+            Command::Checkpoint(target.clone()),
+            Command::Stop(target),
+        ] {
+            assert_eq!(Command::decode(&c.encode()), c);
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_command_must_name_a_plain_directory() {
+        let c = |dir: &str| pb::Command {
+            kind: pb::command::Kind::Checkpoint as i32,
+            reason: String::new(),
+            global_step: 5,
+            tmp_dir: dir.into(),
+        };
+        assert!(Command::from_proto(&c("tmp-5-g0")).is_ok());
+        for bad in ["", "../x", ".hidden", &"x".repeat(65)] {
+            let e = Command::from_proto(&c(bad)).unwrap_err().to_string();
+            assert!(e.contains("checkpoint directory"), "{e}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! and runs on a machine without them. Before any GPU call we check that the libraries are
 //! present: a missing driver or NCCL is a clear error, never a panic inside cudarc.
 
-use flg_coordinator::config::{Backend, Device};
+use flg_core::config::{Backend, Device};
 
 /// The backend that carries tensor collectives for a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,60 +20,13 @@
 //! from the definition.
 
 use crate::data::shapes::{self, ShapesSpec, COLOURS};
-use serde::Serialize;
+pub use flg_core::formats::eval::{EvalReport, Scores, SCORES};
 use tch::{Kind, Tensor};
 
 /// Lit threshold and dark threshold on the brightest channel.
 const LIT: u8 = 128;
 const DARK: u8 = 48;
 const DETECTED_IOU: f64 = 0.5;
-
-/// Names of the scores, in report order.
-pub const SCORE_NAMES: [&str; 6] = [
-    "prompt_following",
-    "frame_quality",
-    "background",
-    "motion_smoothness",
-    "subject_consistency",
-    "dynamic_degree",
-];
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct Scores {
-    pub prompt_following: f64,
-    pub frame_quality: f64,
-    pub background: f64,
-    pub motion_smoothness: f64,
-    pub subject_consistency: f64,
-    pub dynamic_degree: f64,
-}
-
-impl Scores {
-    pub fn values(&self) -> [f64; 6] {
-        [
-            self.prompt_following,
-            self.frame_quality,
-            self.background,
-            self.motion_smoothness,
-            self.subject_consistency,
-            self.dynamic_degree,
-        ]
-    }
-
-    pub fn average(&self) -> f64 {
-        self.values().iter().sum::<f64>() / 6.0
-    }
-}
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct EvalReport {
-    pub num_videos: usize,
-    pub frames: usize,
-    pub size: usize,
-    pub scores: Scores,
-    pub average: f64,
-    pub frechet_distance: f64,
-}
 
 /// What one frame shows.
 #[derive(Clone, Copy, Debug)]
@@ -356,7 +309,7 @@ mod tests {
         for (t, s) in [(8, 16), (6, 32)] {
             let (px, labels) = real(64, t, s, 77);
             let r = evaluate(&px, &labels, t, s);
-            for (name, v) in SCORE_NAMES.iter().zip(r.scores.values()) {
+            for (name, v) in r.scores.named() {
                 assert!(v > 0.99, "{name} = {v} on real {t}x{s} data");
             }
             assert!(

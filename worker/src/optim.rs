@@ -4,7 +4,7 @@
 //! (one process) and on the flat local shards of the sharding layer, where the global gradient
 //! norm is a sum of per-rank squares.
 
-use flg_coordinator::config::Optim;
+use flg_core::config::Optim;
 use tch::{Kind, Tensor};
 
 /// Decoupled-weight-decay Adam with linear warmup. Like PyTorch's, a parameter that gets no

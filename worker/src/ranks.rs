@@ -1,6 +1,6 @@
 //! MPI start-up for a worker rank: who am I, how many are we, and does that match the config.
 
-use flg_coordinator::config::{Config, ConfigError};
+use flg_core::config::{Config, ConfigError};
 use mpi::traits::Communicator;
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 
 use crate::data::shapes::{self, ShapesSpec};
 use crate::flow;
-use crate::media::{self, npy};
+use flg_media::npy;
 use crate::model::file::Prompts;
 use crate::model::Dit;
 use crate::rng::Rng;
@@ -97,7 +97,7 @@ pub fn write_samples(dir: &Path, pixels: &[u8], shape: [usize; 4], labels: &[i64
     let per = t * h * w * 3;
     let scale = (128 / h.max(w)).max(1);
     for i in 0..n {
-        media::write_gif(
+        flg_media::write_gif(
             &dir.join(format!("video-{i:04}-class{}.gif", labels[i])),
             &pixels[i * per..(i + 1) * per],
             t,
@@ -106,7 +106,7 @@ pub fn write_samples(dir: &Path, pixels: &[u8], shape: [usize; 4], labels: &[i64
             scale,
         )?;
     }
-    media::write_grid_png(
+    flg_media::write_grid_png(
         &dir.join("grid.png"),
         pixels,
         n.min(16),

@@ -26,7 +26,7 @@ use crate::model::dit::{self, BlockInputs, Unit, UnitSource};
 use crate::model::params::{block_specs, stem_specs, ParamSpec};
 use crate::model::rope::Rope;
 use crate::model::Dit;
-use flg_coordinator::config::ModelDims;
+use flg_core::config::ModelDims;
 use std::borrow::Cow;
 use tch::{Device, Kind, Tensor};
 
@@ -653,7 +653,7 @@ impl Collective for Solo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flg_coordinator::config::preset;
+    use flg_core::config::preset;
 
     /// A tiny model with a non-zero head (seed `model_seed`) and a random batch of two videos
     /// (seed `data_seed`): (model, x, t, text, target).

@@ -8,7 +8,7 @@
 //! modes. Every sharded forward and backward adds its FLOPs to a process-wide counter
 //! (`count`, per thread); a [`StepMeter`] turns the counter into per-step rates.
 
-use flg_coordinator::config::ModelDims;
+use flg_core::config::ModelDims;
 use std::cell::Cell;
 use std::time::Instant;
 use tch::Device;
@@ -107,7 +107,7 @@ impl StepMeter {
 mod tests {
     use super::*;
     use crate::shard::{ShardedDit, Solo};
-    use flg_coordinator::config::preset;
+    use flg_core::config::preset;
     use tch::{Kind, Tensor};
 
     /// A sharded forward + backward counts 3x the forward FLOPs of its active blocks.

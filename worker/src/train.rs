@@ -1,16 +1,22 @@
 //! Pieces every training stage shares: a trainable sharded *role* (model, optimiser, EMA),
-//! the per-sample random draws, and the per-step skip mask.
+//! the per-sample random draws, the per-step skip mask, and the flow-matching step.
+//!
+//! Flow matching: a batch of videos x0 and prompts; the prompt replaced by the null prompt
+//! with probability `cfg_dropout` (so the model can do CFG); t uniform then shifted; noise eps;
+//! the network regresses the velocity `eps - x0` at `x_t`.
 //!
 //! Random draws are keyed by `(seed, stage, step, global sample index)`, so a sample gets the
 //! same noise and timestep whichever rank holds it: W ranks compute exactly what one rank
 //! computes with the same global batch, and a resumed run draws what the uninterrupted one drew.
 
 use crate::collective::Collective;
+use crate::data::{Batch, DataSet, Loader};
+use crate::flow;
 use crate::model::Dit;
 use crate::optim::{clip_factor, AdamW, Ema};
 use crate::rng::Rng;
 use crate::shard::ShardedDit;
-use flg_coordinator::config::Optim;
+use flg_core::config::Optim;
 use tch::{Device, Kind, Tensor};
 
 /// Stream tags.
@@ -158,6 +164,143 @@ impl Role {
             None => self.model.to_dit(comm),
         }
     }
+}
+
+/// A batch as tensors: x0 [b, C, T, H, W] and text [b, L, D].
+pub fn batch_tensors(batch: &Batch, data: &DataSet, device: Device) -> (Tensor, Tensor) {
+    let b = batch.len() as i64;
+    let [c, t, h, w] = data.latent_shape();
+    let [l, d] = data.text_shape();
+    let x0 = Tensor::from_slice(&batch.latents)
+        .view([b, c, t, h, w])
+        .to_device(device);
+    let text = Tensor::from_slice(&batch.text)
+        .view([b, l, d])
+        .to_device(device);
+    (x0, text)
+}
+
+/// The inputs and target of one flow-matching step built from a batch and its draws: the
+/// shifted times, the prompts with dropped ones replaced by the null prompt (zeros), the noisy
+/// input `x_t` and the velocity target `eps - x0`.
+pub struct FlowInputs {
+    pub t: Tensor,
+    pub text: Tensor,
+    pub xt: Tensor,
+    pub target: Tensor,
+}
+
+pub fn flow_inputs(
+    x0: &Tensor,
+    text: &Tensor,
+    d: &Draws,
+    shift: f64,
+    cfg_dropout: f64,
+) -> FlowInputs {
+    let t = flow::shift_t(&d.u, shift);
+    let text = text
+        * d.keep_u
+            .ge(cfg_dropout)
+            .to_kind(Kind::Float)
+            .view([-1, 1, 1]);
+    let xt = flow::noisy(x0, &d.eps, &t);
+    FlowInputs {
+        t,
+        text,
+        xt,
+        target: &d.eps - x0,
+    }
+}
+
+/// The flow-matching loss of a plain (unsharded) velocity function, as a graph for autograd.
+pub fn flow_loss(
+    velocity: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+    x0: &Tensor,
+    text: &Tensor,
+    d: &Draws,
+    shift: f64,
+    cfg_dropout: f64,
+) -> Tensor {
+    let f = flow_inputs(x0, text, d, shift, cfg_dropout);
+    flow::mse(&velocity(&f.xt, &f.t, &f.text), &f.target)
+}
+
+/// The flow-matching loss of a sharded model on a local batch, backpropagated into its shard
+/// gradients; returns the loss averaged over all ranks. `d` holds this batch's draws; only the
+/// `active` blocks run.
+#[allow(clippy::too_many_arguments)]
+pub fn flow_matching_backward(
+    model: &mut ShardedDit,
+    comm: &dyn Collective,
+    x0: &Tensor,
+    text: &Tensor,
+    d: &Draws,
+    shift: f64,
+    cfg_dropout: f64,
+    active: &[usize],
+) -> f64 {
+    let f = flow_inputs(x0, text, d, shift, cfg_dropout);
+    let (out, tape) = model.forward(comm, &f.xt, &f.t, &f.text, active);
+    let local = flow::mse(&out, &f.target).double_value(&[]);
+    let grad_out = (&out - &f.target) * (2.0 / out.numel() as f64);
+    model.backward(comm, tape, &grad_out);
+    crate::collective::all_reduce_mean(comm, &[local])[0]
+}
+
+/// This rank's share of the loader's next global batch, as tensors, with its per-sample draws.
+#[allow(clippy::too_many_arguments)]
+pub fn next_batch_with_draws(
+    loader: &mut Loader,
+    data: &DataSet,
+    comm: &dyn Collective,
+    seed: u64,
+    stage: u64,
+    step: u64,
+    device: Device,
+) -> (Tensor, Tensor, Draws) {
+    let batch = loader.next_batch();
+    let (x0, text) = batch_tensors(&batch, data, device);
+    let b = loader.local_batch() as usize;
+    let d = draws(
+        seed,
+        stage,
+        step,
+        comm.rank() * b,
+        b,
+        &x0.size()[1..],
+        device,
+    );
+    (x0, text, d)
+}
+
+/// One flow-matching training step of a role on the loader's next batch: draws, forward,
+/// backward, clipped update. Returns the loss (mean over ranks) and the gradient norm.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    role: &mut Role,
+    comm: &dyn Collective,
+    loader: &mut Loader,
+    data: &DataSet,
+    seed: u64,
+    stage: u64,
+    step: u64,
+    shift: f64,
+    cfg_dropout: f64,
+    active: &[usize],
+) -> (f64, f64) {
+    let (x0, text, d) =
+        next_batch_with_draws(loader, data, comm, seed, stage, step, role.model.device);
+    let loss = flow_matching_backward(
+        &mut role.model,
+        comm,
+        &x0,
+        &text,
+        &d,
+        shift,
+        cfg_dropout,
+        active,
+    );
+    (loss, role.step(comm))
 }
 
 #[cfg(test)]

@@ -7,40 +7,10 @@
 //! directory without a manifest is never resumed from; [`CheckpointStore::resume_point`]
 //! re-hashes every file and falls back to the previous committed checkpoint when one is bad.
 
-use super::settings::hex;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
-use std::io::Read;
+pub use flg_core::checkpoint::{read_manifest, ShardFile};
+use flg_core::RunDir;
+use flg_core::checkpoint::{file_sha256, step_dir_name, Manifest, LATEST, MANIFEST};
 use std::path::{Path, PathBuf};
-
-/// One rank's file in a checkpoint.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ShardFile {
-    pub rank: u32,
-    /// Relative to the checkpoint directory.
-    pub path: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// `step-<N>/manifest.json`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
-    pub format: u32,
-    pub run_id: String,
-    /// The stage the checkpoint belongs to and how many of its steps were done.
-    pub stage: String,
-    pub step: u64,
-    /// Steps of all training stages so far (the N of `step-<N>`).
-    pub global_step: u64,
-    pub world_size: u32,
-    pub config_hash: String,
-    /// The run-defining settings (see `settings::run_settings`), to say what differs.
-    pub settings: BTreeMap<String, String>,
-    pub files: Vec<ShardFile>,
-    pub committed_unix: f64,
-}
 
 /// A committed checkpoint that passed verification.
 #[derive(Clone, Debug)]
@@ -61,29 +31,6 @@ pub struct CheckpointStore {
     pub keep_last: usize,
 }
 
-pub fn step_dir_name(global_step: u64) -> String {
-    format!("step-{global_step}")
-}
-
-pub fn tmp_dir_name(global_step: u64, generation: u32) -> String {
-    format!("tmp-{global_step}-g{generation}")
-}
-
-/// sha256 of a file, streamed.
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
 fn fsync_dir(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
         let _ = f.sync_all();
@@ -91,9 +38,9 @@ fn fsync_dir(dir: &Path) {
 }
 
 impl CheckpointStore {
-    pub fn new(run_dir: &Path, keep_last: u32) -> CheckpointStore {
+    pub fn new(run_dir: &RunDir, keep_last: u32) -> CheckpointStore {
         CheckpointStore {
-            dir: run_dir.join("checkpoints"),
+            dir: run_dir.checkpoints(),
             keep_last: keep_last.max(1) as usize,
         }
     }
@@ -131,7 +78,7 @@ impl CheckpointStore {
             }
         }
         let text = serde_json::to_string_pretty(manifest).expect("manifest serialises");
-        let mpath = tmp.join("manifest.json");
+        let mpath = tmp.join(MANIFEST);
         std::fs::write(&mpath, text).map_err(|e| format!("{}: {e}", mpath.display()))?;
         if let Ok(f) = std::fs::File::open(&mpath) {
             let _ = f.sync_all();
@@ -146,10 +93,10 @@ impl CheckpointStore {
         }
         std::fs::rename(&tmp, &dest)
             .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), dest.display()))?;
-        let link_tmp = self.dir.join("latest.tmp");
+        let link_tmp = self.dir.join(format!("{LATEST}.tmp"));
         let _ = std::fs::remove_file(&link_tmp);
         std::os::unix::fs::symlink(&name, &link_tmp)
-            .and_then(|_| std::fs::rename(&link_tmp, self.dir.join("latest")))
+            .and_then(|_| std::fs::rename(&link_tmp, self.dir.join(LATEST)))
             .map_err(|e| format!("replacing {}/latest: {e}", self.dir.display()))?;
         fsync_dir(&self.dir);
         self.prune();
@@ -166,7 +113,7 @@ impl CheckpointStore {
                 let name = e.file_name().to_string_lossy().to_string();
                 let n: u64 = name.strip_prefix("step-")?.parse().ok()?;
                 e.path()
-                    .join("manifest.json")
+                    .join(MANIFEST)
                     .is_file()
                     .then(|| (n, e.path()))
             })
@@ -184,18 +131,10 @@ impl CheckpointStore {
         }
     }
 
-    /// Reads a manifest without checking the files.
-    pub fn read_manifest(dir: &Path) -> Result<Manifest, String> {
-        let p = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not a valid manifest: {e}", p.display()))
-    }
-
     /// Checks a committed checkpoint: manifest readable, every rank's file present with its
     /// size and sha256.
     pub fn verify(dir: &Path) -> Result<Manifest, String> {
-        let m = Self::read_manifest(dir)?;
+        let m = read_manifest(dir)?;
         let mut ranks: Vec<u32> = m.files.iter().map(|f| f.rank).collect();
         ranks.sort();
         ranks.dedup();
@@ -247,6 +186,8 @@ impl CheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flg_core::checkpoint::tmp_dir_name;
+    use std::collections::BTreeMap;
 
     fn manifest(global_step: u64, files: Vec<ShardFile>) -> Manifest {
         Manifest {
@@ -286,7 +227,7 @@ mod tests {
     #[test]
     fn commits_keep_the_last_k_and_a_corrupt_one_falls_back_to_the_previous() {
         let run = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::new(run.path(), 2);
+        let store = CheckpointStore::new(&RunDir::new(run.path()), 2);
         for n in [10, 20, 30] {
             let m = write_tmp(&store, n);
             store.commit(&tmp_dir_name(n, 0), &m).unwrap();
@@ -316,7 +257,7 @@ mod tests {
     #[test]
     fn a_directory_without_a_manifest_is_never_resumed_from() {
         let run = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::new(run.path(), 2);
+        let store = CheckpointStore::new(&RunDir::new(run.path()), 2);
         let m = write_tmp(&store, 5);
         // A rank reports more bytes than it wrote: the commit is refused.
         let mut bad = m.clone();

@@ -1,14 +1,17 @@
-//! A run as the coordinator sees it: its settings, its history (`events.jsonl`), its
-//! committed checkpoints, the state machine that answers the ranks and the people watching,
-//! and the gRPC services over it.
+//! A run as the coordinator sees it: its committed checkpoints, the hub that answers the ranks
+//! and the people watching (split by concern: liveness, control, commit, status), and the
+//! gRPC services over it. The run's history is `flg_core::events`.
 
 pub mod checkpoints;
-pub mod events;
+mod commit;
+mod control;
+pub mod hub;
+mod liveness;
 pub mod service;
-pub mod settings;
-pub mod state;
+mod status;
 
 #[cfg(test)]
 mod tests;
 
-pub use state::{Phase, RunHub};
+pub use hub::{random_hex, Phase, RunHub};
+pub use liveness::registration_window_s;

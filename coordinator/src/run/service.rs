@@ -1,9 +1,10 @@
 //! The gRPC services over a [`RunHub`]: `Control` for people and scripts, `WorkerHub` for the
 //! ranks. Thin: each call checks its caller and hands over to the hub.
 
-use super::state::RunHub;
+use super::RunHub;
+use flg_core::events::Record;
+use std::time::Instant;
 use flg_proto as pb;
-use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -44,16 +45,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The proto form of an event as written to `events.jsonl`.
-pub fn to_event(v: &Value) -> pb::Event {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+pub fn to_event(r: &Record) -> pb::Event {
+    let (step, total_steps) = match &r.event {
+        flg_core::events::Event::Step {
+            step, total_steps, ..
+        } => (*step, *total_steps),
+        flg_core::events::Event::StageStarted { total_steps, .. } => (0, *total_steps),
+        flg_core::events::Event::CheckpointCommitted { step, .. }
+        | flg_core::events::Event::Paused { step, .. }
+        | flg_core::events::Event::Resumed { step, .. }
+        | flg_core::events::Event::Stopped { step, .. } => (*step, 0),
+        _ => (0, 0),
+    };
     pb::Event {
-        unix_time: v.get("unix_time").and_then(Value::as_f64).unwrap_or(0.0),
-        kind: s("kind"),
-        stage: s("stage"),
-        step: n("step"),
-        total_steps: n("total_steps"),
-        json: v.to_string(),
+        unix_time: r.unix_time,
+        kind: r.event.kind().into(),
+        stage: r.event.stage().map(|s| s.name().to_string()).unwrap_or_default(),
+        step,
+        total_steps,
+        json: r.to_json(),
     }
 }
 
@@ -63,7 +73,7 @@ impl pb::control_server::Control for Services {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::RunStatus>, Status> {
-        Ok(Response::new(self.hub.status()))
+        Ok(Response::new(self.hub.status(Instant::now())))
     }
 
     type WatchStream = ReceiverStream<Result<pb::Event, Status>>;
@@ -141,14 +151,16 @@ impl pb::worker_hub_server::WorkerHub for Services {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
-        self.hub.register(req.get_ref()).map(Response::new)
+        self.hub
+            .register(req.get_ref(), Instant::now())
+            .map(Response::new)
     }
 
     async fn heartbeat(
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
-        self.hub.heartbeat(req.get_ref())?;
+        self.hub.heartbeat(req.get_ref(), Instant::now())?;
         Ok(Response::new(pb::HeartbeatReply {}))
     }
 
@@ -156,7 +168,7 @@ impl pb::worker_hub_server::WorkerHub for Services {
         &self,
         req: Request<pb::MetricsReport>,
     ) -> Result<Response<pb::Ack>, Status> {
-        self.hub.report_metrics(req.get_ref())?;
+        self.hub.report_metrics(req.get_ref(), Instant::now())?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -199,13 +211,13 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let services = Services { hub: hub.clone() };
-    // The monitor: a launch whose rank stops sending heartbeats is declared lost.
+    // The monitor: asks the hub, with the time, whether the launch is lost.
     let period = (hub.cfg.cluster.heartbeat_interval_s / 2.0).clamp(0.05, 1.0);
     let monitor_hub = hub.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs_f64(period)).await;
-            monitor_hub.check_heartbeats();
+            monitor_hub.check_liveness(Instant::now());
         }
     });
     let handle = tokio::spawn(async move {

@@ -3,14 +3,15 @@
 //! directory of other settings is refused.
 
 use super::service::{serve, AUTH_HEADER};
-use super::settings::{run_settings, settings_hash};
+use flg_core::settings::{run_settings, settings_hash};
 use super::RunHub;
-use crate::config::{Config, LoadOptions};
+use flg_core::config::{Config, LoadOptions};
 use flg_proto as pb;
 use pb::control_client::ControlClient;
 use pb::worker_hub_client::WorkerHubClient;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -99,7 +100,7 @@ fn commit(run_id: &str, rank: u32, stage: &str, step: u64, global: u64) -> pb::S
             sha256: "0".repeat(64),
         }],
         global_step: global,
-        tmp_dir: super::checkpoints::tmp_dir_name(global, 0),
+        tmp_dir: flg_core::checkpoint::tmp_dir_name(global, 0),
     }
 }
 
@@ -116,7 +117,7 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
     let run_id = reply.run_id.clone();
     assert_eq!(reply.generation, 0);
     assert!(reply.resume_from.is_empty());
-    let before = s.hub.status();
+    let before = s.hub.status(Instant::now());
     let events_before = s.hub.history().len();
 
     // Duplicate registration.
@@ -178,7 +179,7 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
-    let after = s.hub.status();
+    let after = s.hub.status(Instant::now());
     assert_eq!(
         (after.step, after.last_committed_step),
         (before.step, before.last_committed_step)
@@ -186,7 +187,7 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
     // Nothing but rank 1's registration was recorded; no checkpoint directory appeared.
     let new: Vec<_> = s.hub.history()[events_before..]
         .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .map(|e| e.event.kind().to_string())
         .collect();
     assert_eq!(new, vec!["ranks_ready"]);
     assert!(!dir.path().join("runs/t/checkpoints").exists());
@@ -235,7 +236,7 @@ async fn bad_worker_calls_get_clear_errors_and_change_nothing() {
         .path()
         .join("runs/t/checkpoints/step-15/manifest.json")
         .is_file());
-    assert_eq!(s.hub.status().last_committed_step, 15);
+    assert_eq!(s.hub.status(Instant::now()).last_committed_step, 15);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! it saw to `OUT/rank-R.json` for the test to compare across ranks.
 
 use clap::Parser;
-use flg_coordinator::config::Config;
+use flg_core::config::Config;
 use flg_worker::data::{DataSet, Loader};
 use mpi::traits::CommunicatorCollectives;
 use std::path::PathBuf;

@@ -1,20 +1,24 @@
-//! Test helper started under `mpirun`: runs a few steps of Stage II or Stage III with the real
-//! step functions over the job's ranks, starting from `model.weights` (the shipped teacher),
-//! and writes the final parameters and per-step losses (rank 0) so a test can compare world
-//! sizes and see each stage lower its loss.
+//! Test helper started under `mpirun`: runs a few steps of Stage II or Stage III through the
+//! library's training loop (`trainer::train`, the loop production runs) over the job's ranks,
+//! starting from `model.weights` (the shipped teacher), and writes the final parameters and
+//! per-step losses (rank 0) so a test can compare world sizes and see each stage lower its
+//! loss.
 //!
 //! `pruning --rank-own-mask` makes every rank draw its own skip mask (the bug the per-step
 //! agreement check exists for): the run must stop with an error naming the step and ranks.
 
 use clap::{Parser, Subcommand};
-use flg_coordinator::config::Config;
+use flg_core::config::Config;
+use flg_worker::checkpoint::Loaded;
 use flg_worker::collective::{Collective, MpiCollective};
 use flg_worker::data::{self, Loader};
 use flg_worker::model::file;
-use flg_worker::pretrain::batch_tensors;
 use flg_worker::shard::ShardedDit;
-use flg_worker::stages::{distill, pruning};
-use flg_worker::train::{active_blocks, stage_id, Role};
+use flg_worker::stages::distill::{self, DistillStage};
+use flg_worker::stages::pruning::PruningStage;
+use flg_worker::stages::StageCtx;
+use flg_worker::train::{batch_tensors, Role};
+use flg_worker::trainer::{self, StepOutput, TrainingStage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -47,6 +51,63 @@ enum Stage {
     Distill,
 }
 
+/// A training stage run by the library's loop, with every step's report kept.
+struct Recorded<'s, S: TrainingStage> {
+    inner: &'s mut S,
+    steps: Vec<(Vec<(&'static str, f64)>, serde_json::Value)>,
+}
+
+impl<S: TrainingStage> TrainingStage for Recorded<'_, S> {
+    fn stage(&self) -> flg_core::Stage {
+        self.inner.stage()
+    }
+    fn steps(&self) -> u64 {
+        self.inner.steps()
+    }
+    fn batch_size(&self) -> u64 {
+        self.inner.batch_size()
+    }
+    fn step(&mut self, ctx: &StageCtx, loader: &mut Loader, step: u64) -> anyhow::Result<StepOutput> {
+        let out = self.inner.step(ctx, loader, step)?;
+        self.steps
+            .push((out.values.clone(), out.line.clone().unwrap_or_default()));
+        Ok(out)
+    }
+    fn after_step(&mut self, ctx: &StageCtx, done: u64) -> anyhow::Result<()> {
+        self.inner.after_step(ctx, done)
+    }
+    fn roles(&self) -> Vec<(&'static str, &Role)> {
+        self.inner.roles()
+    }
+    fn roles_mut(&mut self) -> Vec<(&'static str, &mut Role)> {
+        self.inner.roles_mut()
+    }
+    fn extra(&self) -> Vec<(&'static str, f64)> {
+        self.inner.extra()
+    }
+    fn restored(&mut self, checkpoint: &Loaded) {
+        self.inner.restored(checkpoint)
+    }
+    fn fresh_start(&mut self, ctx: &StageCtx) -> anyhow::Result<()> {
+        self.inner.fresh_start(ctx)
+    }
+}
+
+/// The reported values of each step, as a JSON object.
+fn values(steps: &[(Vec<(&'static str, f64)>, serde_json::Value)]) -> Vec<serde_json::Value> {
+    steps
+        .iter()
+        .map(|(v, line)| {
+            let mut o: serde_json::Map<String, serde_json::Value> =
+                v.iter().map(|(k, x)| (k.to_string(), (*x).into())).collect();
+            if let Some(k) = line.get("k") {
+                o.insert("k".into(), k.clone());
+            }
+            o.into()
+        })
+        .collect()
+}
+
 /// Writes a role's gathered gradients (zeros for units without one).
 fn save_grads(path: &Path, m: &ShardedDit, comm: &dyn Collective) -> anyhow::Result<()> {
     let grads = m
@@ -72,43 +133,50 @@ fn main() -> anyhow::Result<()> {
     let ranks = flg_worker::ranks::init(&cfg, &args.config)?;
     let comm = MpiCollective::new(&ranks.universe, false);
     tch::set_num_threads(args.threads);
-    let (rank, world) = (ranks.rank as usize, ranks.world as usize);
-    let seed = cfg.experiment.seed;
+    let rank = ranks.rank as usize;
     let data = Arc::new(data::DataSet::open(cfg.data.path.as_ref().unwrap())?);
-    let (teacher, _) = file::load(cfg.model.weights.as_ref().unwrap(), None)?;
+    let teacher_path = cfg.model.weights.clone().unwrap();
+    let (teacher, _) = file::load(&teacher_path, None)?;
     std::fs::create_dir_all(&args.out)?;
-    let mut losses = Vec::new();
+    // The stages' own files (metrics.jsonl, the outputs) go to the output directory.
+    let ctx = StageCtx {
+        cfg: &cfg,
+        run_dir: flg_core::RunDir::new(&args.out),
+        data: data.clone(),
+        comm: &comm,
+        device: Device::Cpu,
+        kind: Kind::Float,
+        teacher: teacher_path,
+        all_stages: cfg.stages(),
+        control: None,
+        writer: None,
+        last_saved: Default::default(),
+    };
+    let losses;
     match args.stage {
         Stage::Pruning { rank_own_mask } => {
-            let p = &cfg.pruning;
-            let model = ShardedDit::from_dit(&teacher, &comm, Device::Cpu, Kind::Float);
-            let mut role = Role::new(model, &p.optim, 0.0, &comm);
-            let mut loader =
-                Loader::new(data.clone(), seed, p.batch_size, rank as u64, world as u64)?;
-            let kept = flg_worker::stages::kept_blocks(&teacher.block_ids, &args.candidates);
-            let gap =
-                |m: &ShardedDit| pruning::removed_gap(m, &comm, &data, 8, p.shift, seed, &kept);
-            let before = gap(&role.model);
-            let mut masks = Vec::new();
-            for step in 0..p.steps {
-                let mask_seed = if rank_own_mask {
-                    seed + rank as u64
-                } else {
-                    seed
-                };
-                let active = active_blocks(
-                    mask_seed,
-                    step,
-                    teacher.dims.num_blocks as usize,
-                    &args.candidates,
-                    p.skip_prob,
-                );
-                let (l, _) =
-                    pruning::step(&mut role, &comm, &mut loader, &data, p, seed, step, &active)?;
-                losses.push(serde_json::json!({"loss": l.loss, "gap": l.gap, "flow_full": l.flow_full, "flow_pruned": l.flow_pruned}));
-                masks.push(active);
+            let mut stage = PruningStage::new(&ctx, &teacher, args.candidates.clone());
+            if rank_own_mask {
+                stage.mask_seed += rank as u64;
             }
-            let after = gap(&role.model);
+            let mut loader = PruningStage::loader(&ctx)?;
+            let mut rec = Recorded {
+                inner: &mut stage,
+                steps: Vec::new(),
+            };
+            trainer::train(&ctx, &mut rec, &mut loader)?;
+            let num_blocks = teacher.dims.num_blocks as usize;
+            let masks: Vec<Vec<usize>> = rec
+                .steps
+                .iter()
+                .map(|(_, line)| {
+                    let skipped: Vec<usize> =
+                        serde_json::from_value(line["skipped"].clone()).unwrap_or_default();
+                    (0..num_blocks).filter(|b| !skipped.contains(b)).collect()
+                })
+                .collect();
+            losses = values(&rec.steps);
+            let after = stage.gap(&ctx);
             // Every rank reports the masks it used, so the test sees that they agree.
             std::fs::write(
                 args.out.join(format!("masks-{rank}.json")),
@@ -116,51 +184,45 @@ fn main() -> anyhow::Result<()> {
             )?;
             std::fs::write(
                 args.out.join("held-out.json"),
-                serde_json::to_string(&[before, after])?,
+                serde_json::to_string(&[stage.gap_before, after])?,
             )?;
-            save(&args.out.join("params.safetensors"), &role.model, &comm)?;
+            save(&args.out.join("params.safetensors"), &stage.role.model, &comm)?;
         }
         Stage::Distill => {
-            let d = &cfg.distill;
-            let mut roles = distill::Roles::new(&teacher, &args.candidates, d, &comm, |m| {
-                ShardedDit::from_dit(m, &comm, Device::Cpu, Kind::Float)
-            });
-            let mut loader = Loader::new(
-                data.clone(),
-                seed ^ stage_id::DISTILL,
-                d.batch_size,
-                rank as u64,
-                world as u64,
-            )?;
-            for step in 0..d.steps {
-                let batch = loader.next_batch();
+            let mut stage = DistillStage::new(&ctx, &teacher, &args.candidates);
+            // The first step's gradients, before any update: the same batch and draws the
+            // loop's first step uses; then cleared so the loop starts from the same state.
+            {
+                let batch = DistillStage::loader(&ctx)?.next_batch();
                 let (x0, text) = batch_tensors(&batch, &data, Device::Cpu);
-                let r = if step == 0 {
-                    let r = distill::gradients(&mut roles, &comm, d, seed, step, &x0, &text);
-                    save_grads(
-                        &args.out.join("generator-grads.safetensors"),
-                        &roles.generator.model,
-                        &comm,
-                    )?;
-                    save_grads(
-                        &args.out.join("fake-grads.safetensors"),
-                        &roles.fake.model,
-                        &comm,
-                    )?;
-                    roles.generator.step(&comm);
-                    roles.fake.step(&comm);
-                    r
-                } else {
-                    distill::step(&mut roles, &comm, d, seed, step, &x0, &text)
-                };
-                losses.push(serde_json::json!({"fake_loss": r.fake_loss, "generator_loss": r.generator.map(|g| g.0), "k": r.draw.k}));
+                let roles = &mut stage.roles;
+                distill::gradients(roles, &comm, &cfg.distill, cfg.experiment.seed, 0, &x0, &text);
+                save_grads(
+                    &args.out.join("generator-grads.safetensors"),
+                    &roles.generator.model,
+                    &comm,
+                )?;
+                save_grads(
+                    &args.out.join("fake-grads.safetensors"),
+                    &roles.fake.model,
+                    &comm,
+                )?;
+                roles.generator.model.zero_grad();
+                roles.fake.model.zero_grad();
             }
+            let mut loader = DistillStage::loader(&ctx)?;
+            let mut rec = Recorded {
+                inner: &mut stage,
+                steps: Vec::new(),
+            };
+            trainer::train(&ctx, &mut rec, &mut loader)?;
+            losses = values(&rec.steps);
             save(
                 &args.out.join("generator.safetensors"),
-                &roles.generator.model,
+                &stage.roles.generator.model,
                 &comm,
             )?;
-            save(&args.out.join("fake.safetensors"), &roles.fake.model, &comm)?;
+            save(&args.out.join("fake.safetensors"), &stage.roles.fake.model, &comm)?;
         }
     }
     if rank == 0 {

@@ -7,8 +7,8 @@ pub mod shards;
 pub use loader::{Batch, DataPosition, Loader, LoaderError};
 pub use shards::{DataError, DataSet, Sample, ShardWriter};
 
-use flg_coordinator::config::{Config, DataKind};
-use flg_coordinator::dataset::{DatasetManifest, MovingShapesParams};
+use flg_core::config::{Config, DataKind};
+use flg_core::dataset::{DatasetManifest, MovingShapesParams};
 use shapes::{ShapesSpec, NUM_CLASSES};
 use std::path::Path;
 

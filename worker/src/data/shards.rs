@@ -6,7 +6,7 @@
 //! index when the data set is opened, so a truncated, missing or mismatched file is reported by
 //! name before training starts, not in the middle of an epoch.
 
-use flg_coordinator::dataset::{DatasetManifest, MovingShapesParams, ShardEntry, DATASET_FORMAT};
+use flg_core::dataset::{DatasetManifest, MovingShapesParams, ShardEntry, DATASET_FORMAT};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};

@@ -7,7 +7,7 @@
 
 use super::params::{block_specs, stem_specs, ParamSpec};
 use super::rope::Rope;
-use flg_coordinator::config::ModelDims;
+use flg_core::config::ModelDims;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 

@@ -4,8 +4,9 @@
 //! A released Wan checkpoint has no such entry; it loads with a preset's dimensions.
 
 use super::Dit;
-use flg_coordinator::config::ModelDims;
-use flg_coordinator::dataset::MovingShapesParams;
+use flg_core::config::ModelDims;
+use flg_core::dataset::MovingShapesParams;
+pub use flg_core::formats::student::SamplerSettings;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -21,19 +22,6 @@ pub struct Prompts {
     pub text_len: i64,
     pub text_dim: i64,
     pub shapes: MovingShapesParams,
-}
-
-/// How a distilled student samples.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SamplerSettings {
-    /// Times from noise towards data, already shifted (the last step goes to 0).
-    pub timesteps: Vec<f64>,
-    pub cfg: f64,
-    /// Number of steps and the shift the timesteps were made with (for people reading the file).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub steps: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shift: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

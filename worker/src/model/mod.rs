@@ -8,7 +8,7 @@ pub mod params;
 pub mod rope;
 
 use dit::{Unit, UnitSource};
-use flg_coordinator::config::ModelDims;
+use flg_core::config::ModelDims;
 use params::{block_specs, init_param, stem_specs};
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -23,7 +23,7 @@
 //! A *unit* is what the sharding layer gathers at once: unit 0 is the stem (embeddings,
 //! time projection, head), unit 1 + k is block k.
 
-use flg_coordinator::config::ModelDims;
+use flg_core::config::ModelDims;
 use tch::{Kind, Tensor};
 
 /// One parameter's name (relative to its unit) and shape.

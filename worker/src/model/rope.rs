@@ -4,7 +4,7 @@
 //! frame index, the next c/3 with the row, the last c/3 with the column. Each part uses the
 //! usual frequencies `10000^(-2i/n)` of its own width n. Applied to q and k of self-attention.
 
-use flg_coordinator::config::ModelDims;
+use flg_core::config::ModelDims;
 use tch::{Device, Kind, Tensor};
 
 pub struct Rope {

@@ -1,6 +1,6 @@
 use super::params::*;
 use super::*;
-use flg_coordinator::config::preset;
+use flg_core::config::preset;
 
 fn tiny() -> ModelDims {
     preset("tiny").unwrap()
@@ -152,7 +152,7 @@ fn a_short_training_run_lowers_the_loss() {
         .into_iter()
         .map(|t| t.set_requires_grad(true))
         .collect();
-    let cfg = flg_coordinator::config::Optim {
+    let cfg = flg_core::config::Optim {
         lr: 2e-3,
         warmup_steps: 5,
         ..Default::default()
@@ -163,7 +163,7 @@ fn a_short_training_run_lowers_the_loss() {
     let x0 = x0.tanh();
     let loss_at = |m: &Dit| {
         let d = crate::train::draws(42, 0, 0, 0, 4, &x0.size()[1..], Device::Cpu);
-        crate::pretrain::flow_loss(|x, t, c| m.forward(x, t, c, None), &x0, &text, &d, 1.0, 0.0)
+        crate::train::flow_loss(|x, t, c| m.forward(x, t, c, None), &x0, &text, &d, 1.0, 0.0)
     };
     let first = loss_at(&m).double_value(&[]);
     for _ in 0..40 {
@@ -185,14 +185,14 @@ fn a_short_training_run_lowers_the_loss() {
 fn the_memory_estimate_counts_the_parameters_the_worker_builds() {
     use crate::model::params::{block_param_count, stem_param_count};
     for name in ["tiny", "small-100m", "wan2.1-t2v-1.3b"] {
-        let d = flg_coordinator::config::preset(name).unwrap();
+        let d = flg_core::config::preset(name).unwrap();
         assert_eq!(
-            flg_coordinator::memory::block_params(&d),
+            flg_core::memory::block_params(&d),
             block_param_count(&d),
             "{name}"
         );
         assert_eq!(
-            flg_coordinator::memory::stem_params(&d),
+            flg_core::memory::stem_params(&d),
             stem_param_count(&d),
             "{name}"
         );

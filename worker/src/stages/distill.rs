@@ -16,22 +16,21 @@
 //! Random draws are functions of `(seed, step, global sample index)`, so W ranks train what
 //! one rank trains.
 
-use super::{kept_blocks, paths, StageCtx};
-use crate::checkpoint::TrainState;
+use super::{kept_blocks, StageCtx};
 use crate::collective::{all_reduce_mean, Collective};
 use crate::data::Loader;
 use crate::flow;
-use crate::model::file::SamplerSettings;
 use crate::model::Dit;
-use crate::pretrain::{batch_tensors, flow_matching_backward};
 use crate::rng::Rng;
 use crate::shard::ShardedDit;
-use crate::stages::importance::ImportanceReport;
-use crate::train::{draws, Role};
+use crate::train::{batch_tensors, draws, flow_matching_backward, Role};
+use crate::trainer::{StepOutput, TrainingStage};
 use anyhow::{Context, Result};
-use flg_coordinator::config::Distill;
+use flg_core::config::Distill;
+use flg_core::formats::importance::ImportanceReport;
+use flg_core::formats::student::SamplerSettings;
+use flg_core::Stage;
 use std::path::PathBuf;
-use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Sub-streams of the stage's random draws.
@@ -276,12 +275,12 @@ fn real_velocity(
 }
 
 /// The weights Stage III starts from: Stage II's output when the run has a pruning stage, else
-/// the teacher (baselines "plain DMD2" and "no Stage II").
-pub fn base_path(ctx: &StageCtx) -> PathBuf {
-    if ctx.has_stage("pruning") {
-        paths::pruned_model(&ctx.run_dir)
+/// the teacher (baselines "plain DMD2" and "no Stage II"), with the stage that writes them.
+pub fn base_path(ctx: &StageCtx) -> (PathBuf, Stage) {
+    if ctx.has_stage(Stage::Pruning) {
+        (ctx.run_dir.pruned_model(), Stage::Pruning)
     } else {
-        ctx.teacher.clone()
+        (ctx.teacher.clone(), Stage::Pretrain)
     }
 }
 
@@ -290,7 +289,7 @@ pub fn removed_blocks(ctx: &StageCtx) -> Result<Vec<usize>> {
     if !ctx.cfg.distill.prune_generator {
         return Ok(Vec::new());
     }
-    let path = paths::importance(&ctx.run_dir);
+    let path = ctx.run_dir.importance();
     Ok(ImportanceReport::read(&path)
         .with_context(|| {
             format!(
@@ -301,94 +300,116 @@ pub fn removed_blocks(ctx: &StageCtx) -> Result<Vec<usize>> {
         .candidates)
 }
 
-/// Runs Stage III; rank 0 writes the generator's EMA to `distill/generator.safetensors`.
-pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
-    let d = &ctx.cfg.distill;
-    let seed = ctx.cfg.experiment.seed;
-    let base_file = base_path(ctx);
-    let made_by = if ctx.has_stage("pruning") {
-        "pruning"
-    } else {
-        "pretrain"
-    };
-    let base = ctx.load_input(&base_file, made_by)?;
-    let removed = removed_blocks(ctx)?;
-    let mut roles = Roles::new(&base, &removed, d, ctx.comm, |m| ctx.shard(m));
-    drop(base);
-    let mut loader = Loader::new(
-        ctx.data.clone(),
-        seed ^ crate::train::stage_id::DISTILL,
-        d.batch_size,
-        ctx.comm.rank() as u64,
-        ctx.comm.world() as u64,
-    )?;
-    let mut log = ctx.metrics()?;
-    let bar = ctx.bar(d.steps, "distill");
-    let start = Instant::now();
-    if ctx.lead() {
-        tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, base = %base_file.display(), "Stage III: distribution matching");
+/// Stage III's state: the three roles, and the last generator loss (for the progress bar).
+pub struct DistillStage {
+    pub roles: Roles,
+    cfg: Distill,
+    seed: u64,
+    last_generator_loss: f64,
+}
+
+impl DistillStage {
+    /// From the Stage II (or teacher) weights `base`, the generator without `removed`.
+    pub fn new(ctx: &StageCtx, base: &Dit, removed: &[usize]) -> DistillStage {
+        let d = &ctx.cfg.distill;
+        let roles = Roles::new(base, removed, d, ctx.comm, |m| ctx.shard(m));
+        if ctx.lead() {
+            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, "Stage III: distribution matching");
+        }
+        DistillStage {
+            roles,
+            cfg: d.clone(),
+            seed: ctx.cfg.experiment.seed,
+            last_generator_loss: f64::NAN,
+        }
     }
-    let mut first = 0;
-    if let Some(ck) = ctx.resume_for("distill")? {
-        first = ck.restore(
-            vec![
-                ("generator", &mut roles.generator),
-                ("fake", &mut roles.fake),
-            ],
-            &mut loader,
-        )?;
+
+    pub fn loader(ctx: &StageCtx) -> Result<Loader> {
+        Loader::new(
+            ctx.data.clone(),
+            ctx.cfg.experiment.seed ^ crate::train::stage_id::DISTILL,
+            ctx.cfg.distill.batch_size,
+            ctx.comm.rank() as u64,
+            ctx.comm.world() as u64,
+        )
+        .map_err(anyhow::Error::from)
     }
-    bar.set_position(first);
-    let mut last_gen = f64::NAN;
-    let mut meter = crate::throughput::StepMeter::new(ctx.device);
-    for s in first..d.steps {
+
+    /// Rank 0 writes the generator's EMA with its sampler.
+    pub fn finish(&self, ctx: &StageCtx) -> Result<PathBuf> {
+        let out = ctx.run_dir.generator();
+        let model = self.roles.generator.averaged_dit(ctx.comm);
+        ctx.save_model(&model, &out, Some(sampler_settings(&self.cfg)))?;
+        ctx.comm.barrier();
+        Ok(out)
+    }
+}
+
+impl TrainingStage for DistillStage {
+    fn stage(&self) -> Stage {
+        Stage::Distill
+    }
+
+    fn steps(&self) -> u64 {
+        self.cfg.steps
+    }
+
+    fn batch_size(&self) -> u64 {
+        self.cfg.batch_size
+    }
+
+    fn step(&mut self, ctx: &StageCtx, loader: &mut Loader, s: u64) -> Result<StepOutput> {
         let batch = loader.next_batch();
         let (x0, text) = batch_tensors(&batch, &ctx.data, ctx.device);
-        let r = step(&mut roles, ctx.comm, d, seed, s, &x0, &text);
-        bar.inc(1);
+        let r = step(&mut self.roles, ctx.comm, &self.cfg, self.seed, s, &x0, &text);
         if let Some((g, _)) = r.generator {
-            last_gen = g;
+            self.last_generator_loss = g;
         }
-        bar.set_message(format!("distill {:.3}/{:.3}", r.fake_loss, last_gen));
-        if let Some(log) = log.as_mut() {
-            // Rank 0 measures and logs (its rates stand for every rank's step).
-            let rates = meter.step(d.batch_size);
-            let mut line = serde_json::json!({
-                "stage": "distill", "step": s + 1, "fake_loss": r.fake_loss,
-                "fake_grad_norm": r.fake_grad_norm, "k": r.draw.k, "b1": r.draw.b1, "b2": r.draw.b2,
-                "elapsed_s": start.elapsed().as_secs_f64(),
-            });
-            if let Some((g, n)) = r.generator {
-                line["generator_loss"] = g.into();
-                line["generator_grad_norm"] = n.into();
-            }
-            rates.insert_into(&mut line);
-            log.write(&line)?;
-        }
+        let mut line = serde_json::json!({
+            "fake_loss": r.fake_loss, "fake_grad_norm": r.fake_grad_norm,
+            "k": r.draw.k, "b1": r.draw.b1, "b2": r.draw.b2,
+        });
         let mut values = vec![("fake_loss", r.fake_loss)];
-        if let Some((g, _)) = r.generator {
+        if let Some((g, n)) = r.generator {
+            line["generator_loss"] = g.into();
+            line["generator_grad_norm"] = n.into();
             values.push(("generator_loss", g));
         }
-        ctx.after_step(
-            "distill",
-            s + 1,
-            &values,
-            &TrainState {
-                roles: vec![("generator", &roles.generator), ("fake", &roles.fake)],
-                data: Some(loader.position()),
-                extra: Vec::new(),
-            },
-        )?;
+        Ok(StepOutput {
+            values,
+            line: Some(line),
+            message: Some(format!(
+                "distill {:.3}/{:.3}",
+                r.fake_loss, self.last_generator_loss
+            )),
+        })
     }
-    bar.finish();
-    let out = paths::generator(&ctx.run_dir);
-    let model = roles.generator.averaged_dit(ctx.comm);
-    ctx.save_model(&model, &out, Some(sampler_settings(d)))?;
-    if ctx.lead() {
-        tracing::info!(path = %out.display(), seconds = start.elapsed().as_secs_f64(), "Stage III generator written");
+
+    fn roles(&self) -> Vec<(&'static str, &Role)> {
+        vec![
+            ("generator", &self.roles.generator),
+            ("fake", &self.roles.fake),
+        ]
     }
-    ctx.comm.barrier();
-    Ok(out)
+
+    fn roles_mut(&mut self) -> Vec<(&'static str, &mut Role)> {
+        vec![
+            ("generator", &mut self.roles.generator),
+            ("fake", &mut self.roles.fake),
+        ]
+    }
+}
+
+/// Runs Stage III; rank 0 writes the generator's EMA to `distill/generator.safetensors`.
+pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
+    let (base_file, made_by) = base_path(ctx);
+    let base = ctx.load_input(&base_file, made_by)?;
+    let removed = removed_blocks(ctx)?;
+    let mut stage = DistillStage::new(ctx, &base, &removed);
+    drop(base);
+    let mut loader = DistillStage::loader(ctx)?;
+    crate::trainer::train(ctx, &mut stage, &mut loader)?;
+    stage.finish(ctx)
 }
 
 #[cfg(test)]
@@ -398,7 +419,7 @@ mod tests {
     use tch::Device;
 
     fn live_model() -> Dit {
-        let mut dims = flg_coordinator::config::preset("tiny").unwrap();
+        let mut dims = flg_core::config::preset("tiny").unwrap();
         dims.num_blocks = 4;
         let m = Dit::init(&dims, 3);
         let _ = m

@@ -8,66 +8,20 @@
 //! on rank 0, written to `samples/<row>/` and scored; `eval.json` holds the table and the
 //! measured and theoretical speedups of the student over the reference teacher.
 
-use super::export::StudentInfo;
-use super::{paths, StageCtx};
-use crate::eval::{evaluate, EvalReport};
+use flg_core::formats::eval::{Row, RunEval, STUDENT, TEACHER, TEACHER_FEW};
+use flg_core::formats::student::StudentInfo;
+use super::StageCtx;
+use flg_core::Stage;
+use crate::eval::evaluate;
 use crate::flow;
 use crate::model::file::{self, Prompts};
 use crate::model::Dit;
 use crate::sample;
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// One model and sampler, scored.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Row {
-    pub name: String,
-    pub model: String,
-    pub steps: usize,
-    pub cfg: f64,
-    /// Network evaluations per video (2 per step with CFG).
-    pub nfe: usize,
-    pub params: i64,
-    /// Kept share of the transformer blocks' parameters.
-    pub block_param_share: f64,
-    /// Wall seconds to sample every video (the slowest rank; when one run takes under
-    /// `eval.min_timed_seconds`, the mean of repeats after a warm-up run).
-    pub seconds: f64,
-    pub eval: EvalReport,
-}
 
-/// `eval.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunEval {
-    pub run: String,
-    pub world: usize,
-    pub num_videos: usize,
-    pub seed: u64,
-    pub rows: Vec<Row>,
-    /// Reference teacher seconds / student seconds, same videos, same run.
-    pub speedup_measured: Option<f64>,
-    /// Teacher NFE / (student NFE x student block-parameter share).
-    pub speedup_theoretical: Option<f64>,
-}
-
-impl RunEval {
-    pub fn read(path: &Path) -> Result<RunEval> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-
-    pub fn row(&self, name: &str) -> Option<&Row> {
-        self.rows.iter().find(|r| r.name == name)
-    }
-}
-
-/// Row names.
-pub const TEACHER: &str = "teacher";
-pub const TEACHER_FEW: &str = "teacher-few-step";
-pub const STUDENT: &str = "student";
 
 /// Samples `n` videos split across the ranks; rank 0 gets all of them as uint8 pixels.
 /// Returns the pixels (empty on other ranks), their shape and the slowest rank's seconds.
@@ -163,7 +117,7 @@ fn score_row(
     if !ctx.lead() {
         return Ok(None);
     }
-    sample::write_samples(&paths::samples(&ctx.run_dir, name), &pixels, shape, labels)?;
+    sample::write_samples(&ctx.run_dir.samples(name), &pixels, shape, labels)?;
     let eval = evaluate(&pixels, labels, shape[1], shape[2]);
     let steps = times.len() - 1;
     let row = Row {
@@ -199,12 +153,12 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
     let (teacher, teacher_meta) = file::load(teacher_file, Some(&ctx.cfg.model_dims()))?;
     let prompts = teacher_meta
         .and_then(|m| m.prompts)
-        .or_else(|| crate::pretrain::model_meta(&teacher, &ctx.data).prompts)
+        .or_else(|| super::model_meta(&teacher, &ctx.data).prompts)
         .with_context(|| {
             "the eval stage needs a moving-shapes prompt table (data.kind = \"moving-shapes\")"
         })?;
     let teacher = teacher.to(ctx.device, Kind::Float);
-    let student_file = paths::student(&ctx.run_dir);
+    let student_file = ctx.run_dir.student();
     let mut rows = Vec::new();
     let few = ctx.cfg.distill.timesteps.len();
     if e.compare_teacher {
@@ -232,10 +186,10 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
         )?);
     }
     drop(teacher);
-    let has_student = ctx.has_stage("export") || student_file.exists();
+    let has_student = ctx.has_stage(Stage::Export) || student_file.exists();
     let mut student_share = None;
     if has_student {
-        let info = StudentInfo::read(&paths::student_info(&ctx.run_dir)).with_context(|| {
+        let info = StudentInfo::read(&ctx.run_dir.student_info()).with_context(|| {
             "the eval stage scores the exported student; run the export stage first"
         })?;
         let (student, _) = file::load(&student_file, None)?;
@@ -280,7 +234,7 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
         speedup_measured,
         speedup_theoretical,
     };
-    let path = paths::eval_report(&ctx.run_dir);
+    let path = ctx.run_dir.eval();
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", path.display()))?;
     if let (Some(m), Some(t)) = (speedup_measured, speedup_theoretical) {

@@ -5,55 +5,15 @@
 //! no CFG), so `fastlightgen sample --model export/student.safetensors` needs nothing else.
 //! `export/student.json` says the same for people and scripts.
 
-use super::paths;
+use flg_core::RunDir;
 use crate::model::file;
 use crate::model::params::total_param_count;
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
-use std::path::Path;
-
-/// `export/student.json`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct StudentInfo {
-    /// Where the weights came from.
-    pub source: String,
-    /// Original indices of the blocks the student keeps.
-    pub block_ids: Vec<usize>,
-    /// Original indices of the removed blocks.
-    pub removed_blocks: Vec<usize>,
-    pub params: i64,
-    /// Parameters of the same model with every block.
-    pub full_params: i64,
-    /// Kept share of the transformer blocks' parameters (METHOD.md's "70%").
-    pub block_param_share: f64,
-    /// Kept share of all parameters (embeddings and head included).
-    pub param_share: f64,
-    pub sampler: file::SamplerSettings,
-}
-
-impl StudentInfo {
-    /// One line for people: which blocks, what share, how many steps, where.
-    pub fn summary(&self, run_dir: &Path) -> String {
-        format!(
-            "student: blocks {:?} ({:.1}% of block parameters, {} parameters), {} steps -> {}",
-            self.block_ids,
-            self.block_param_share * 100.0,
-            self.params,
-            self.sampler.timesteps.len(),
-            paths::student(run_dir).display()
-        )
-    }
-
-    pub fn read(path: &Path) -> Result<StudentInfo> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-}
+pub use flg_core::formats::student::StudentInfo;
 
 /// Reads the generator of a run directory and writes the export files. Returns their info.
-pub fn export(run_dir: &Path) -> Result<StudentInfo> {
-    let src = paths::generator(run_dir);
+pub fn export(run_dir: &RunDir) -> Result<StudentInfo> {
+    let src = run_dir.generator();
     if !src.exists() {
         anyhow::bail!(
             "{} is missing: it is written by the \"distill\" stage; run that stage first",
@@ -83,11 +43,11 @@ pub fn export(run_dir: &Path) -> Result<StudentInfo> {
         param_share: params as f64 / full_params as f64,
         sampler,
     };
-    let out = paths::student(run_dir);
+    let out = run_dir.student();
     std::fs::create_dir_all(out.parent().expect("export dir"))?;
     file::save(&out, &model.named_tensors(), &meta)
         .with_context(|| format!("writing {}", out.display()))?;
-    let info_path = paths::student_info(run_dir);
+    let info_path = run_dir.student_info();
     std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)
         .with_context(|| format!("writing {}", info_path.display()))?;
     Ok(info)

@@ -11,41 +11,16 @@
 use crate::collective::Collective;
 use crate::data::{Batch, DataSet};
 use crate::flow;
-use crate::pretrain::batch_tensors;
+use crate::train::batch_tensors;
 use crate::rng::Rng;
 use crate::shard::ShardedDit;
 use crate::train::{draws, stage_id};
-use serde::{Deserialize, Serialize};
-use std::path::Path;
+pub use flg_core::formats::importance::{BlockScore, ImportanceReport};
+use flg_core::RunDir;
 use tch::{Kind, Tensor};
 
 /// Stream tag of the calibration-set choice.
 const CALIB_STREAM: u64 = 0x4341_4c49_42; // "CALIB"
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct BlockScore {
-    pub block: usize,
-    /// Increase of the mean squared x0 error when this block alone is skipped.
-    pub score: f64,
-    /// The mean squared x0 error with this block skipped.
-    pub error: f64,
-    pub params: i64,
-}
-
-/// `importance.json`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ImportanceReport {
-    pub blocks: Vec<BlockScore>,
-    /// Mean squared x0 error with every block.
-    pub baseline_error: f64,
-    /// Calibration items (videos x timesteps) measured.
-    pub items: u64,
-    pub prune_ratio: f64,
-    /// Blocks to remove, least important first.
-    pub candidates: Vec<usize>,
-    /// Share of the block parameters the candidates hold.
-    pub removed_share: f64,
-}
 
 /// Least important blocks first until their parameters reach `ratio` of all block parameters.
 pub fn choose_candidates(blocks: &[BlockScore], ratio: f64) -> (Vec<usize>, f64) {
@@ -69,7 +44,7 @@ pub fn measure(
     model: &ShardedDit,
     comm: &dyn Collective,
     data: &DataSet,
-    cfg: &flg_coordinator::config::Importance,
+    cfg: &flg_core::config::Importance,
     seed: u64,
 ) -> ImportanceReport {
     let _guard = tch::no_grad_guard();
@@ -168,41 +143,32 @@ pub fn measure(
     }
 }
 
-impl ImportanceReport {
-    pub fn read(path: &Path) -> anyhow::Result<ImportanceReport> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: not an importance table: {e}", path.display()))
-    }
-
-    /// Writes `importance.json` and the bar chart `importance.png` into `dir`.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::write(
-            dir.join("importance.json"),
-            serde_json::to_string_pretty(self)? + "\n",
-        )?;
-        let bars: Vec<crate::plot::Bar> = self
-            .blocks
-            .iter()
-            .map(|b| crate::plot::Bar {
-                label: b.block.to_string(),
-                value: b.score,
-                highlight: self.candidates.contains(&b.block),
-            })
-            .collect();
-        crate::plot::bar_chart(
-            &dir.join("importance.png"),
-            &format!(
-                "Block importance: x0 error increase when skipped ({:.0}% of block parameters chosen)",
-                self.removed_share * 100.0
-            ),
-            "block",
-            "importance (MSE increase)",
-            &bars,
-            ("kept", "candidate for removal"),
-        )
-    }
+/// Writes `importance.json` and the bar chart `importance.png` into the run directory.
+pub fn write(report: &ImportanceReport, run_dir: &RunDir) -> anyhow::Result<()> {
+    std::fs::write(
+        run_dir.importance(),
+        serde_json::to_string_pretty(report)? + "\n",
+    )?;
+    let bars: Vec<flg_media::plot::Bar> = report
+        .blocks
+        .iter()
+        .map(|b| flg_media::plot::Bar {
+            label: b.block.to_string(),
+            value: b.score,
+            highlight: report.candidates.contains(&b.block),
+        })
+        .collect();
+    flg_media::plot::bar_chart(
+        &run_dir.importance_chart(),
+        &format!(
+            "Block importance: x0 error increase when skipped ({:.0}% of block parameters chosen)",
+            report.removed_share * 100.0
+        ),
+        "block",
+        "importance (MSE increase)",
+        &bars,
+        ("kept", "candidate for removal"),
+    )
 }
 
 #[cfg(test)]
@@ -249,7 +215,7 @@ mod tests {
             removed_share,
         };
         let dir = tempfile::tempdir().unwrap();
-        r.write(dir.path()).unwrap();
+        write(&r, &RunDir::new(dir.path())).unwrap();
         assert_eq!(
             ImportanceReport::read(&dir.path().join("importance.json")).unwrap(),
             r

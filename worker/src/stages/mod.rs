@@ -3,62 +3,41 @@
 //!
 //! | stage      | reads                                   | writes                          |
 //! |------------|-----------------------------------------|---------------------------------|
+//! | pretrain   | `model.weights` or a fresh model        | `pretrain/teacher.safetensors`  |
 //! | importance | the teacher                             | `importance.json`, `.png`       |
 //! | pruning    | the teacher, `importance.json`          | `pruning/model.safetensors`     |
 //! | distill    | `pruning/model.safetensors` (or the teacher when the run has no pruning stage), `importance.json` | `distill/generator.safetensors` |
 //! | export     | `distill/generator.safetensors`         | `export/student.{safetensors,json}` |
 //! | eval       | the teacher, `export/student.safetensors` | `samples/*`, `eval.json`      |
+//!
+//! The training stages (pretrain, pruning, distill) implement `trainer::TrainingStage` and
+//! run in the one training loop, `trainer::train`.
 
 pub mod distill;
 pub mod evaluate;
 pub mod export;
 pub mod importance;
+pub mod pretrain;
 pub mod pruning;
 
-use crate::checkpoint::{self, Loaded, TrainState, Writer};
+use crate::checkpoint::Writer;
 use crate::collective::Collective;
-use crate::control::{Command, Control};
+use crate::control::Control;
 use crate::data::DataSet;
 use crate::metrics::MetricsLog;
-use crate::model::file;
+use crate::model::file::{self, ModelMeta, Prompts};
 use crate::model::Dit;
 use anyhow::{Context, Result};
-use flg_coordinator::config::Config;
+use flg_core::config::Config;
+use flg_core::{RunDir, Stage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind};
 
-/// Where each stage's output lives inside the run directory.
-pub mod paths {
-    use std::path::{Path, PathBuf};
-
-    pub fn importance(run_dir: &Path) -> PathBuf {
-        run_dir.join("importance.json")
-    }
-    pub fn pruned_model(run_dir: &Path) -> PathBuf {
-        run_dir.join("pruning").join("model.safetensors")
-    }
-    pub fn generator(run_dir: &Path) -> PathBuf {
-        run_dir.join("distill").join("generator.safetensors")
-    }
-    pub fn student(run_dir: &Path) -> PathBuf {
-        run_dir.join("export").join("student.safetensors")
-    }
-    pub fn student_info(run_dir: &Path) -> PathBuf {
-        run_dir.join("export").join("student.json")
-    }
-    pub fn eval_report(run_dir: &Path) -> PathBuf {
-        run_dir.join("eval.json")
-    }
-    pub fn samples(run_dir: &Path, name: &str) -> PathBuf {
-        run_dir.join("samples").join(name)
-    }
-}
-
 /// What every stage of a rank works with.
 pub struct StageCtx<'a> {
     pub cfg: &'a Config,
-    pub run_dir: PathBuf,
+    pub run_dir: RunDir,
     pub data: Arc<DataSet>,
     pub comm: &'a dyn Collective,
     pub device: Device,
@@ -68,7 +47,7 @@ pub struct StageCtx<'a> {
     pub teacher: PathBuf,
     /// Every stage the config lists, also when only some run now (`--stage`): a rerun stage
     /// still knows whether an earlier stage's output is part of this run.
-    pub all_stages: Vec<String>,
+    pub all_stages: Vec<Stage>,
     /// The coordinator link and checkpoint writer, when started under a coordinator
     /// (`--coordinator URL`); without one, stages run straight through with no checkpoints.
     pub control: Option<Arc<Control>>,
@@ -78,22 +57,6 @@ pub struct StageCtx<'a> {
     pub last_saved: std::cell::Cell<Option<u64>>,
 }
 
-/// A stage ended early because the coordinator asked the run to stop (after its final
-/// checkpoint was committed).
-#[derive(Debug)]
-pub struct Stopped {
-    pub stage: String,
-    pub step: u64,
-}
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stopped at {} step {} on request", self.stage, self.step)
-    }
-}
-
-impl std::error::Error for Stopped {}
-
 impl StageCtx<'_> {
     pub fn lead(&self) -> bool {
         self.comm.rank() == 0
@@ -101,14 +64,14 @@ impl StageCtx<'_> {
 
     /// Shards a whole model across the ranks on this rank's device, computing in the run's
     /// precision, with the run's activation checkpointing (cluster.activation_checkpoint).
-    pub fn shard(&self, model: &crate::model::Dit) -> crate::shard::ShardedDit {
-        use flg_coordinator::config::ActivationCheckpoint;
+    pub fn shard(&self, model: &Dit) -> crate::shard::ShardedDit {
+        use flg_core::config::ActivationCheckpoint;
         crate::shard::ShardedDit::from_dit(model, self.comm, self.device, self.kind)
             .with_recompute(self.cfg.cluster.activation_checkpoint == ActivationCheckpoint::Full)
     }
 
-    pub fn has_stage(&self, s: &str) -> bool {
-        self.all_stages.iter().any(|x| x == s)
+    pub fn has_stage(&self, s: Stage) -> bool {
+        self.all_stages.contains(&s)
     }
 
     /// Rank 0's metrics log (`metrics.jsonl`); `None` on the other ranks.
@@ -116,7 +79,7 @@ impl StageCtx<'_> {
         if !self.lead() {
             return Ok(None);
         }
-        let path = self.run_dir.join("metrics.jsonl");
+        let path = self.run_dir.metrics();
         Ok(Some(
             MetricsLog::open(&path).with_context(|| format!("opening {}", path.display()))?,
         ))
@@ -134,10 +97,10 @@ impl StageCtx<'_> {
 
     /// Loads a whole model file that an earlier stage wrote, naming the stage to run when the
     /// file is missing.
-    pub fn load_input(&self, path: &Path, made_by: &str) -> Result<Dit> {
+    pub fn load_input(&self, path: &Path, made_by: Stage) -> Result<Dit> {
         if !path.exists() {
             anyhow::bail!(
-                "{} is missing: it is written by the {made_by:?} stage; run that stage first \
+                "{} is missing: it is written by the \"{made_by}\" stage; run that stage first \
                  (fastlightgen workers CFG --stage {made_by})",
                 path.display()
             );
@@ -153,120 +116,12 @@ impl StageCtx<'_> {
         sampler: Option<file::SamplerSettings>,
     ) -> Result<()> {
         if self.lead() {
-            let mut meta = crate::pretrain::model_meta(model, &self.data);
+            let mut meta = model_meta(model, &self.data);
             meta.sampler = sampler;
             file::save(path, &model.named_tensors(), &meta)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
-    }
-}
-
-impl StageCtx<'_> {
-    /// The checkpoint this launch resumes `stage` from, opened (re-sharded when the world
-    /// size changed), with the number of steps it had done; `None` to start the stage fresh.
-    pub fn resume_for(&self, stage: &str) -> Result<Option<Loaded>> {
-        let Some(r) = self.control.as_ref().and_then(|c| c.resume.as_ref()) else {
-            return Ok(None);
-        };
-        if r.stage != stage {
-            return Ok(None);
-        }
-        let loaded = Loaded::open(&r.dir, self.comm.rank(), self.comm.world())
-            .with_context(|| format!("resuming {stage} from {}", r.dir.display()))?;
-        if self.lead() {
-            tracing::info!(checkpoint = %r.dir.display(), step = loaded.meta.step, "resuming {stage}");
-        }
-        Ok(Some(loaded))
-    }
-
-    /// The step boundary after `done` steps of `stage`: reports `values` to the coordinator,
-    /// then does what it says, on every rank at the same step (rank 0 fetches the command
-    /// and broadcasts it): continue, wait while paused, checkpoint `state`, or checkpoint and
-    /// stop (returned as a [`Stopped`] error once the checkpoint is committed).
-    pub fn after_step(
-        &self,
-        stage: &str,
-        done: u64,
-        values: &[(&str, f64)],
-        state: &TrainState,
-    ) -> Result<()> {
-        let Some(ctl) = &self.control else {
-            return Ok(());
-        };
-        ctl.set_progress(stage, done);
-        crate::faults::at_boundary(ctl.rank, ctl.generation, stage, done);
-        if let Some(e) = self.writer.as_ref().and_then(|w| w.take_error()) {
-            anyhow::bail!("writing a checkpoint: {e}");
-        }
-        let total = flg_coordinator::run::state::stage_steps(self.cfg, stage);
-        if self.lead() {
-            ctl.report_metrics(stage, done, total, values)?;
-        }
-        // Until told to continue: a paused run waits here (rank 0 polls, the others wait in
-        // the broadcast), a checkpoint is taken and the coordinator asked again (so a
-        // checkpoint asked for during a pause does not let a step through).
-        loop {
-            let code = if self.lead() {
-                ctl.next_command(stage, done)?.code()
-            } else {
-                0
-            };
-            let shared = self
-                .comm
-                .broadcast(
-                    &tch::Tensor::from_slice(&[code as f32]).to_device(self.device),
-                    0,
-                )
-                .double_value(&[0]) as i32;
-            match Command::from_code(shared) {
-                Command::Continue => return Ok(()),
-                Command::Pause => {
-                    if self.lead() {
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    }
-                }
-                Command::Checkpoint => self.save_checkpoint(stage, done, state),
-                Command::Stop => {
-                    self.save_checkpoint(stage, done, state);
-                    if let Some(w) = &self.writer {
-                        w.flush()?;
-                    }
-                    // Every rank's report acknowledged: the coordinator has committed it.
-                    self.comm.barrier();
-                    return Err(Stopped {
-                        stage: stage.into(),
-                        step: done,
-                    }
-                    .into());
-                }
-            }
-        }
-    }
-
-    /// Copies this rank's state out and hands it to the writer thread.
-    fn save_checkpoint(&self, stage: &str, done: u64, state: &TrainState) {
-        let (Some(ctl), Some(writer)) = (&self.control, &self.writer) else {
-            return;
-        };
-        let global = flg_coordinator::run::state::stage_offset(self.cfg, stage) + done;
-        if self.last_saved.get() == Some(global) {
-            return;
-        }
-        self.last_saved.set(Some(global));
-        let snap = checkpoint::snapshot(
-            state,
-            stage,
-            done,
-            global,
-            ctl.rank,
-            self.comm.world() as u32,
-            self.cfg.experiment.seed,
-        );
-        writer.submit(
-            snap,
-            flg_coordinator::run::checkpoints::tmp_dir_name(global, ctl.generation),
-        );
     }
 
     /// Waits for checkpoints still being written (at the end of a stage).
@@ -284,4 +139,19 @@ pub fn kept_blocks(all: &[usize], removed: &[usize]) -> Vec<usize> {
         .copied()
         .filter(|b| !removed.contains(b))
         .collect()
+}
+
+/// Metadata for a model trained on `data`: its dimensions, blocks, and (moving-shapes) prompts.
+pub fn model_meta(model: &Dit, data: &DataSet) -> ModelMeta {
+    let m = &data.manifest;
+    ModelMeta {
+        dims: model.dims.clone(),
+        block_ids: model.block_ids.clone(),
+        prompts: m.moving_shapes.clone().map(|shapes| Prompts {
+            text_len: m.text_shape[0],
+            text_dim: m.text_shape[1],
+            shapes,
+        }),
+        sampler: None,
+    }
 }

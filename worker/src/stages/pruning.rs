@@ -7,18 +7,21 @@
 //! `alpha * |P - sg(U)|^2 + (1 - alpha) * |P - (eps - x0)|^2`. Both passes' flow losses are
 //! logged so the pruned model can be seen catching up with the full one.
 
-use super::{paths, StageCtx};
-use crate::checkpoint::TrainState;
+use super::StageCtx;
+use crate::checkpoint::Loaded;
 use crate::collective::{all_reduce_mean, Collective};
 use crate::data::{DataSet, Loader};
 use crate::flow;
-use crate::pretrain::{batch_tensors, flow_inputs, next_batch_with_draws};
 use crate::shard::ShardedDit;
-use crate::stages::importance::ImportanceReport;
-use crate::train::{active_blocks, check_same_blocks, draws, stage_id, Draws, Role};
+use crate::train::{
+    active_blocks, batch_tensors, check_same_blocks, draws, flow_inputs, next_batch_with_draws,
+    stage_id, Draws, Role,
+};
+use crate::trainer::{StepOutput, TrainingStage};
 use anyhow::{Context, Result};
+use flg_core::formats::importance::ImportanceReport;
+use flg_core::Stage;
 use std::path::PathBuf;
-use std::time::Instant;
 use tch::Tensor;
 
 /// The losses of one Stage II step, each the mean over ranks.
@@ -104,146 +107,180 @@ pub fn removed_gap(
 /// Draw stream of the held-out measurement.
 const HELD_OUT: u64 = 0x484f_4c44; // "HOLD"
 
-/// One Stage II step on the loader's next batch with the blocks `active` (the step's mask,
-/// checked to be the same on every rank). Returns the losses and the gradient norm.
-#[allow(clippy::too_many_arguments)]
-pub fn step(
-    role: &mut Role,
-    comm: &dyn Collective,
-    loader: &mut Loader,
-    data: &DataSet,
-    cfg: &flg_coordinator::config::Pruning,
+/// Stage II's state: the model trained with skips, and what it measures itself by.
+pub struct PruningStage {
+    pub role: Role,
+    cfg: flg_core::config::Pruning,
     seed: u64,
-    step: u64,
-    active: &[usize],
-) -> anyhow::Result<(PruningLosses, f64)> {
-    check_same_blocks(comm, step, role.model.dims.num_blocks as usize, active)
-        .map_err(anyhow::Error::msg)?;
-    let (x0, text, d) = next_batch_with_draws(
-        loader,
-        data,
-        comm,
-        seed,
-        stage_id::PRUNING,
-        step,
-        role.model.device,
-    );
-    let losses = pruning_backward(
-        &mut role.model,
-        comm,
-        &x0,
-        &text,
-        &d,
-        cfg.shift,
-        cfg.cfg_dropout,
-        cfg.alpha,
-        active,
-    );
-    Ok((losses, role.step(comm)))
+    /// The seed of the per-step skip masks: the run's seed. Only the probe that shows the
+    /// per-step agreement check at work changes it on one rank.
+    pub mask_seed: u64,
+    pub candidates: Vec<usize>,
+    kept: Vec<usize>,
+    /// The held-out gap with every candidate removed, before training.
+    pub gap_before: f64,
 }
 
-/// Runs Stage II from the teacher; rank 0 writes `pruning/model.safetensors`.
+impl PruningStage {
+    /// From the teacher's weights, with Stage I's `candidates`.
+    pub fn new(ctx: &StageCtx, teacher: &crate::model::Dit, candidates: Vec<usize>) -> PruningStage {
+        let p = &ctx.cfg.pruning;
+        let role = Role::new(ctx.shard(teacher), &p.optim, 0.0, ctx.comm);
+        let kept = super::kept_blocks(&role.model.block_ids, &candidates);
+        if ctx.lead() {
+            tracing::info!(candidates = ?candidates, steps = p.steps, alpha = p.alpha, skip_prob = p.skip_prob, "Stage II: dynamic probabilistic pruning");
+        }
+        PruningStage {
+            role,
+            cfg: p.clone(),
+            seed: ctx.cfg.experiment.seed,
+            mask_seed: ctx.cfg.experiment.seed,
+            candidates,
+            kept,
+            gap_before: f64::NAN,
+        }
+    }
+
+    pub fn loader(ctx: &StageCtx) -> Result<Loader> {
+        Loader::new(
+            ctx.data.clone(),
+            ctx.cfg.experiment.seed ^ stage_id::PRUNING,
+            ctx.cfg.pruning.batch_size,
+            ctx.comm.rank() as u64,
+            ctx.comm.world() as u64,
+        )
+        .map_err(anyhow::Error::from)
+    }
+
+    /// `|P - U|^2` with every candidate removed, on the held-out batch.
+    pub fn gap(&self, ctx: &StageCtx) -> f64 {
+        let p = &self.cfg;
+        removed_gap(
+            &self.role.model,
+            ctx.comm,
+            &ctx.data,
+            p.batch_size,
+            p.shift,
+            self.seed,
+            &self.kept,
+        )
+    }
+
+    /// Measures the held-out gap again, logs both, and rank 0 writes the model.
+    pub fn finish(&self, ctx: &StageCtx) -> Result<PathBuf> {
+        let gap_after = self.gap(ctx);
+        if let Some(mut log) = ctx.metrics()? {
+            log.write(&serde_json::json!({
+                "stage": "pruning", "event": "held_out", "removed": self.candidates,
+                "gap_before": self.gap_before, "gap_after": gap_after,
+            }))?;
+            println!(
+                "pruning: |P - U|^2 with {:?} removed, held-out batch: {:.4} -> {gap_after:.4}",
+                self.candidates, self.gap_before
+            );
+        }
+        let out = ctx.run_dir.pruned_model();
+        let model = self.role.model.to_dit(ctx.comm);
+        ctx.save_model(&model, &out, None)?;
+        ctx.comm.barrier();
+        Ok(out)
+    }
+}
+
+impl TrainingStage for PruningStage {
+    fn stage(&self) -> Stage {
+        Stage::Pruning
+    }
+
+    fn steps(&self) -> u64 {
+        self.cfg.steps
+    }
+
+    fn batch_size(&self) -> u64 {
+        self.cfg.batch_size
+    }
+
+    /// One Stage II step on the loader's next batch with the step's skip mask (checked to be
+    /// the same on every rank).
+    fn step(&mut self, ctx: &StageCtx, loader: &mut Loader, s: u64) -> Result<StepOutput> {
+        let p = &self.cfg;
+        let num_blocks = self.role.model.dims.num_blocks as usize;
+        let active = active_blocks(self.mask_seed, s, num_blocks, &self.candidates, p.skip_prob);
+        check_same_blocks(ctx.comm, s, num_blocks, &active).map_err(anyhow::Error::msg)?;
+        let (x0, text, d) = next_batch_with_draws(
+            loader,
+            &ctx.data,
+            ctx.comm,
+            self.seed,
+            stage_id::PRUNING,
+            s,
+            self.role.model.device,
+        );
+        let l = pruning_backward(
+            &mut self.role.model,
+            ctx.comm,
+            &x0,
+            &text,
+            &d,
+            p.shift,
+            p.cfg_dropout,
+            p.alpha,
+            &active,
+        );
+        let norm = self.role.step(ctx.comm);
+        let skipped: Vec<usize> = (0..num_blocks).filter(|b| !active.contains(b)).collect();
+        Ok(StepOutput {
+            values: vec![
+                ("loss", l.loss),
+                ("gap", l.gap),
+                ("flow_full", l.flow_full),
+                ("flow_pruned", l.flow_pruned),
+            ],
+            line: Some(serde_json::json!({
+                "skipped": skipped, "loss": l.loss, "gap": l.gap,
+                "flow_full": l.flow_full, "flow_pruned": l.flow_pruned, "grad_norm": norm,
+                "lr": self.role.opt.lr_at(s),
+            })),
+            message: Some(format!("pruning {:.4}", l.loss)),
+        })
+    }
+
+    fn roles(&self) -> Vec<(&'static str, &Role)> {
+        vec![("model", &self.role)]
+    }
+
+    fn roles_mut(&mut self) -> Vec<(&'static str, &mut Role)> {
+        vec![("model", &mut self.role)]
+    }
+
+    fn extra(&self) -> Vec<(&'static str, f64)> {
+        vec![("gap_before", self.gap_before)]
+    }
+
+    fn restored(&mut self, checkpoint: &Loaded) {
+        self.gap_before = checkpoint.extra("gap_before").unwrap_or(f64::NAN);
+    }
+
+    fn fresh_start(&mut self, ctx: &StageCtx) -> Result<()> {
+        self.gap_before = self.gap(ctx);
+        Ok(())
+    }
+}
+
+/// Runs Stage II from the teacher with Stage I's candidates; rank 0 writes
+/// `pruning/model.safetensors`.
 pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
-    let p = &ctx.cfg.pruning;
-    let seed = ctx.cfg.experiment.seed;
-    let report_path = paths::importance(&ctx.run_dir);
+    let report_path = ctx.run_dir.importance();
     let report = ImportanceReport::read(&report_path).with_context(|| {
         format!(
             "Stage II needs Stage I's candidates in {}; run the importance stage first",
             report_path.display()
         )
     })?;
-    let teacher = ctx.load_input(&ctx.teacher, "pretrain")?;
-    let mut role = Role::new(ctx.shard(&teacher), &p.optim, 0.0, ctx.comm);
+    let teacher = ctx.load_input(&ctx.teacher, Stage::Pretrain)?;
+    let mut stage = PruningStage::new(ctx, &teacher, report.candidates);
     drop(teacher);
-    let mut loader = Loader::new(
-        ctx.data.clone(),
-        seed ^ stage_id::PRUNING,
-        p.batch_size,
-        ctx.comm.rank() as u64,
-        ctx.comm.world() as u64,
-    )?;
-    let mut log = ctx.metrics()?;
-    let kept = super::kept_blocks(&role.model.block_ids, &report.candidates);
-    let gap =
-        |m: &ShardedDit| removed_gap(m, ctx.comm, &ctx.data, p.batch_size, p.shift, seed, &kept);
-    // A resumed launch continues from its checkpoint: weights, optimizer, data position.
-    let (first, gap_before) = match ctx.resume_for("pruning")? {
-        Some(ck) => (
-            ck.restore(vec![("model", &mut role)], &mut loader)?,
-            ck.extra("gap_before").unwrap_or(f64::NAN),
-        ),
-        None => (0, gap(&role.model)),
-    };
-    let bar = ctx.bar(p.steps, "pruning");
-    bar.set_position(first);
-    let start = Instant::now();
-    if ctx.lead() {
-        tracing::info!(candidates = ?report.candidates, steps = p.steps, alpha = p.alpha, skip_prob = p.skip_prob, "Stage II: dynamic probabilistic pruning");
-    }
-    let num_blocks = role.model.dims.num_blocks as usize;
-    let mut meter = crate::throughput::StepMeter::new(ctx.device);
-    for s in first..p.steps {
-        let active = active_blocks(seed, s, num_blocks, &report.candidates, p.skip_prob);
-        let (l, norm) = step(
-            &mut role,
-            ctx.comm,
-            &mut loader,
-            &ctx.data,
-            p,
-            seed,
-            s,
-            &active,
-        )?;
-        let skipped: Vec<usize> = (0..num_blocks).filter(|b| !active.contains(b)).collect();
-        bar.inc(1);
-        let done = s + 1;
-        bar.set_message(format!("pruning {:.4}", l.loss));
-        if let Some(log) = log.as_mut() {
-            // Rank 0 measures and logs (its rates stand for every rank's step).
-            let rates = meter.step(p.batch_size);
-            let mut line = serde_json::json!({
-                "stage": "pruning", "step": done, "skipped": skipped, "loss": l.loss, "gap": l.gap,
-                "flow_full": l.flow_full, "flow_pruned": l.flow_pruned, "grad_norm": norm,
-                "lr": role.opt.lr_at(s), "elapsed_s": start.elapsed().as_secs_f64(),
-            });
-            rates.insert_into(&mut line);
-            log.write(&line)?;
-        }
-        ctx.after_step(
-            "pruning",
-            done,
-            &[
-                ("loss", l.loss),
-                ("gap", l.gap),
-                ("flow_full", l.flow_full),
-                ("flow_pruned", l.flow_pruned),
-            ],
-            &TrainState {
-                roles: vec![("model", &role)],
-                data: Some(loader.position()),
-                extra: vec![("gap_before", gap_before)],
-            },
-        )?;
-    }
-    bar.finish();
-    let gap_after = gap(&role.model);
-    if let Some(log) = log.as_mut() {
-        log.write(&serde_json::json!({
-            "stage": "pruning", "event": "held_out", "removed": report.candidates,
-            "gap_before": gap_before, "gap_after": gap_after,
-        }))?;
-        println!(
-            "pruning: |P - U|^2 with {:?} removed, held-out batch: {gap_before:.4} -> {gap_after:.4}",
-            report.candidates
-        );
-    }
-    let out = paths::pruned_model(&ctx.run_dir);
-    let model = role.model.to_dit(ctx.comm);
-    ctx.save_model(&model, &out, None)?;
-    if ctx.lead() {
-        tracing::info!(path = %out.display(), seconds = start.elapsed().as_secs_f64(), "Stage II model written");
-    }
-    ctx.comm.barrier();
-    Ok(out)
+    let mut loader = PruningStage::loader(ctx)?;
+    crate::trainer::train(ctx, &mut stage, &mut loader)?;
+    stage.finish(ctx)
 }

@@ -15,6 +15,7 @@ pub use model::{preset, ModelDims, PRESETS};
 pub use schema::*;
 pub use validate::moving_shapes_geometry;
 
+use crate::stage::Stage;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -156,8 +157,8 @@ impl Config {
     }
 
     /// The run directory: `<output_dir>/<name>`.
-    pub fn run_dir(&self) -> PathBuf {
-        self.experiment.output_dir.join(&self.experiment.name)
+    pub fn run_dir(&self) -> crate::RunDir {
+        crate::RunDir::new(self.experiment.output_dir.join(&self.experiment.name))
     }
 
     /// The model's dimensions: the preset with the file's overrides applied.
@@ -167,8 +168,18 @@ impl Config {
     }
 
     /// Whether the experiment runs this stage.
-    pub fn runs_stage(&self, stage: &str) -> bool {
-        self.experiment.stages.iter().any(|s| s == stage)
+    pub fn runs_stage(&self, stage: Stage) -> bool {
+        self.experiment.stages.iter().any(|s| s == stage.name())
+    }
+
+    /// The stages the experiment runs, in order. Only valid on a config that passed `load`
+    /// (every name is a stage).
+    pub fn stages(&self) -> Vec<Stage> {
+        self.experiment
+            .stages
+            .iter()
+            .map(|s| Stage::parse(s).expect("experiment.stages was validated by Config::load"))
+            .collect()
     }
 
     /// The config as TOML, e.g. for the resolved copy in the run directory.

@@ -1,6 +1,8 @@
-//! Files people look at: `.npy` arrays, animated GIFs and PNG grids of videos.
+//! Files people look at: `.npy` arrays, animated GIFs and PNG grids of videos, and charts
+//! (`plot`). Shared by the worker (samples, the importance chart) and the report.
 
 pub mod npy;
+pub mod plot;
 
 use std::path::Path;
 

@@ -23,16 +23,6 @@ pub struct Config {
     pub eval: Eval,
 }
 
-/// The pipeline's stages, in the order they run.
-pub const STAGES: [&str; 6] = [
-    "pretrain",
-    "importance",
-    "pruning",
-    "distill",
-    "export",
-    "eval",
-];
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Experiment {
@@ -41,7 +31,7 @@ pub struct Experiment {
     /// Global seed: model init, data order, timesteps, the Stage II skip masks.
     pub seed: u64,
     pub output_dir: PathBuf,
-    /// Which stages this experiment runs, a subset of [`STAGES`] in that order.
+    /// Which stages this experiment runs, a subset of [`crate::Stage::ALL`] in that order.
     pub stages: Vec<String>,
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::dataset::DatasetManifest;
+use crate::stage::Stage;
 
 pub(super) fn check(c: &Config, options: LoadOptions, issues: &mut Issues) {
     let files = options.check_files;
@@ -48,17 +49,17 @@ fn check_experiment(c: &Config, issues: &mut Issues) {
     if e.stages.is_empty() {
         issues.push(
             "experiment.stages",
-            format!("empty: list some of {}", STAGES.join(", ")),
+            format!("empty: list some of {}", Stage::names()),
         );
     }
     let mut last = None;
     for stage in &e.stages {
-        match STAGES.iter().position(|s| s == stage) {
+        match Stage::ALL.iter().position(|s| s.name() == stage) {
             None => issues.push(
                 "experiment.stages",
                 format!(
                     "unknown stage {stage:?}; expected some of {}",
-                    STAGES.join(", ")
+                    Stage::names()
                 ),
             ),
             Some(i) => {
@@ -67,7 +68,7 @@ fn check_experiment(c: &Config, issues: &mut Issues) {
                         "experiment.stages",
                         format!(
                             "{stage:?} is repeated or out of order; stages run in the order {}",
-                            STAGES.join(", ")
+                            Stage::names()
                         ),
                     );
                 }
@@ -75,7 +76,7 @@ fn check_experiment(c: &Config, issues: &mut Issues) {
             }
         }
     }
-    if c.runs_stage("eval") && c.data.kind != DataKind::MovingShapes {
+    if c.runs_stage(Stage::Eval) && c.data.kind != DataKind::MovingShapes {
         issues.push(
             "experiment.stages",
             "\"eval\" scores moving-shapes videos against their definition; with data.kind = \
@@ -83,10 +84,10 @@ fn check_experiment(c: &Config, issues: &mut Issues) {
              your own benchmark",
         );
     }
-    let needs_teacher = ["importance", "pruning", "distill"]
-        .iter()
+    let needs_teacher = [Stage::Importance, Stage::Pruning, Stage::Distill]
+        .into_iter()
         .any(|s| c.runs_stage(s));
-    if needs_teacher && !c.runs_stage("pretrain") && c.model.weights.is_none() {
+    if needs_teacher && !c.runs_stage(Stage::Pretrain) && c.model.weights.is_none() {
         issues.push(
             "model.weights",
             "missing: the stages start from a teacher, so give its weights file or add \"pretrain\" \
@@ -454,7 +455,7 @@ fn check_training(c: &Config, issues: &mut Issues) {
     };
     // A stage's section is checked only when the experiment runs that stage: a run that
     // only pretrains need not tune the distillation's batch.
-    if c.runs_stage("pretrain") {
+    if c.runs_stage(Stage::Pretrain) {
         let p = &c.pretrain;
         at_least_one(issues, "pretrain.steps", p.steps);
         batch(issues, "pretrain.batch_size", p.batch_size);
@@ -465,7 +466,7 @@ fn check_training(c: &Config, issues: &mut Issues) {
         at_least_one(issues, "pretrain.log_every", p.log_every);
     }
 
-    if c.runs_stage("importance") {
+    if c.runs_stage(Stage::Importance) {
         let i = &c.importance;
         at_least_one(
             issues,
@@ -487,7 +488,7 @@ fn check_training(c: &Config, issues: &mut Issues) {
         batch(issues, "importance.batch_size", i.batch_size);
     }
 
-    if c.runs_stage("pruning") {
+    if c.runs_stage(Stage::Pruning) {
         let s = &c.pruning;
         at_least_one(issues, "pruning.steps", s.steps);
         batch(issues, "pruning.batch_size", s.batch_size);
@@ -508,7 +509,7 @@ fn check_training(c: &Config, issues: &mut Issues) {
         unit_open_right(issues, "pruning.cfg_dropout", s.cfg_dropout);
     }
 
-    if c.runs_stage("distill") {
+    if c.runs_stage(Stage::Distill) {
         let d = &c.distill;
         at_least_one(issues, "distill.steps", d.steps);
         batch(issues, "distill.batch_size", d.batch_size);
@@ -552,7 +553,7 @@ fn check_training(c: &Config, issues: &mut Issues) {
             "must be at least 1 (the newest committed checkpoint is kept)",
         );
     }
-    if c.runs_stage("eval") {
+    if c.runs_stage(Stage::Eval) {
         let e = &c.eval;
         at_least_one(issues, "eval.num_samples", e.num_samples);
         at_least_one(issues, "eval.teacher_steps", e.teacher_steps);

@@ -1,0 +1,278 @@
+//! Registration and liveness: launches ("generations"), heartbeats, and the one rule that
+//! declares a launch lost.
+//!
+//! The first registration after a start, or after the previous launch was lost, opens a new
+//! generation, chooses the checkpoint to resume from (verifying it) and hands the same answer
+//! to every rank of that launch. A launch is lost when a registered rank is silent for longer
+//! than `cluster.heartbeat_timeout_s`, when not every rank registered within the registration
+//! window after the workers were started, or when the workers exit before the run ended.
+//! Errors inside a rank are not losses: the rank reports its stage as failed and the run
+//! fails (a deterministic error would fail again).
+
+use super::checkpoints::Rejected;
+use super::hub::{bad_rank, Inner, Phase, RankInfo, RunHub};
+use flg_core::events::Event;
+use flg_core::hostname;
+use flg_proto as pb;
+use std::time::Instant;
+use tonic::Status;
+
+/// Seconds the workers have to register after they were started: starting mpirun across
+/// nodes and loading libtorch and a large model take a while, so at least a minute, and
+/// never less than four heartbeat timeouts.
+pub fn registration_window_s(heartbeat_timeout_s: f64) -> f64 {
+    (heartbeat_timeout_s * 4.0).max(60.0)
+}
+
+impl RunHub {
+    /// A rank of a launch says it is there.
+    pub fn register(&self, r: &pb::RegisterRequest, now: Instant) -> Result<pb::RegisterReply, Status> {
+        if !r.run_id.is_empty() {
+            self.check_run_id(&r.run_id)?;
+        }
+        if r.config_hash != self.config_hash {
+            return Err(Status::failed_precondition(format!(
+                "rank {} runs with other settings than the coordinator (config hash {} vs {}): start both from the same config file",
+                r.rank, r.config_hash, self.config_hash
+            )));
+        }
+        if r.world_size != self.world() {
+            return Err(Status::invalid_argument(format!(
+                "rank {} was started with {} ranks; the config's cluster.world_size is {} (mpirun -np must match)",
+                r.rank,
+                r.world_size,
+                self.world()
+            )));
+        }
+        if r.rank >= self.world() {
+            return Err(bad_rank(r.rank, self.world()));
+        }
+        let mut inner = self.lock();
+        if inner.phase.ended() {
+            return Err(Status::failed_precondition(format!(
+                "run {} has {}; nothing is left to do",
+                self.run_id,
+                inner.phase.name()
+            )));
+        }
+        if let Some(info) = inner.ranks.get(&r.rank) {
+            if inner.lost.is_none() {
+                return Err(Status::already_exists(format!(
+                    "rank {} is already registered in generation {} (pid {} on {}, last heartbeat {:.1} s ago)",
+                    r.rank,
+                    inner.generation.unwrap_or(0),
+                    info.pid,
+                    info.hostname,
+                    now.saturating_duration_since(info.last_beat).as_secs_f64()
+                )));
+            }
+        }
+        if inner.generation.is_none() || inner.lost.is_some() {
+            self.start_generation(&mut inner, now);
+        }
+        inner.ranks.insert(
+            r.rank,
+            RankInfo {
+                pid: r.pid,
+                hostname: r.hostname.clone(),
+                last_beat: now,
+            },
+        );
+        let generation = inner.generation.unwrap_or(0);
+        self.emit(Event::RankRegistered {
+            rank: r.rank,
+            pid: r.pid,
+            hostname: r.hostname.clone(),
+            generation,
+        });
+        if inner.ranks.len() as u32 == self.world() && inner.phase == Phase::Starting {
+            inner.phase = Phase::Running;
+            self.emit(Event::RanksReady {
+                generation,
+                world_size: self.world(),
+            });
+        }
+        let (resume_from, resume_stage, resume_step) = match &inner.resume {
+            Some((d, m)) => (d.display().to_string(), m.stage.clone(), m.step),
+            None => (String::new(), String::new(), 0),
+        };
+        Ok(pb::RegisterReply {
+            run_id: self.run_id.clone(),
+            generation,
+            resume_from,
+            completed_stages: inner.completed.iter().map(|s| s.name().to_string()).collect(),
+            resume_stage,
+            resume_step,
+        })
+    }
+
+    /// Opens a launch: picks (and verifies) the checkpoint it resumes from.
+    fn start_generation(&self, inner: &mut Inner, now: Instant) {
+        let generation = inner.generations;
+        inner.generations += 1;
+        inner.generation = Some(generation);
+        // Started by the launcher (which said when), or by someone else's mpirun (the
+        // first registration is the first sign of it).
+        if inner.lost.is_some() || inner.launch_started.is_none() {
+            inner.launch_started = Some(now);
+        }
+        inner.lost = None;
+        inner.ranks.clear();
+        inner.pending.clear();
+        inner.expected.clear();
+        inner.phase = Phase::Starting;
+        if let Err(e) = self.store.clear_uncommitted() {
+            tracing::warn!("cannot remove uncommitted checkpoint directories: {e}");
+        }
+        let (point, rejected) = self.store.resume_point();
+        for Rejected { dir, reason } in rejected {
+            tracing::warn!(checkpoint = %dir.display(), "not resuming from a bad checkpoint: {reason}");
+            self.emit(Event::CheckpointRejected {
+                dir: dir.display().to_string(),
+                reason,
+            });
+        }
+        // A checkpoint of a stage that has since finished is of no use: its output is on disk.
+        let point = point.filter(|p| {
+            !inner
+                .completed
+                .iter()
+                .any(|s| s.name() == p.manifest.stage)
+        });
+        inner.resume = point.as_ref().map(|p| (p.dir.clone(), p.manifest.clone()));
+        self.emit(Event::GenerationStarted {
+            generation,
+            resume_from: point.as_ref().map(|p| p.dir.display().to_string()),
+            resume_stage: point
+                .as_ref()
+                .and_then(|p| flg_core::Stage::parse(&p.manifest.stage)),
+            resume_step: point.as_ref().map(|p| p.manifest.step),
+            completed_stages: inner.completed.clone(),
+        });
+    }
+
+    pub fn heartbeat(&self, h: &pb::HeartbeatRequest, now: Instant) -> Result<(), Status> {
+        let mut inner = self.lock();
+        self.check_rank(&inner, &h.run_id, h.rank)?;
+        if Some(h.generation) != inner.generation {
+            return Err(Status::failed_precondition(format!(
+                "rank {} belongs to launch {}, the current one is {:?}: a stale process should exit",
+                h.rank, h.generation, inner.generation
+            )));
+        }
+        if let Some(info) = inner.ranks.get_mut(&h.rank) {
+            info.last_beat = now;
+        }
+        Ok(())
+    }
+
+    /// The launcher started the workers at `now`: the registration window counts from here.
+    pub fn workers_started(&self, now: Instant) {
+        let mut inner = self.lock();
+        inner.launch_started = Some(now);
+        if inner.lost.take().is_some() {
+            // The lost launch's ranks are gone; the next registration opens a new one, and
+            // until then the window decides whether this launch is lost too.
+            inner.generation = None;
+            inner.ranks.clear();
+            if !inner.phase.ended() {
+                inner.phase = Phase::Starting;
+            }
+        }
+    }
+
+    /// Whether the current launch is lost at `now`; says why (once). The only place that
+    /// decides a launch is lost from silence: a registered rank silent for longer than the
+    /// heartbeat timeout, or not every rank registered within the registration window.
+    pub fn check_liveness(&self, now: Instant) -> Option<String> {
+        let mut inner = self.lock();
+        if inner.phase.ended() || inner.lost.is_some() {
+            return None;
+        }
+        let Some(started) = inner.launch_started else {
+            return None;
+        };
+        let timeout = self.cfg.cluster.heartbeat_timeout_s;
+        let window = registration_window_s(timeout);
+        let silent = inner
+            .ranks
+            .iter()
+            .map(|(r, i)| (*r, now.saturating_duration_since(i.last_beat).as_secs_f64()))
+            .filter(|(_, s)| *s > timeout)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let waited = now.saturating_duration_since(started).as_secs_f64();
+        let reason = match silent {
+            Some((rank, s)) => format!(
+                "rank {rank} sent no heartbeat for {s:.1} s (cluster.heartbeat_timeout_s = {timeout})"
+            ),
+            None if (inner.ranks.len() as u32) < self.world() && waited > window => format!(
+                "only {} of {} ranks registered within {window:.0} s of starting the workers",
+                inner.ranks.len(),
+                self.world(),
+            ),
+            None => return None,
+        };
+        self.lose(&mut inner, &reason);
+        Some(reason)
+    }
+
+    fn lose(&self, inner: &mut Inner, reason: &str) {
+        inner.lost = Some(reason.to_string());
+        inner.lost_launches += 1;
+        inner.phase = Phase::Restarting;
+        tracing::warn!("launch {:?} lost: {reason}", inner.generation);
+        self.emit(Event::RankLost {
+            generation: inner.generation,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// The launcher saw the workers exit (`code`) while the run was not over.
+    pub fn workers_exited(&self, code: Option<i32>) {
+        let mut inner = self.lock();
+        if inner.phase.ended() || inner.lost.is_some() {
+            return;
+        }
+        let reason = format!("the workers exited with {code:?} before the run ended");
+        self.lose(&mut inner, &reason);
+    }
+
+    /// The launcher starts the workers again.
+    pub fn restarting(&self, reason: &str) {
+        let mut inner = self.lock();
+        inner.restarts += 1;
+        self.emit(Event::Restarting {
+            restart: inner.restarts,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// How many launches were lost so far.
+    pub fn lost_launches(&self) -> u32 {
+        self.lock().lost_launches
+    }
+
+    /// Pids of the current launch's ranks on this host (to end them on a restart).
+    pub fn local_pids(&self) -> Vec<u32> {
+        let host = hostname();
+        self.lock()
+            .ranks
+            .values()
+            .filter(|r| r.hostname == host)
+            .map(|r| r.pid)
+            .collect()
+    }
+
+    /// The run failed for a reason outside the ranks (e.g. out of restarts).
+    pub fn fail(&self, message: &str) {
+        let mut inner = self.lock();
+        if inner.phase.ended() {
+            return;
+        }
+        inner.phase = Phase::Failed;
+        self.emit(Event::Failed {
+            stage: None,
+            message: message.to_string(),
+        });
+    }
+}

@@ -1,0 +1,153 @@
+//! Where the run stands: rank 0's stage reports and step metrics, and the status people and
+//! scripts read (`fastlightgen status`, the Control API).
+
+use super::hub::{run_stage, Phase, RunHub};
+use flg_core::events::Event;
+use flg_proto as pb;
+use std::time::{Duration, Instant};
+use tonic::Status;
+
+impl RunHub {
+    /// Rank 0's losses after a step (`now` is when they arrived, for the step rate).
+    pub fn report_metrics(&self, m: &pb::MetricsReport, now: Instant) -> Result<(), Status> {
+        let mut inner = self.lock();
+        self.check_rank(&inner, &m.run_id, m.rank)?;
+        let stage = run_stage(&self.cfg, &m.stage)?;
+        if let Some((t, s)) = inner.last_metric {
+            let dt = now.saturating_duration_since(t).as_secs_f64();
+            if m.step > s && dt > 0.0 && Some(stage) == inner.stage {
+                let rate = (m.step - s) as f64 / dt;
+                inner.steps_per_s = if inner.steps_per_s > 0.0 {
+                    0.8 * inner.steps_per_s + 0.2 * rate
+                } else {
+                    rate
+                };
+            }
+        }
+        inner.last_metric = Some((now, m.step));
+        inner.stage = Some(stage);
+        inner.step = m.step;
+        inner.total_steps = m.total_steps;
+        inner.losses = m.values.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        self.emit(Event::Step {
+            stage,
+            step: m.step,
+            total_steps: m.total_steps,
+            values: inner.losses.clone(),
+        });
+        Ok(())
+    }
+
+    /// Rank 0: a stage started, finished, stopped or failed.
+    pub fn report_stage(&self, s: &pb::StageReport) -> Result<(), Status> {
+        let mut inner = self.lock();
+        self.check_rank(&inner, &s.run_id, s.rank)?;
+        if s.rank != 0 {
+            return Err(Status::invalid_argument("only rank 0 reports stages"));
+        }
+        let stage = run_stage(&self.cfg, &s.stage)?;
+        match pb::StageEvent::try_from(s.event) {
+            Ok(pb::StageEvent::Started) => {
+                inner.stage = Some(stage);
+                inner.step = 0;
+                inner.total_steps = stage.steps(&self.cfg);
+                inner.losses.clear();
+                inner.last_metric = None;
+                inner.steps_per_s = 0.0;
+                if inner.phase == Phase::Starting {
+                    inner.phase = Phase::Running;
+                }
+                self.emit(Event::StageStarted {
+                    stage,
+                    total_steps: inner.total_steps,
+                    generation: inner.generation,
+                });
+            }
+            Ok(pb::StageEvent::Done) => {
+                if !inner.completed.contains(&stage) {
+                    inner.completed.push(stage);
+                }
+                self.emit(Event::StageDone {
+                    stage,
+                    seconds: s.seconds,
+                    message: s.message.clone(),
+                });
+                if self.cfg.stages().iter().all(|st| inner.completed.contains(st)) {
+                    inner.phase = Phase::Finished;
+                    inner.stage = None;
+                    self.emit(Event::Finished {
+                        run_id: self.run_id.clone(),
+                    });
+                }
+            }
+            Ok(pb::StageEvent::Stopped) => {
+                inner.phase = Phase::Stopped;
+                self.emit(Event::Stopped {
+                    stage,
+                    step: inner.step,
+                    reason: inner.stop_asked.clone(),
+                });
+            }
+            Ok(pb::StageEvent::Failed) => {
+                inner.phase = Phase::Failed;
+                self.emit(Event::Failed {
+                    stage: Some(stage),
+                    message: s.message.clone(),
+                });
+            }
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "stage event {}: expected STARTED, DONE, STOPPED or FAILED",
+                    s.event
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// The run's status at `now` (ranks alive, rate, ETA).
+    pub fn status(&self, now: Instant) -> pb::RunStatus {
+        let inner = self.lock();
+        let timeout = Duration::from_secs_f64(self.cfg.cluster.heartbeat_timeout_s);
+        let alive = if inner.phase.ended() || inner.lost.is_some() {
+            0
+        } else {
+            inner
+                .ranks
+                .values()
+                .filter(|r| now.saturating_duration_since(r.last_beat) < timeout)
+                .count() as u32
+        };
+        let remaining = inner.total_steps.saturating_sub(inner.step) as f64;
+        let (last_step, last_stage) = inner
+            .last_committed
+            .map(|(g, s, _)| (g, s.name().to_string()))
+            .unwrap_or_default();
+        let batch = inner.stage.map_or(0, |s| s.batch_size(&self.cfg)) as f64;
+        let stage = match inner.stage {
+            Some(s) => s.name(),
+            None if inner.phase == Phase::Finished => "done",
+            None => "",
+        };
+        pb::RunStatus {
+            run_id: self.run_id.clone(),
+            experiment: self.cfg.experiment.name.clone(),
+            stage: stage.into(),
+            state: inner.phase.to_proto() as i32,
+            step: inner.step,
+            total_steps: inner.total_steps,
+            losses: inner.losses.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            samples_per_second: inner.steps_per_s * batch,
+            eta_seconds: if inner.steps_per_s > 0.0 {
+                remaining / inner.steps_per_s
+            } else {
+                0.0
+            },
+            ranks_alive: alive,
+            world_size: self.world(),
+            last_committed_step: last_step,
+            last_committed_stage: last_stage,
+            restarts: inner.restarts,
+        }
+    }
+}

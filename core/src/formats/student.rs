@@ -1,0 +1,59 @@
+//! `export/student.json`: which blocks the exported student keeps, its size, and how it
+//! samples (the same sampler is in the student file's metadata).
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How a distilled student samples.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SamplerSettings {
+    /// Times from noise towards data, already shifted (the last step goes to 0).
+    pub timesteps: Vec<f64>,
+    pub cfg: f64,
+    /// Number of steps and the shift the timesteps were made with (for people reading the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<f64>,
+}
+
+/// `export/student.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StudentInfo {
+    /// Where the weights came from.
+    pub source: String,
+    /// Original indices of the blocks the student keeps.
+    pub block_ids: Vec<usize>,
+    /// Original indices of the removed blocks.
+    pub removed_blocks: Vec<usize>,
+    pub params: i64,
+    /// Parameters of the same model with every block.
+    pub full_params: i64,
+    /// Kept share of the transformer blocks' parameters (METHOD.md's "70%").
+    pub block_param_share: f64,
+    /// Kept share of all parameters (embeddings and head included).
+    pub param_share: f64,
+    pub sampler: SamplerSettings,
+}
+
+impl StudentInfo {
+    /// One line for people: which blocks, what share, how many steps, where.
+    pub fn summary(&self, run_dir: &crate::RunDir) -> String {
+        format!(
+            "student: blocks {:?} ({:.1}% of block parameters, {} parameters), {} steps -> {}",
+            self.block_ids,
+            self.block_param_share * 100.0,
+            self.params,
+            self.sampler.timesteps.len(),
+            run_dir.student().display()
+        )
+    }
+
+    pub fn read(path: &Path) -> Result<StudentInfo> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+

@@ -1,0 +1,452 @@
+//! The worker binary's command line. `fastlightgen` forwards its tensor-side commands here,
+//! so the help texts speak of `fastlightgen`.
+
+use clap::{Args, Parser, Subcommand};
+use flg_core::Stage;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "fastlightgen",
+    version,
+    about = "fastlightgen worker-side commands"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Make, inspect and verify data directories (safetensors shards + dataset.json).
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Show what this machine offers: libtorch, CUDA driver, GPUs, NCCL, MPI.
+    Env,
+    /// Generate videos with a model: videos.npy, labels.npy, a GIF per video and grid.png.
+    ///
+    /// Euler sampler over `--steps` shifted steps with classifier-free guidance `--cfg`
+    /// (1 = no guidance: one network evaluation per step instead of two). A distilled student
+    /// records its own timesteps and guidance, used unless overridden. Video i starts from
+    /// noise seeded by (--seed, i), so two models sampled with the same seed and labels get the
+    /// same prompts and noise.
+    Sample(SampleArgs),
+    /// Score generated moving-shapes videos (DIR/videos.npy + DIR/labels.npy) against the
+    /// data set's definition; writes DIR/eval.json.
+    ///
+    /// Scores in [0, 1]: prompt following (right colour and shape), frame quality (one clean
+    /// object of the right size), background (dark outside the object), motion smoothness
+    /// (constant velocity), subject consistency (same shape and colour throughout), dynamic
+    /// degree (it moves); their average; and the Fréchet distance between per-video features
+    /// of the generated videos and of real ones (lower is better).
+    Eval(EvalArgs),
+    /// Benchmarks; each compares against a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Benchmarks that run as one rank of an mpirun job (see `bench scaling`).
+    #[command(subcommand)]
+    MpiBench(MpiBench),
+    /// Draw a PNG line chart from a JSON spec: {"title", "x", "y", "series": [{"name", "points": [[x, y], ...]}]}.
+    Plot(PlotArgs),
+    /// Write a model file with fastlightgen metadata (dimensions, blocks, prompt table) from a
+    /// file without it, e.g. a released checkpoint or an older run's weights.
+    Annotate(AnnotateArgs),
+    /// A worker rank: started by `mpirun -np W flg-worker run --config CFG`, one per rank.
+    ///
+    /// Joins the MPI job, checks W against cluster.world_size, picks the collective backend
+    /// (NCCL on CUDA, MPI on the CPU), shards every model across the ranks and runs the
+    /// config's stages in order, data-parallel. A rank that fails aborts the whole job.
+    Run(RunArgs),
+    /// Write a run's Stage III generator (its EMA) as the unsharded student:
+    /// `<run dir>/export/student.safetensors` (kept blocks only, original indices, sampler
+    /// settings in its metadata) and `export/student.json`.
+    Export(ExportArgs),
+    /// Run a config's teacher pretraining in this one process (no coordinator, no MPI).
+    ///
+    /// Writes into the run directory `<output_dir>/<name>/`: the resolved `config.toml`,
+    /// `metrics.jsonl`, `pretrain/teacher.safetensors` and EMA snapshots.
+    Train(TrainArgs),
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Write the synthetic moving-shapes data set (ARCHITECTURE.md) in the shard format.
+    Shapes(ShapesArgs),
+    /// Open a data directory, check every shard against dataset.json, and print a summary.
+    Inspect(DataInspectArgs),
+    /// Like inspect, and also print the sha256 of every shard (reads every byte).
+    Verify(DataVerifyArgs),
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// One device: the model there against the CPU, and a full-size forward and backward
+    /// pass (the GPU kit's checks, bench/gpu-check.sh).
+    #[command(subcommand)]
+    Device(DeviceBench),
+    /// The sharded training step at W = 1 without block recompute (cluster.
+    /// activation_checkpoint = "none") and with it ("full"), against plain autograd on the
+    /// whole model: samples/s of each and their ratios (median over alternating rounds, one
+    /// run), and how far the first step's gradients are apart.
+    Recompute(RecomputeArgs),
+    /// Sharded training step for several world sizes, each an mpirun job: step time, time in
+    /// collectives (the exposed part: blocking calls and waits for prefetched gathers),
+    /// per-rank state bytes and peak memory. Prints one JSON line per rank.
+    Scaling(ScalingArgs),
+    /// `validate --estimate-memory`'s model against the measured peak: for each preset and
+    /// world size an mpirun job of sharded training steps (AdamW, no EMA, moving-shapes
+    /// 8x16x16 videos) reports every rank's peak resident memory (VmHWM), printed beside the
+    /// estimate of the same step and their ratio.
+    Memory(MemoryArgs),
+    /// Collective bandwidth with 2 ranks (an mpirun job) next to memory-copy bandwidth.
+    Collectives(BenchCollectivesArgs),
+    /// What a checkpoint costs one rank: the time the training step waits (the copy out of
+    /// the model) next to the step time and the writer thread's time (serialise, write,
+    /// fsync, sha256), and the file size. Pretraining state: parameters, AdamW moments, EMA.
+    Checkpoint(CheckpointArgs),
+    /// Training throughput (samples/s) of the pretraining step in Rust and the same step in
+    /// plain PyTorch (bench/pytorch_train_step.py, same libtorch, same sizes), one after the
+    /// other, and their ratio.
+    TrainStep(TrainStepArgs),
+}
+
+#[derive(Subcommand)]
+pub enum DeviceBench {
+    /// A model's forward on the device in f32 and bf16 against its f32 forward on the CPU
+    /// (one fixed random batch); prints one JSON line and exits 1 when an error is over its
+    /// tolerance (relative L2: f32 2e-3, bf16 5e-2).
+    Forward(DeviceForwardArgs),
+    /// Forward and backward passes of a freshly initialised preset model (loss: mean square
+    /// error to a random target, no optimiser): seconds per step, samples/s, model TFLOP/s
+    /// (torchtitan's count: 6 per parameter and token plus attention), MFU against
+    /// --peak-tflops, and device memory in use after the steps. Prints one JSON line.
+    Step(DeviceStepArgs),
+}
+
+#[derive(Subcommand)]
+pub enum MpiBench {
+    /// (under mpirun) Timed sharded training steps of a preset on random data: seconds per
+    /// step, seconds in collectives, state bytes and peak memory of every rank.
+    Step(MpiStepArgs),
+    /// (under mpirun) All-gather and reduce-scatter bus bandwidth per message size, next to
+    /// a memory-copy bandwidth of the same sizes.
+    Collectives(MpiCollectivesArgs),
+}
+
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// Weights file (fastlightgen safetensors, or a released checkpoint with --preset).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dimensions for a file without fastlightgen metadata (e.g. wan2.1-t2v-1.3b).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Take the prompt table from this moving-shapes data directory (for a file that does
+    /// not record one).
+    #[arg(long)]
+    pub prompts_from: Option<PathBuf>,
+    /// Euler steps [default: the model's recorded sampler, else 50].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// CFG scale [default: the model's recorded sampler, else 4].
+    #[arg(long)]
+    pub cfg: Option<f64>,
+    /// Timestep shift of the Euler grid.
+    #[arg(long, default_value_t = 1.0)]
+    pub shift: f64,
+    /// Number of videos.
+    #[arg(long, default_value_t = 16)]
+    pub num: usize,
+    /// Class labels to cycle through, e.g. "0,5"; default all 8 classes in turn.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<i64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Videos per network batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also score the videos (writes eval.json, as `fastlightgen eval`).
+    #[arg(long)]
+    pub eval: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    pub dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    pub spec: PathBuf,
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct AnnotateArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The model's dimensions.
+    #[arg(long)]
+    pub preset: String,
+    /// Moving-shapes data directory whose prompt table the model was trained with.
+    #[arg(long)]
+    pub prompts_from: Option<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Also save an EMA snapshot every this many pretraining steps; 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub snapshot_every: u64,
+    /// Run only this stage of the config (repeatable); it reads the earlier stages'
+    /// output from the run directory.
+    #[arg(long = "stage")]
+    pub stages: Vec<Stage>,
+    /// The coordinator (e.g. http://head:50051): register, send heartbeats, follow its
+    /// commands (pause, checkpoint, stop), write checkpoints, skip the stages it says are
+    /// done and resume from the checkpoint it names. Without it the stages run straight
+    /// through with no checkpoints.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+}
+
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The experiment file whose run directory holds distill/generator.safetensors.
+    pub config: PathBuf,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The experiment file, e.g. cluster-configs/teacher-cpu.toml.
+    pub config: PathBuf,
+    /// Also save an EMA snapshot every this many steps (for quality-vs-time curves); 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub snapshot_every: u64,
+}
+
+#[derive(Args)]
+pub struct ShapesArgs {
+    /// Output directory; created if missing. An older data set there is replaced.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of videos.
+    #[arg(long, default_value_t = 4096)]
+    pub num: u64,
+    /// Frames per video (T).
+    #[arg(long, default_value_t = 8)]
+    pub frames: usize,
+    /// Frame side in pixels (S, a multiple of 4).
+    #[arg(long, default_value_t = 16)]
+    pub size: usize,
+    /// Seed of the videos (directions, positions).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Tokens (L) and width (D) of the class "prompt" embeddings.
+    #[arg(long, default_value_t = 4)]
+    pub text_len: usize,
+    #[arg(long, default_value_t = 32)]
+    pub text_dim: usize,
+    /// Seed of the fixed class-embedding table.
+    #[arg(long, default_value_t = 20260301)]
+    pub text_seed: u64,
+    /// Videos per shard file.
+    #[arg(long, default_value_t = 1024)]
+    pub shard_size: u64,
+}
+
+#[derive(Args)]
+pub struct DataInspectArgs {
+    pub dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct DataVerifyArgs {
+    pub dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RecomputeArgs {
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 8)]
+    pub frames: i64,
+    #[arg(long, default_value_t = 16)]
+    pub size: i64,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ScalingArgs {
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub worlds: Vec<u32>,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Unit prefetch (the next unit's all-gather overlapping the current unit's compute):
+    /// on, off, or both (each world size twice, off then on, for a before/after).
+    #[arg(long, default_value = "off")]
+    pub prefetch: String,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct MemoryArgs {
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small-100m")]
+    pub presets: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub worlds: Vec<u32>,
+    /// Global batch per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// The estimate must be within this share of the measured peak; else exit 1.
+    #[arg(long, default_value_t = 0.2)]
+    pub tolerance: f64,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct BenchCollectivesArgs {
+    #[arg(long, default_value_t = 2)]
+    pub world: u32,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct CheckpointArgs {
+    #[arg(long, value_delimiter = ',', default_value = "tiny,small-100m")]
+    pub presets: Vec<String>,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Where the checkpoint files are written (removed after).
+    #[arg(long, default_value = "target/bench-checkpoint")]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct TrainStepArgs {
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch: i64,
+    #[arg(long, default_value_t = 8)]
+    pub frames: i64,
+    #[arg(long, default_value_t = 16)]
+    pub size: i64,
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// Repeat the pair this many times (alternating) and report the median ratio.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DeviceForwardArgs {
+    /// Weights file with fastlightgen metadata (e.g. the shipped tiny teacher).
+    #[arg(long, default_value = "teacher/tiny-teacher.safetensors")]
+    pub model: PathBuf,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    #[arg(long, default_value_t = 4)]
+    pub batch: i64,
+    /// Video frames and side of the random input (the data the model was trained on).
+    #[arg(long, default_value_t = 8)]
+    pub frames: i64,
+    #[arg(long, default_value_t = 16)]
+    pub size: i64,
+}
+
+#[derive(Args)]
+pub struct DeviceStepArgs {
+    /// Model dimensions: tiny, small-100m or wan2.1-t2v-1.3b.
+    #[arg(long, default_value = "wan2.1-t2v-1.3b")]
+    pub preset: String,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// bf16 or fp32.
+    #[arg(long, default_value = "bf16")]
+    pub precision: String,
+    #[arg(long, default_value_t = 1)]
+    pub batch: i64,
+    /// Latent frames, height and width (Wan 2.1 at 480x832, 81 frames: 21 x 60 x 104).
+    #[arg(long, default_value_t = 21)]
+    pub frames: i64,
+    #[arg(long, default_value_t = 60)]
+    pub height: i64,
+    #[arg(long, default_value_t = 104)]
+    pub width: i64,
+    /// Text tokens per sample (Wan's umT5 context: 512).
+    #[arg(long, default_value_t = 512)]
+    pub text_len: i64,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// The device's dense bf16 peak in TFLOP/s for the MFU (H100 and H200 SXM: 989).
+    #[arg(long, default_value_t = 989.0)]
+    pub peak_tflops: f64,
+}
+
+#[derive(Args)]
+pub struct MpiStepArgs {
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Unit prefetch on the gather thread: on or off.
+    #[arg(long, default_value = "off")]
+    pub prefetch: String,
+}
+
+#[derive(Args)]
+pub struct MpiCollectivesArgs {
+    /// Full-buffer sizes in MiB.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    pub sizes_mib: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+}

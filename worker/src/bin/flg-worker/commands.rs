@@ -1,0 +1,376 @@
+//! The worker's single-process commands: data sets, pretraining in one process, sampling,
+//! scoring, export, annotation, plots, and what the machine offers.
+
+use crate::args::*;
+use anyhow::{bail, Context, Result};
+use flg_core::config::{moving_shapes_geometry, Config};
+use flg_core::Stage;
+use flg_worker::data::{self, shapes::ShapesSpec, DataSet};
+use flg_worker::device::GpuEnv;
+use flg_worker::sample;
+use std::sync::Arc;
+
+pub fn data_shapes(a: ShapesArgs) -> Result<()> {
+    let ShapesArgs {
+        out,
+        num,
+        frames,
+        size,
+        seed,
+        text_len,
+        text_dim,
+        text_seed,
+        shard_size,
+    } = a;
+    // The same geometry rules as the config's [data] section.
+    if let Some((key, msg)) = moving_shapes_geometry(frames as i64, size as i64)
+        .into_iter()
+        .next()
+    {
+        bail!("--{key}: {msg}");
+    }
+    if num == 0 || shard_size == 0 || text_len == 0 || text_dim == 0 {
+        bail!("--num, --shard-size, --text-len and --text-dim must be at least 1");
+    }
+    let spec = ShapesSpec {
+        frames,
+        size,
+        text_len,
+        text_dim,
+        seed,
+        text_seed,
+    };
+    let m = data::write_moving_shapes(&out, &spec, num, shard_size, true)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} videos in {} shards to {}",
+        m.num_samples,
+        m.shards.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+pub fn data_verify(a: DataVerifyArgs) -> Result<()> {
+    let DataVerifyArgs {
+        dir,
+    } = a;
+    let ds = DataSet::open(&dir)?;
+    print_summary(&ds);
+    for (file, sha) in ds.sha256_of_shards() {
+        println!("  {sha}  {file}");
+    }
+    Ok(())
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let TrainArgs {
+        config,
+        snapshot_every,
+    } = a;
+    let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !cfg.runs_stage(Stage::Pretrain) {
+        bail!(
+            "{}: experiment.stages has no \"pretrain\"; nothing to train in one process",
+            config.display()
+        );
+    }
+    let run_dir = cfg.run_dir();
+    std::fs::create_dir_all(run_dir.path())?;
+    std::fs::write(run_dir.config(), cfg.to_toml())?;
+    let data = Arc::new(data::open_or_generate(&cfg, run_dir.path())?);
+    let solo = flg_worker::shard::Solo;
+    let ctx = flg_worker::stages::StageCtx {
+        cfg: &cfg,
+        run_dir: run_dir.clone(),
+        data,
+        comm: &solo,
+        device: tch::Device::Cpu,
+        kind: tch::Kind::Float,
+        teacher: flg_worker::lifecycle::teacher_path(&cfg, &run_dir),
+        all_stages: cfg.stages(),
+        control: None,
+        writer: None,
+        last_saved: Default::default(),
+    };
+    let out = flg_worker::stages::pretrain::run(&ctx, snapshot_every)?;
+    println!("teacher written to {}", out.display());
+    Ok(())
+}
+
+pub fn sample(a: SampleArgs) -> Result<()> {
+    let SampleArgs {
+        model,
+        preset,
+        prompts_from,
+        steps,
+        cfg,
+        shift,
+        num,
+        labels,
+        seed,
+        batch,
+        out,
+        eval,
+    } = a;
+    let (m, meta) = load_model(&model, preset.as_deref())?;
+    let prompts = match (&prompts_from, meta.as_ref().and_then(|m| m.prompts.clone())) {
+        (Some(dir), _) => prompts_of(dir)?,
+        (None, Some(p)) => p,
+        (None, None) => bail!(
+            "{}: records no prompt table; give the moving-shapes data it was trained on with --prompts-from DIR",
+            model.display()
+        ),
+    };
+    let recorded = meta.as_ref().and_then(|m| m.sampler.clone());
+    let times = match (steps, &recorded) {
+        (None, Some(r)) => r.timesteps.iter().copied().chain([0.0]).collect(),
+        _ => flg_worker::flow::euler_times(steps.unwrap_or(50), shift),
+    };
+    let cfg = cfg.or(recorded.as_ref().map(|r| r.cfg)).unwrap_or(4.0);
+    let labels = sample::labels_for(num, &labels);
+    let text = sample::class_text(&prompts, &labels);
+    let shape = [
+        m.dims.in_channels,
+        prompts.shapes.frames,
+        prompts.shapes.size,
+        prompts.shapes.size,
+    ];
+    let noise = sample::initial_noise(num, shape, seed);
+    let (latents, seconds) = sample::generate(&m, &noise, &text, &times, cfg, batch.max(1));
+    let (pixels, vshape) = sample::to_pixels(&latents);
+    sample::write_samples(&out, &pixels, vshape, &labels)?;
+    let nfe = flg_worker::flow::nfe(times.len() - 1, cfg);
+    let info = serde_json::json!({
+        "model": model, "steps": times.len() - 1, "timesteps": times, "cfg": cfg, "nfe": nfe,
+        "num": num, "seed": seed, "seconds": seconds, "seconds_per_video": seconds / num as f64,
+        "params": m.param_count(),
+    });
+    std::fs::write(
+        out.join("sample.json"),
+        serde_json::to_string_pretty(&info)?,
+    )?;
+    println!(
+        "{num} videos ({} steps, cfg {cfg}, {nfe} NFE) in {seconds:.2}s -> {}",
+        times.len() - 1,
+        out.display()
+    );
+    if eval {
+        print_eval(&eval_dir(&out)?);
+    }
+    Ok(())
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let ExportArgs {
+        config,
+    } = a;
+    let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let run_dir = cfg.run_dir();
+    let info = flg_worker::stages::export::export(&run_dir)?;
+    println!("{}", info.summary(&run_dir));
+    Ok(())
+}
+
+pub fn annotate(a: AnnotateArgs) -> Result<()> {
+    let AnnotateArgs {
+        model,
+        preset,
+        prompts_from,
+        out,
+    } = a;
+    let (m, _) = load_model(&model, Some(&preset))?;
+    let meta = flg_worker::model::file::ModelMeta {
+        dims: m.dims.clone(),
+        block_ids: m.block_ids.clone(),
+        prompts: prompts_from.as_deref().map(prompts_of).transpose()?,
+        sampler: None,
+    };
+    flg_worker::model::file::save(&out, &m.named_tensors(), &meta)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+pub fn plot(a: PlotArgs) -> Result<()> {
+    let PlotArgs {
+        spec,
+        out,
+    } = a;
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec)?)
+        .with_context(|| format!("{}: not JSON", spec.display()))?;
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let series: Vec<(String, Vec<(f64, f64)>)> = v["series"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("{}: no \"series\" list", spec.display()))?
+        .iter()
+        .map(|e| {
+            let pts = e["points"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                    .collect()
+            });
+            (
+                e["name"].as_str().unwrap_or("").to_string(),
+                pts.unwrap_or_default(),
+            )
+        })
+        .collect();
+    flg_media::plot::line_chart(&out, &s("title"), &s("x"), &s("y"), &series)?;
+    Ok(())
+}
+
+pub fn env() -> Result<()> {
+    let env = GpuEnv::detect();
+    let torch = flg_worker::device::loaded_library("libtorch_cpu.so");
+    println!(
+        "libtorch:        {}",
+        torch.as_deref().unwrap_or(env!("FLG_LIBTORCH_DIR"))
+    );
+    println!(
+        "libtorch CUDA:   {}",
+        match (
+            &env.torch_cuda_error,
+            flg_worker::device::loaded_library("libtorch_cuda.so")
+        ) {
+            (Some(e), _) => format!("present but failed to load: {e}"),
+            (None, Some(p)) => format!("loaded ({p})"),
+            (None, None) => "none (a CPU-only libtorch)".to_string(),
+        }
+    );
+    println!(
+        "MPI:             {}",
+        mpi::environment::library_version()
+            .unwrap_or_else(|_| "?".into())
+            .lines()
+            .next()
+            .unwrap_or("")
+    );
+    println!(
+        "CUDA driver:     {}",
+        if env.cuda_driver {
+            "found"
+        } else {
+            "not found"
+        }
+    );
+    println!("GPUs (libtorch): {}", env.torch_cuda_devices);
+    println!(
+        "NCCL:            {}",
+        if env.nccl {
+            "found (libnccl.so)"
+        } else {
+            "not found (libnccl.so)"
+        }
+    );
+    println!("CPU threads:     {}", tch::get_num_threads());
+    Ok(())
+}
+
+pub fn data_inspect(a: DataInspectArgs) -> Result<()> {
+    print_summary(&DataSet::open(&a.dir)?);
+    Ok(())
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    print_eval(&eval_dir(&a.dir)?);
+    Ok(())
+}
+
+/// The dimensions of a `--preset` (tiny, small-100m, wan2.1-t2v-1.3b).
+pub fn preset_dims(name: &str) -> Result<flg_core::config::ModelDims> {
+    flg_core::config::preset(name).with_context(|| {
+        format!(
+            "preset {name:?}: not a preset with dimensions (one of {:?})",
+            &flg_core::config::PRESETS[..3]
+        )
+    })
+}
+
+fn print_summary(ds: &DataSet) {
+    let m = &ds.manifest;
+    println!(
+        "{}: {} ({} samples in {} shards)",
+        ds.dir.display(),
+        m.kind,
+        m.num_samples,
+        m.shards.len()
+    );
+    println!("  latents [C, T, H, W] = {:?}", m.latent_shape);
+    println!("  text    [L, D]       = {:?}", m.text_shape);
+    println!("  labels: {}", if m.has_labels { "yes" } else { "no" });
+    if let Some(p) = &m.moving_shapes {
+        println!(
+            "  moving-shapes: frames {} size {} seed {} text_seed {}",
+            p.frames, p.size, p.seed, p.text_seed
+        );
+    }
+}
+
+/// Scores DIR/videos.npy against DIR/labels.npy and writes DIR/eval.json.
+fn eval_dir(dir: &std::path::Path) -> Result<flg_worker::eval::EvalReport> {
+    use flg_media::npy;
+    let (shape, pixels) = npy::read_u8(&dir.join("videos.npy")).map_err(anyhow::Error::msg)?;
+    let labels = npy::read_i64(&dir.join("labels.npy")).map_err(anyhow::Error::msg)?;
+    if shape.len() != 5 || shape[4] != 3 || shape[2] != shape[3] || shape[0] != labels.len() {
+        bail!(
+            "{}: expected videos [N, T, S, S, 3] with N = {} labels, got {shape:?}",
+            dir.join("videos.npy").display(),
+            labels.len()
+        );
+    }
+    if shape[2] % 4 != 0 || shape[2] < 8 {
+        bail!(
+            "{}: frame side {} is not a moving-shapes size (a multiple of 4, at least 8)",
+            dir.display(),
+            shape[2]
+        );
+    }
+    let report = flg_worker::eval::evaluate(&pixels, &labels, shape[1], shape[2]);
+    std::fs::write(
+        dir.join("eval.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok(report)
+}
+
+fn print_eval(r: &flg_worker::eval::EvalReport) {
+    println!(
+        "{} videos of {} frames, {}x{}:",
+        r.num_videos, r.frames, r.size, r.size
+    );
+    for (name, v) in r.scores.named() {
+        println!("  {name:<20} {v:.3}");
+    }
+    println!("  {:<20} {:.3}", "average", r.average);
+    println!("  {:<20} {:.4}", "frechet_distance", r.frechet_distance);
+}
+
+/// Loads a model file, with a preset's dimensions when the file records none.
+fn load_model(
+    path: &std::path::Path,
+    preset: Option<&str>,
+) -> Result<(
+    flg_worker::model::Dit,
+    Option<flg_worker::model::file::ModelMeta>,
+)> {
+    let fallback = match preset {
+        Some(p) => Some(preset_dims(p)?),
+        None => None,
+    };
+    flg_worker::model::file::load(path, fallback.as_ref())
+}
+
+/// The prompt table of a moving-shapes data directory.
+fn prompts_of(dir: &std::path::Path) -> Result<flg_worker::model::file::Prompts> {
+    let m = flg_core::dataset::DatasetManifest::read(dir)?;
+    let shapes = m
+        .moving_shapes
+        .ok_or_else(|| anyhow::anyhow!("{}: not a moving-shapes data set", dir.display()))?;
+    Ok(flg_worker::model::file::Prompts {
+        text_len: m.text_shape[0],
+        text_dim: m.text_shape[1],
+        shapes,
+    })
+}
+
+
