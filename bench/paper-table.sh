@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# METHOD.md's comparison on moving-shapes: FastLightGen (cluster-configs/demo-cpu.toml) and the
+# docs/method.md's comparison on moving-shapes: FastLightGen (cluster-configs/demo-cpu.toml) and the
 # baselines of cluster-configs/paper/, each a real 2-rank run from the shipped tiny teacher,
 # then one Markdown table of every `fastlightgen eval` score from their eval.json files.
 # Usage: bench/paper-table.sh [OUT_DIR]   (default bench/results/paper). A row whose eval.json
@@ -8,11 +8,11 @@ set -euo pipefail
 out=${1:-bench/results/paper}
 bin=./target/release/fastlightgen
 mkdir -p "$out"
-run_dir() { sed -n 's/^name = "\(.*\)"/\1/p' "$1" | head -1; }
-main=runs/$(run_dir cluster-configs/demo-cpu.toml)
+run_dir() { "$bin" validate --print-run-dir "$1"; }
+main=$(run_dir cluster-configs/demo-cpu.toml)
 [ -e "$main/eval.json" ] || "$bin" run cluster-configs/demo-cpu.toml
 for cfg in cluster-configs/paper/dmd2.toml cluster-configs/paper/no-stage2.toml cluster-configs/paper/b2-zero.toml; do
-  dir=runs/$(run_dir "$cfg")
+  dir=$(run_dir "$cfg")
   [ -e "$dir/eval.json" ] && continue
   if grep -q '"pruning"' "$cfg"; then
     # Stages I and II are the same as FastLightGen's (same seed, same keys): reuse their files
@@ -25,30 +25,28 @@ for cfg in cluster-configs/paper/dmd2.toml cluster-configs/paper/no-stage2.toml 
     "$bin" workers "$cfg"
   fi
 done
-python3 - "$main" "$out" <<'PY'
+# Each run's numbers as its report states them (`fastlightgen report DIR --json`); this only
+# puts their rows side by side.
+json_of() { "$bin" report "$1" --json; }
+python3 - "$out" "$(json_of "$main")" "$(json_of runs/paper-dmd2)" "$(json_of runs/paper-no-stage2)" \
+  "$(json_of runs/paper-b2-zero)" <<'PY'
 import json, sys, os
-main, out = sys.argv[1], sys.argv[2]
-def rows(run, names):
-    e = json.load(open(os.path.join(run, "eval.json")))
-    return [(r, e) for r in e["rows"] if r["name"] in names]
-m = json.load(open(os.path.join(main, "eval.json")))
-table = [("(a) teacher, Euler + CFG", *rows(main, ["teacher"])[0]),
-         ("(b) teacher, 4 steps + CFG", *rows(main, ["teacher-few-step"])[0])]
-for label, run in [("(c) plain DMD2", "runs/paper-dmd2"), ("(d) no Stage II", "runs/paper-no-stage2"),
-                   ("(e) FastLightGen, b2 = 0", "runs/paper-b2-zero"), ("**FastLightGen**", main)]:
-    table += [(label, *rows(run, ["student"])[0])]
-teacher_s = rows(main, ["teacher"])[0][0]["seconds"]
-keys = ["prompt_following", "frame_quality", "background", "motion_smoothness", "subject_consistency", "dynamic_degree"]
-lines = ["| method | steps | NFE | block params | prompt | quality | background | smoothness | consistency | dynamic | **average** | Fréchet | sampling (s) | speedup |",
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-for label, r, _ in table:
-    s = r["eval"]["scores"]
-    lines.append(f"| {label} | {r['steps']} | {r['nfe']} | {r['block_param_share']*100:.0f}% | " +
-                 " | ".join(f"{s[k]:.3f}" for k in keys) +
-                 f" | **{r['eval']['average']:.3f}** | {r['eval']['frechet_distance']:.2f} | {r['seconds']:.2f} | {teacher_s / r['seconds']:.1f}x |")
-lines.append("")
-lines.append(f"FastLightGen student over the teacher (same {m['num_videos']} videos, same run): "
-             f"{m['speedup_measured']:.1f}x measured, {m['speedup_theoretical']:.2f}x theoretical.")
+out = sys.argv[1]
+main, dmd2, no2, b2z = (json.loads(a) for a in sys.argv[2:6])
+row = lambda summary, name: next(r for r in summary["rows"] if r["name"] == name)
+table = [("(a) teacher, Euler + CFG", row(main, "teacher")),
+         ("(b) teacher, 4 steps + CFG", row(main, "teacher-few-step")),
+         ("(c) plain DMD2", row(dmd2, "student")), ("(d) no Stage II", row(no2, "student")),
+         ("(e) FastLightGen, b2 = 0", row(b2z, "student")), ("**FastLightGen**", row(main, "student"))]
+teacher_s = row(main, "teacher")["seconds"]
+lines = [f"| method | steps | NFE | block params {main['score_header']} sampling (s) | speedup |",
+         "|---|---|---|---|" + "---|" * 8 + "---|---|"]
+for label, r in table:
+    lines.append(f"| {label} | {r['steps']} | {r['nfe']} | {r['block_param_share']*100:.0f}% {r['score_cells']} "
+                 f"{r['seconds']:.2f} | {teacher_s / r['seconds']:.1f}x |")
+h = main["headline"]
+lines += ["", f"FastLightGen student over the teacher (same {main['num_videos']} videos, same run): "
+          f"{h['speedup_measured']:.1f}x measured, {h['speedup_theoretical']:.2f}x theoretical."]
 text = "\n".join(lines) + "\n"
 open(os.path.join(out, "table.md"), "w").write(text)
 print(text)

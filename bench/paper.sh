@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make paper`: METHOD.md's experiments on moving-shapes with the same code as the demo, each a
+# `make paper`: docs/method.md's experiments on moving-shapes with the same code as the demo, each a
 # real 2-rank run from the shipped tiny teacher:
 #   1. the main table: teacher 50-step CFG, teacher 4-step, plain DMD2, no Stage II, b2 = 0,
 #      FastLightGen (bench/paper-table.sh);
@@ -18,7 +18,7 @@ set -euo pipefail
 out=${1:-bench/results/paper}
 bin=./target/release/fastlightgen
 mkdir -p "$out/cost" "$out/figures"
-run_dir() { echo "runs/$(sed -n 's/^name = "\(.*\)"/\1/p' "$1" | head -1)"; }
+run_dir() { "$bin" validate --print-run-dir "$1"; }
 main=$(run_dir cluster-configs/demo-cpu.toml)
 step() { echo; echo "== make paper: $* =="; }
 

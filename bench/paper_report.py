@@ -8,12 +8,11 @@ Usage: paper_report.py OUT_DIR MAIN_RUN_DIR
 import json
 import math
 import os
+import subprocess
 import sys
 
 out, main = sys.argv[1], sys.argv[2]
-KEYS = ["prompt_following", "frame_quality", "background", "motion_smoothness",
-        "subject_consistency", "dynamic_degree"]
-HEAD = "| prompt | quality | background | smoothness | consistency | dynamic | **average** | Fréchet |"
+BIN = "./target/release/fastlightgen"
 
 
 def load(path):
@@ -24,30 +23,30 @@ def load(path):
         return None
 
 
-def student(run):
-    e = load(os.path.join(run, "eval.json"))
-    if not e:
+def summary(run):
+    """The run's numbers as its report states them (`fastlightgen report RUN --json`), or None
+    for a run that has not finished its eval stage."""
+    if not os.path.exists(os.path.join(run, "eval.json")):
         return None
-    return next((r for r in e["rows"] if r["name"] == "student"), None)
+    res = subprocess.run([BIN, "report", run, "--json"], capture_output=True, text=True)
+    return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+def student(run):
+    s = summary(run)
+    return next((r for r in s["rows"] if r["name"] == "student"), None) if s else None
 
 
 def held_out(run):
-    """Stage II's held-out |P - U|^2 before and after (last record of metrics.jsonl)."""
-    found = None
-    try:
-        for line in open(os.path.join(run, "metrics.jsonl")):
-            rec = json.loads(line)
-            if rec.get("event") == "held_out":
-                found = (rec["gap_before"], rec["gap_after"])
-    except OSError:
-        pass
-    return found
+    """Stage II's held-out |P - U|^2 before and after."""
+    s = summary(run)
+    h = s and s["held_out"]
+    return (h["gap_before"], h["gap_after"]) if h else None
 
 
-def score_cells(report):
-    s = report["scores"]
-    return " | ".join(f"{s[k]:.3f}" for k in KEYS) + \
-        f" | **{report['average']:.3f}** | {report['frechet_distance']:.2f} |"
+if summary(main) is None:
+    sys.exit(f"paper_report.py: {main} has no finished eval stage; run `make demo` first")
+HEAD = summary(main)["score_header"]
 
 
 def missing(n):
@@ -79,9 +78,9 @@ def ablation(entries, lead=lambda run: []):
     for x, label, run in entries:
         r = student(run)
         first = "".join(f"{c} | " for c in lead(run))
-        lines.append(f"| {label} | {first}" + (score_cells(r["eval"]) if r else missing(8)))
+        lines.append(f"| {label} | {first}" + (r["score_cells"][2:] if r else missing(8)))
         if r and x is not None:
-            pts.append([x, r["eval"]["average"]])
+            pts.append([x, r["average"]])
     lines.append("")
     return pts
 

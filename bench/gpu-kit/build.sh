@@ -83,7 +83,7 @@ fi
 # 4. Build the worker from a copy of the sources (the patch rewrites that copy's Cargo.lock,
 #    never the repository's), with its own target folder.
 rm -rf "$BUILD/src.new"; mkdir -p "$BUILD/src.new"
-tar -C "$ROOT" -c Cargo.toml Cargo.lock proto coordinator worker tests | tar -C "$BUILD/src.new" -x
+tar -C "$ROOT" -c Cargo.toml Cargo.lock proto core media report coordinator worker tests | tar -C "$BUILD/src.new" -x
 # Keep unchanged files' timestamps so cargo rebuilds only what changed.
 mkdir -p "$BUILD/src"
 (cd "$BUILD/src.new" && find . -type f) | while read -r f; do

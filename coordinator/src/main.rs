@@ -133,6 +133,9 @@ enum Command {
         /// With --estimate-memory: text tokens per sample [default: the data set's, else 512].
         #[arg(long)]
         text_len: Option<i64>,
+        /// Print only the run directory (<output_dir>/<name>) of a valid config, for scripts.
+        #[arg(long, conflicts_with = "estimate_memory")]
+        print_run_dir: bool,
     },
     /// Start the config's worker ranks with mpirun (cluster.world_size of them), without a
     /// coordinator, and wait for them.
@@ -225,6 +228,26 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Validate {
             config,
+            skip_files,
+            print_run_dir: true,
+            ..
+        } => match Config::load_with(
+            &config,
+            LoadOptions {
+                check_files: !skip_files,
+            },
+        ) {
+            Ok(c) => {
+                println!("{}", c.run_dir().path().display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Validate {
+            config,
             world_size,
             skip_files,
             estimate_memory,
@@ -232,6 +255,7 @@ fn main() -> ExitCode {
             device_memory_gib,
             latent,
             text_len,
+            print_run_dir: false,
         } => validate(
             config,
             world_size,

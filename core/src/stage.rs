@@ -4,9 +4,8 @@
 //! [`Stage::name`]; code matches on the enum. Only the training stages take steps, and so
 //! only they have checkpoints: a checkpoint's global step (`step-<N>`) is the steps of the
 //! training stages before it plus its stage step, so checkpoints of different stages never
-//! collide.
+//! collide. The step counts and offsets under a config are `impl Stage` in `config/`.
 
-use crate::config::Config;
 use std::fmt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -60,41 +59,6 @@ impl Stage {
     /// Whether the stage takes optimiser steps (and so reports steps and has checkpoints).
     pub const fn trains(self) -> bool {
         matches!(self, Stage::Pretrain | Stage::Pruning | Stage::Distill)
-    }
-
-    /// Steps the stage takes under `cfg` (0 for the stages without steps).
-    pub fn steps(self, cfg: &Config) -> u64 {
-        match self {
-            Stage::Pretrain => cfg.pretrain.steps,
-            Stage::Pruning => cfg.pruning.steps,
-            Stage::Distill => cfg.distill.steps,
-            _ => 0,
-        }
-    }
-
-    /// Videos per optimiser step, over all ranks (0 for the stages without steps).
-    pub fn batch_size(self, cfg: &Config) -> u64 {
-        match self {
-            Stage::Pretrain => cfg.pretrain.batch_size,
-            Stage::Pruning => cfg.pruning.batch_size,
-            Stage::Distill => cfg.distill.batch_size,
-            _ => 0,
-        }
-    }
-
-    /// Steps of the training stages `cfg` runs before this one: `offset + step` is the
-    /// global step that names a checkpoint.
-    pub fn offset(self, cfg: &Config) -> u64 {
-        cfg.stages()
-            .into_iter()
-            .take_while(|s| *s != self)
-            .map(|s| s.steps(cfg))
-            .sum()
-    }
-
-    /// The global step of `step` steps into this stage.
-    pub fn global_step(self, cfg: &Config, step: u64) -> u64 {
-        self.offset(cfg) + step
     }
 
     /// The metrics.jsonl keys the stage's loss curves are drawn from, with their legends.
@@ -154,20 +118,5 @@ mod tests {
         }
         assert_eq!(Stage::parse("prune"), None);
         assert!("distil".parse::<Stage>().unwrap_err().contains("pretrain, importance"));
-    }
-
-    #[test]
-    fn global_steps_count_the_earlier_training_stages_the_config_runs() {
-        let text = "[experiment]\nname = \"t\"\nstages = [\"pretrain\", \"importance\", \"pruning\", \"distill\"]\n[model]\npreset = \"tiny\"\n";
-        let options = crate::config::LoadOptions { check_files: false };
-        let mut cfg = Config::parse(text, std::path::Path::new("t.toml"), options).unwrap();
-        cfg.pretrain.steps = 7;
-        cfg.pruning.steps = 11;
-        cfg.distill.steps = 13;
-        assert_eq!(Stage::Pretrain.offset(&cfg), 0);
-        assert_eq!(Stage::Importance.offset(&cfg), 7);
-        assert_eq!(Stage::Distill.global_step(&cfg, 2), 7 + 11 + 2);
-        cfg.experiment.stages.remove(0);
-        assert_eq!(Stage::Distill.offset(&cfg), 11);
     }
 }

@@ -171,29 +171,7 @@ pub fn pytorch_train_step(
     Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
 }
 
-/// A memory figure of this process from /proc/self/status (e.g. "VmHWM:"), in bytes.
-fn proc_status_bytes(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Peak resident memory of this process (VmHWM), in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    proc_status_bytes("VmHWM:")
-}
-
-/// Resident memory of this process now (VmRSS), in bytes.
-pub fn rss_bytes() -> u64 {
-    proc_status_bytes("VmRSS:")
-}
+use crate::device::{peak_rss_bytes, rss_bytes};
 
 /// One rank's share of a sharded training-step benchmark.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -381,7 +359,8 @@ pub fn checkpoint_cost(
     dir: &std::path::Path,
 ) -> anyhow::Result<CheckpointCost> {
     use crate::checkpoint::{snapshot, write_shard, TrainState};
-    use crate::shard::{ShardedDit, Solo};
+    use crate::collective::Solo;
+    use crate::shard::ShardedDit;
     use crate::train::Role;
     let full = Dit::init(dims, 0);
     let params = full.param_count();

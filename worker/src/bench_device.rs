@@ -103,17 +103,6 @@ pub fn step_flops(dims: &ModelDims, shape: &StepShape) -> f64 {
     )
 }
 
-/// Device memory in use, in bytes, as the CUDA driver reports it (total - free); `None` on
-/// the CPU. libtorch's caching allocator keeps what it once took, so read after the timed
-/// steps this is the peak the steps reserved (plus the CUDA context).
-pub fn device_memory_used(device: Device) -> Option<u64> {
-    let Device::Cuda(i) = device else { return None };
-    let ctx = cudarc::driver::CudaContext::new(i).ok()?;
-    ctx.bind_to_thread().ok()?;
-    let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
-    Some((total - free) as u64)
-}
-
 /// Times forward + backward passes (loss = mean square error to a random target; no optimiser) of a
 /// freshly initialised model of `dims` on `device` in `kind`. One JSON object with seconds
 /// per step, samples/s, model TFLOP/s, MFU against `peak_tflops` and the device memory used.
@@ -184,7 +173,7 @@ pub fn model_step(
         "tflops": tflops,
         "mfu": tflops / peak_tflops,
         "peak_tflops": peak_tflops,
-        "device_memory_used_gib": device_memory_used(device).map(|b| b as f64 / (1u64 << 30) as f64),
-        "peak_rss_gib": crate::bench::peak_rss_bytes() as f64 / (1u64 << 30) as f64,
+        "device_memory_used_gib": crate::device::device_memory_used(device).map(|b| b as f64 / (1u64 << 30) as f64),
+        "peak_rss_gib": crate::device::peak_rss_bytes() as f64 / (1u64 << 30) as f64,
     })
 }

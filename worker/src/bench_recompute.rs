@@ -4,7 +4,8 @@
 use crate::model::Dit;
 use crate::optim::AdamW;
 use crate::train::flow_matching_backward;
-use crate::shard::{ShardedDit, Solo};
+use crate::collective::Solo;
+use crate::shard::ShardedDit;
 use crate::train::{draws, Draws};
 use flg_core::config::{ModelDims, Optim};
 use std::time::Instant;
@@ -167,6 +168,6 @@ pub fn run(
         sharded_full_samples_per_s: median(f),
         max_rel_grad_diff_none_vs_plain: none_vs_plain,
         max_rel_grad_diff_none_vs_full: none_vs_full,
-        peak_rss_bytes: crate::bench::peak_rss_bytes(),
+        peak_rss_bytes: crate::device::peak_rss_bytes(),
     }
 }

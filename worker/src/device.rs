@@ -156,6 +156,41 @@ pub fn tch_device(device: Device, local_rank: usize) -> tch::Device {
     }
 }
 
+/// Device memory in use, in bytes, as the CUDA driver reports it (total - free); `None` on
+/// the CPU. libtorch's caching allocator keeps what it once took, so read after the timed
+/// steps this is the peak the steps reserved (plus the CUDA context).
+pub fn device_memory_used(device: tch::Device) -> Option<u64> {
+    let tch::Device::Cuda(i) = device else { return None };
+    let ctx = cudarc::driver::CudaContext::new(i).ok()?;
+    ctx.bind_to_thread().ok()?;
+    let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
+    Some((total - free) as u64)
+}
+
+/// A memory figure of this process from /proc/self/status (e.g. "VmHWM:"), in bytes.
+fn proc_status_bytes(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Resident memory of this process now (VmRSS), in bytes.
+pub fn rss_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod bench_memory;
 pub mod bench_recompute;
 pub mod checkpoint;
 pub mod collective;
+pub mod context;
 pub mod control;
 pub mod data;
 pub mod device;

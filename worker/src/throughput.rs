@@ -50,8 +50,8 @@ pub fn tokens_per_video(dims: &ModelDims, video: &[i64]) -> i64 {
 /// plus the CUDA context); on the CPU the process's peak resident set (VmHWM).
 pub fn peak_memory_bytes(device: Device) -> u64 {
     match device {
-        Device::Cuda(_) => crate::bench_device::device_memory_used(device).unwrap_or(0),
-        _ => crate::bench::peak_rss_bytes(),
+        Device::Cuda(_) => crate::device::device_memory_used(device).unwrap_or(0),
+        _ => crate::device::peak_rss_bytes(),
     }
 }
 
@@ -106,7 +106,8 @@ impl StepMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::{ShardedDit, Solo};
+    use crate::collective::Solo;
+    use crate::shard::ShardedDit;
     use flg_core::config::preset;
     use tch::{Kind, Tensor};
 

@@ -17,7 +17,7 @@
 use crate::checkpoint::{self, Loaded, TrainState};
 use crate::control::Command;
 use crate::data::Loader;
-use crate::stages::StageCtx;
+use crate::context::StageCtx;
 use crate::train::Role;
 use anyhow::{Context, Result};
 use flg_core::Stage;

@@ -20,6 +20,46 @@ use serde::de::DeserializeOwned;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// A stage's step counts under a config (here, not in `stage.rs`, so that the stage names
+/// do not depend on the config).
+impl Stage {
+    /// Steps the stage takes under `cfg` (0 for the stages without steps).
+    pub fn steps(self, cfg: &Config) -> u64 {
+        match self {
+            Stage::Pretrain => cfg.pretrain.steps,
+            Stage::Pruning => cfg.pruning.steps,
+            Stage::Distill => cfg.distill.steps,
+            _ => 0,
+        }
+    }
+
+    /// Videos per optimiser step, over all ranks (0 for the stages without steps).
+    pub fn batch_size(self, cfg: &Config) -> u64 {
+        match self {
+            Stage::Pretrain => cfg.pretrain.batch_size,
+            Stage::Pruning => cfg.pruning.batch_size,
+            Stage::Distill => cfg.distill.batch_size,
+            _ => 0,
+        }
+    }
+
+    /// Steps of the training stages `cfg` runs before this one: `offset + step` is the
+    /// global step that names a checkpoint.
+    pub fn offset(self, cfg: &Config) -> u64 {
+        cfg.stages()
+            .into_iter()
+            .take_while(|s| *s != self)
+            .map(|s| s.steps(cfg))
+            .sum()
+    }
+
+    /// The global step of `step` steps into this stage.
+    pub fn global_step(self, cfg: &Config, step: u64) -> u64 {
+        self.offset(cfg) + step
+    }
+
+}
+
 /// One problem in a config: which key, and what was expected.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConfigIssue {

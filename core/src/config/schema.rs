@@ -1,7 +1,7 @@
 //! The experiment file's schema: one struct per TOML section.
 //!
 //! Every section rejects unknown keys and fills missing ones from its `Default`, so a config
-//! names only what differs from the defaults. Every `[choice]` of METHOD.md is a key here.
+//! names only what differs from the defaults. Every `[choice]` of docs/method.md is a key here.
 //! Range and cross-field checks live in `validate.rs`; this file only says what exists.
 
 use serde::{Deserialize, Serialize};
@@ -181,7 +181,7 @@ pub struct Model {
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum DataKind {
-    /// The synthetic data set of ARCHITECTURE.md, generated on demand.
+    /// The synthetic data set of docs/architecture.md, generated on demand.
     #[serde(rename = "moving-shapes")]
     MovingShapes,
     /// Pre-encoded latents and text embeddings on disk.

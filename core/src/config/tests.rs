@@ -1,4 +1,5 @@
 use super::*;
+use crate::stage::Stage;
 use std::path::PathBuf;
 
 const MINIMAL: &str = r#"
@@ -312,4 +313,19 @@ fn the_eval_stage_needs_moving_shapes() {
             .contains("moving-shapes"),
         "{e}"
     );
+}
+
+#[test]
+fn global_steps_count_the_earlier_training_stages_the_config_runs() {
+    let text = "[experiment]\nname = \"t\"\nstages = [\"pretrain\", \"importance\", \"pruning\", \"distill\"]\n[model]\npreset = \"tiny\"\n";
+    let options = LoadOptions { check_files: false };
+    let mut cfg = Config::parse(text, Path::new("t.toml"), options).unwrap();
+    cfg.pretrain.steps = 7;
+    cfg.pruning.steps = 11;
+    cfg.distill.steps = 13;
+    assert_eq!(Stage::Pretrain.offset(&cfg), 0);
+    assert_eq!(Stage::Importance.offset(&cfg), 7);
+    assert_eq!(Stage::Distill.global_step(&cfg, 2), 7 + 11 + 2);
+    cfg.experiment.stages.remove(0);
+    assert_eq!(Stage::Distill.offset(&cfg), 11);
 }

@@ -30,7 +30,7 @@ pub struct StudentInfo {
     pub params: i64,
     /// Parameters of the same model with every block.
     pub full_params: i64,
-    /// Kept share of the transformer blocks' parameters (METHOD.md's "70%").
+    /// Kept share of the transformer blocks' parameters (docs/method.md's "70%").
     pub block_param_share: f64,
     /// Kept share of all parameters (embeddings and head included).
     pub param_share: f64,

@@ -1,4 +1,4 @@
-//! The synthetic `moving-shapes` data set, exactly as ARCHITECTURE.md defines it.
+//! The synthetic `moving-shapes` data set, exactly as docs/architecture.md defines it.
 //!
 //! A video is T frames of S x S RGB pixels on black: one object of side `o = S/4`, a filled
 //! square (shape 0) or a filled disk (shape 1), in one of four colours, moving at a constant

@@ -415,7 +415,7 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::Solo;
+    use crate::collective::Solo;
     use tch::Device;
 
     fn live_model() -> Dit {

@@ -3,7 +3,7 @@
 //! On a fixed, seeded calibration set (training videos, each at several shifted timesteps with
 //! seeded noise), the x0 (Tweedie) estimate `x_t - t v` is computed with every block and with
 //! each block skipped alone. A block's importance is the increase of the mean squared x0 error
-//! when it is skipped: `I_l = E|x0^(-l) - x0|^2 - E|x0 - x0|^2` (METHOD.md). The calibration set
+//! when it is skipped: `I_l = E|x0^(-l) - x0|^2 - E|x0 - x0|^2` (docs/method.md). The calibration set
 //! is split across ranks and the error sums are all-reduced, so W ranks give the one-rank table.
 //! The candidates are the least important blocks, taken in order until their parameters reach
 //! the target share of all block parameters.

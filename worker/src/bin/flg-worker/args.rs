@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[command(
     name = "fastlightgen",
     version,
-    about = "fastlightgen worker-side commands"
+    about = "fastlightgen's tensor-side commands (started as `fastlightgen <command>`, or by mpirun)"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -70,7 +70,7 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum DataCommand {
-    /// Write the synthetic moving-shapes data set (ARCHITECTURE.md) in the shard format.
+    /// Write the synthetic moving-shapes data set (docs/architecture.md) in the shard format.
     Shapes(ShapesArgs),
     /// Open a data directory, check every shard against dataset.json, and print a summary.
     Inspect(DataInspectArgs),
@@ -176,12 +176,15 @@ pub struct SampleArgs {
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// The sample directory (as `fastlightgen sample --out DIR` writes it).
     pub dir: PathBuf,
 }
 
 #[derive(Args)]
 pub struct PlotArgs {
+    /// The chart's JSON spec.
     pub spec: PathBuf,
+    /// The PNG to write.
     pub out: PathBuf,
 }
 
@@ -195,6 +198,7 @@ pub struct AnnotateArgs {
     /// Moving-shapes data directory whose prompt table the model was trained with.
     #[arg(long)]
     pub prompts_from: Option<PathBuf>,
+    /// Also write the results as JSON here.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -266,28 +270,37 @@ pub struct ShapesArgs {
 
 #[derive(Args)]
 pub struct DataInspectArgs {
+    /// The data directory (shards + dataset.json).
     pub dir: PathBuf,
 }
 
 #[derive(Args)]
 pub struct DataVerifyArgs {
+    /// The data directory (shards + dataset.json).
     pub dir: PathBuf,
 }
 
 #[derive(Args)]
 pub struct RecomputeArgs {
+    /// Model dimensions: tiny, small-100m or wan2.1-t2v-1.3b.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
+    /// Global batch per step.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Video frames.
     #[arg(long, default_value_t = 8)]
     pub frames: i64,
+    /// Frame side in pixels.
     #[arg(long, default_value_t = 16)]
     pub size: i64,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Alternating rounds (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Also write the result as JSON here.
@@ -297,28 +310,36 @@ pub struct RecomputeArgs {
 
 #[derive(Args)]
 pub struct ScalingArgs {
+    /// Model dimensions: tiny, small-100m or wan2.1-t2v-1.3b.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
+    /// World sizes (ranks), one mpirun job each.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub worlds: Vec<u32>,
+    /// Global batch per step.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
     /// Unit prefetch (the next unit's all-gather overlapping the current unit's compute):
     /// on, off, or both (each world size twice, off then on, for a before/after).
     #[arg(long, default_value = "off")]
     pub prefetch: String,
+    /// Also write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct MemoryArgs {
+    /// Presets, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "tiny,small-100m")]
     pub presets: Vec<String>,
+    /// World sizes (ranks), one mpirun job each.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub worlds: Vec<u32>,
     /// Global batch per step.
@@ -327,47 +348,61 @@ pub struct MemoryArgs {
     /// The estimate must be within this share of the measured peak; else exit 1.
     #[arg(long, default_value_t = 0.2)]
     pub tolerance: f64,
+    /// Also write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct BenchCollectivesArgs {
+    /// Ranks.
     #[arg(long, default_value_t = 2)]
     pub world: u32,
+    /// Also write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct CheckpointArgs {
+    /// Presets, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "tiny,small-100m")]
     pub presets: Vec<String>,
+    /// Global batch per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Checkpoints taken per preset.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// Where the checkpoint files are written (removed after).
     #[arg(long, default_value = "target/bench-checkpoint")]
     pub dir: PathBuf,
+    /// Also write the results as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct TrainStepArgs {
+    /// Model dimensions: tiny, small-100m or wan2.1-t2v-1.3b.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
+    /// Global batch per step.
     #[arg(long, default_value_t = 32)]
     pub batch: i64,
+    /// Video frames.
     #[arg(long, default_value_t = 8)]
     pub frames: i64,
+    /// Frame side in pixels.
     #[arg(long, default_value_t = 16)]
     pub size: i64,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
     /// Repeat the pair this many times (alternating) and report the median ratio.
@@ -386,11 +421,13 @@ pub struct DeviceForwardArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cuda")]
     pub device: String,
+    /// Global batch per step.
     #[arg(long, default_value_t = 4)]
     pub batch: i64,
     /// Video frames and side of the random input (the data the model was trained on).
     #[arg(long, default_value_t = 8)]
     pub frames: i64,
+    /// Frame side in pixels.
     #[arg(long, default_value_t = 16)]
     pub size: i64,
 }
@@ -406,6 +443,7 @@ pub struct DeviceStepArgs {
     /// bf16 or fp32.
     #[arg(long, default_value = "bf16")]
     pub precision: String,
+    /// Global batch per step.
     #[arg(long, default_value_t = 1)]
     pub batch: i64,
     /// Latent frames, height and width (Wan 2.1 at 480x832, 81 frames: 21 x 60 x 104).
@@ -418,8 +456,10 @@ pub struct DeviceStepArgs {
     /// Text tokens per sample (Wan's umT5 context: 512).
     #[arg(long, default_value_t = 512)]
     pub text_len: i64,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// The device's dense bf16 peak in TFLOP/s for the MFU (H100 and H200 SXM: 989).
@@ -429,12 +469,16 @@ pub struct DeviceStepArgs {
 
 #[derive(Args)]
 pub struct MpiStepArgs {
+    /// Model dimensions: tiny, small-100m or wan2.1-t2v-1.3b.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
+    /// Global batch per step.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Timed steps.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     /// Unit prefetch on the gather thread: on or off.
@@ -447,6 +491,7 @@ pub struct MpiCollectivesArgs {
     /// Full-buffer sizes in MiB.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
     pub sizes_mib: Vec<usize>,
+    /// Repetitions per size.
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
 }

@@ -79,7 +79,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(run_dir.path())?;
     std::fs::write(run_dir.config(), cfg.to_toml())?;
     let data = Arc::new(data::open_or_generate(&cfg, run_dir.path())?);
-    let solo = flg_worker::shard::Solo;
+    let solo = flg_worker::collective::Solo;
     let ctx = flg_worker::stages::StageCtx {
         cfg: &cfg,
         run_dir: run_dir.clone(),

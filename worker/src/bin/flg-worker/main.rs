@@ -8,11 +8,15 @@ mod commands;
 
 use anyhow::Result;
 use args::*;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() {
     flg_core::init_logging();
-    if let Err(e) = dispatch(Cli::parse()) {
+    // Users call these commands as `fastlightgen <command>` (it hands them over to this
+    // binary), so usage lines and errors say `fastlightgen`.
+    let matches = Cli::command().bin_name("fastlightgen").get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Err(e) = dispatch(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

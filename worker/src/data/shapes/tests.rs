@@ -1,4 +1,4 @@
-//! The generated videos are checked against ARCHITECTURE.md's definition by *measuring the
+//! The generated videos are checked against docs/architecture.md's definition by *measuring the
 //! pixels*, not by reading the generator's own parameters back.
 
 use super::*;

@@ -1,0 +1,16 @@
+//! Multi-process integration tests: real `mpirun` ranks, the real `fastlightgen` binary, real
+//! files. One test binary for all of them (each extra binary links libtorch again).
+//!
+//! `make test` builds the release binaries first; these tests find them next to this test
+//! executable's directory (target/release/).
+//!
+//! Topic modules: `cli`, `equivalence`, `stages`, `faults`, `control`, `report`; helpers in
+//! `util`.
+
+mod cli;
+mod control;
+mod equivalence;
+mod faults;
+mod report;
+mod stages;
+mod util;

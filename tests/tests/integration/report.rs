@@ -1,0 +1,134 @@
+//! `fastlightgen run` writes a report whose numbers are eval.json's.
+
+use crate::util::*;
+
+#[test]
+fn fastlightgen_run_writes_a_report_whose_files_exist_and_whose_numbers_are_eval_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = teacher_data(tmp.path(), 64);
+    let cfg = run_config(tmp.path(), "report", 2, 6, 3, &data_dir);
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"export\"]", "\"export\", \"eval\"]")
+        + "[eval]\nnum_samples = 8\nteacher_steps = 4\nbatch_size = 8\nmin_timed_seconds = 0.0\n";
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let res = fastlightgen(&["run", cfg.to_str().unwrap()]);
+    assert_ok(&res);
+    let run = tmp.path().join("runs/report");
+    let out = text(&res.stdout);
+    assert!(
+        out.contains(&format!("report: {}", run.join("report.md").display())),
+        "{out}"
+    );
+
+    let ev: serde_json::Value = json_file(&run.join("eval.json"));
+    let row = |name: &str| {
+        ev["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (teacher, student) = (row("teacher"), row("student"));
+    let avg = |r: &serde_json::Value| r["eval"]["average"].as_f64().unwrap();
+    let share = student["params"].as_f64().unwrap() / teacher["params"].as_f64().unwrap();
+    let speedup = ev["speedup_measured"].as_f64().unwrap();
+    // The three numbers printed at the end.
+    assert!(
+        out.contains(&format!(
+            "student {:.3}, teacher 50-step CFG {:.3}",
+            avg(&student),
+            avg(&teacher)
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "keeps {:.1}% of the teacher's parameters",
+            share * 100.0
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{speedup:.1}x faster sampling")),
+        "{out}"
+    );
+
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    // The throughput of both training stages, from their step lines.
+    let table = md
+        .split("## Throughput")
+        .nth(1)
+        .expect("a throughput section");
+    for stage in ["| pruning |", "| distill |"] {
+        assert!(table.contains(stage), "throughput row {stage}: {table}");
+    }
+    // Every image and file the report links to is there and is what its name says.
+    let links: Vec<&str> = md
+        .split("](")
+        .skip(1)
+        .map(|s| s.split(')').next().unwrap())
+        .collect();
+    for want in [
+        "report/pruning-losses.png",
+        "report/distill-losses.png",
+        "importance.png",
+        "report/samples.gif",
+        "report/samples.png",
+    ] {
+        assert!(
+            links.contains(&want),
+            "report.md does not show {want}: {links:?}"
+        );
+    }
+    for l in &links {
+        let bytes = std::fs::read(run.join(l)).unwrap_or_else(|e| panic!("{l}: {e}"));
+        if l.ends_with(".png") {
+            assert_eq!(&bytes[1..4], b"PNG", "{l}");
+        } else if l.ends_with(".gif") {
+            assert_eq!(&bytes[..3], b"GIF", "{l}");
+        }
+    }
+    // The quality table and the speedups are eval.json's numbers.
+    for (label, r) in [
+        ("| teacher |", &teacher),
+        ("| **FastLightGen student** |", &student),
+    ] {
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row"));
+        assert!(line.contains(&format!("**{:.3}**", avg(r))), "{line}");
+        assert!(
+            line.contains(&format!("| {:.2} |", r["seconds"].as_f64().unwrap())),
+            "{line}"
+        );
+        let scores = &r["eval"]["scores"];
+        assert!(
+            line.contains(&format!(
+                "| {:.3} |",
+                scores["prompt_following"].as_f64().unwrap()
+            )),
+            "{line}"
+        );
+    }
+    assert!(md.contains(&format!("**{speedup:.1}x measured**")), "{md}");
+    assert!(md.contains(&format!(
+        "{:.2}x theoretical",
+        ev["speedup_theoretical"].as_f64().unwrap()
+    )));
+    // Every stage's duration, from the run's own events.
+    let ev_log = events(&run);
+    for stage in ["importance", "pruning", "distill", "export", "eval"] {
+        let done = of_kind(&ev_log, "stage_done");
+        let secs = done.iter().rev().find(|e| e["stage"] == stage).unwrap()["seconds"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            md.contains(&format!("| {stage} | {secs:.0} |")),
+            "{stage}: {md}"
+        );
+    }
+}
