@@ -66,13 +66,19 @@ enum Command {
     ///
     /// Ctrl-C stops cleanly with a final checkpoint; a second Ctrl-C kills the workers.
     /// Meanwhile: `fastlightgen status|watch|pause|resume|checkpoint|stop --coordinator URL`.
-    Run { config: PathBuf },
+    Run {
+        /// The experiment file, e.g. cluster-configs/demo-cpu.toml.
+        config: PathBuf,
+    },
     /// Run only the coordinator, for clusters where the workers are started separately.
     ///
     /// Prints its URL and the mpirun line for the workers (`flg-worker run --config CFG
     /// --coordinator URL`). Lost ranks are reported; start the workers again (same line) and
     /// they resume from the last committed checkpoint. Ends when the run finishes or stops.
-    Coordinator { config: PathBuf },
+    Coordinator {
+        /// The experiment file; the workers must be started with the same one.
+        config: PathBuf,
+    },
     /// Show a running experiment: stage, step, losses, throughput, ETA, ranks, checkpoint.
     Status {
         #[command(flatten)]

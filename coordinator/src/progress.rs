@@ -2,9 +2,9 @@
 //! follows its own coordinator, and `fastlightgen watch`, which follows one over gRPC):
 //! a bar per training stage with its losses, a line per event worth knowing.
 
-use indicatif::{ProgressBar, ProgressStyle};
 use flg_core::events::{Event, Record};
 use flg_core::Stage;
+use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 

@@ -3,11 +3,11 @@
 //! last committed checkpoint when a rank dies or goes silent, up to `cluster.max_restarts`.
 //! Ctrl-C asks the ranks to stop with a final checkpoint; a second Ctrl-C ends them at once.
 
-use flg_core::config::Config;
-use flg_core::Stage;
-use flg_core::launch::{worker_binary, MpiLaunch};
 use crate::progress::EventView;
 use crate::run::{random_hex, Phase, RunHub};
+use flg_core::config::Config;
+use flg_core::launch::{worker_binary, MpiLaunch};
+use flg_core::Stage;
 use std::ffi::OsString;
 use std::net::ToSocketAddrs;
 use std::os::unix::process::CommandExt;

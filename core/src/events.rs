@@ -341,7 +341,11 @@ mod tests {
             .unwrap();
         write!(f, "{{\"kind\": \"stage_do").unwrap();
         log.append(&done(Stage::Distill)).unwrap();
-        writeln!(f, "{{\"unix_time\": 1.0, \"kind\": \"from_a_later_version\"}}").unwrap();
+        writeln!(
+            f,
+            "{{\"unix_time\": 1.0, \"kind\": \"from_a_later_version\"}}"
+        )
+        .unwrap();
         let records = log.read_all();
         assert_eq!(records.len(), 5);
         let h = History::from_records(&records);
@@ -369,6 +373,9 @@ mod tests {
             generation: Some(0),
         });
         let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
-        assert_eq!((v["kind"].as_str(), v["stage"].as_str()), (Some("stage_started"), Some("distill")));
+        assert_eq!(
+            (v["kind"].as_str(), v["stage"].as_str()),
+            (Some("stage_started"), Some("distill"))
+        );
     }
 }

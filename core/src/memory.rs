@@ -19,6 +19,7 @@
 //! `bench memory` (worker) checks the estimate against the measured peak on the CPU.
 
 use crate::config::{ActivationCheckpoint, Config, DataKind, Device, ModelDims, Precision};
+use crate::stage::Stage;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -81,7 +82,7 @@ impl RoleEstimate {
 /// One stage's memory on one rank.
 #[derive(Clone, Debug)]
 pub struct StageEstimate {
-    pub stage: &'static str,
+    pub stage: Stage,
     pub batch_per_rank: u64,
     pub tokens_per_video: i64,
     pub roles: Vec<RoleEstimate>,
@@ -175,7 +176,7 @@ impl StepSetup {
     /// The step of a stage that trains `trained` blocks (the tape) with `roles`.
     fn stage(
         &self,
-        stage: &'static str,
+        stage: Stage,
         batch: u64,
         roles: Vec<RoleEstimate>,
         tape_blocks: Option<i64>,
@@ -237,7 +238,7 @@ impl StepSetup {
     pub fn pretrain(&self, batch: u64, ema: bool) -> StageEstimate {
         let p = total_params(&self.dims, self.dims.num_blocks);
         let roles = vec![self.role("model", p, true, ema)];
-        self.stage("pretrain", batch, roles, Some(self.dims.num_blocks), p)
+        self.stage(Stage::Pretrain, batch, roles, Some(self.dims.num_blocks), p)
     }
 }
 
@@ -318,27 +319,27 @@ pub fn estimate(
         ((cfg.importance.prune_ratio * d.num_blocks as f64).round() as i64).min(d.num_blocks - 1);
     let student = total_params(d, d.num_blocks - removed);
     let mut stages = Vec::new();
-    for stage in &cfg.experiment.stages {
-        match stage.as_str() {
-            "pretrain" => {
+    for stage in cfg.stages() {
+        match stage {
+            Stage::Pretrain => {
                 stages.push(s.pretrain(cfg.pretrain.batch_size, cfg.pretrain.ema_decay > 0.0))
             }
-            "importance" => stages.push(s.stage(
-                "importance",
+            Stage::Importance => stages.push(s.stage(
+                Stage::Importance,
                 cfg.importance.batch_size,
                 vec![s.role("teacher", full, false, false)],
                 None,
                 full,
             )),
-            "pruning" => stages.push(s.stage(
-                "pruning",
+            Stage::Pruning => stages.push(s.stage(
+                Stage::Pruning,
                 cfg.pruning.batch_size,
                 vec![s.role("model", full, true, false)],
                 Some(d.num_blocks),
                 full,
             )),
-            "distill" => stages.push(s.stage(
-                "distill",
+            Stage::Distill => stages.push(s.stage(
+                Stage::Distill,
                 cfg.distill.batch_size,
                 vec![
                     s.role("generator", student, true, cfg.distill.ema_decay > 0.0),

@@ -82,7 +82,7 @@ impl Stage {
 
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
@@ -117,6 +117,9 @@ mod tests {
             assert_eq!(s.trains(), !s.loss_curves().is_empty());
         }
         assert_eq!(Stage::parse("prune"), None);
-        assert!("distil".parse::<Stage>().unwrap_err().contains("pretrain, importance"));
+        assert!("distil"
+            .parse::<Stage>()
+            .unwrap_err()
+            .contains("pretrain, importance"));
     }
 }

@@ -43,8 +43,9 @@ impl RunRecord {
         let cfg = Config::parse(&cfg_text, &cfg_path, LoadOptions { check_files: false })
             .map_err(|e| anyhow!("{e}"))?;
         let eval_path = dir.eval();
-        let eval = RunEval::read(&eval_path)
-            .with_context(|| format!("the report needs the eval stage's {}", eval_path.display()))?;
+        let eval = RunEval::read(&eval_path).with_context(|| {
+            format!("the report needs the eval stage's {}", eval_path.display())
+        })?;
         if eval.row(STUDENT).is_none() {
             anyhow::bail!("{}: no student row", eval_path.display());
         }
@@ -102,7 +103,9 @@ pub(crate) fn stage_steps(metrics: &[Value]) -> BTreeMap<Stage, BTreeMap<u64, Va
     let mut out: BTreeMap<Stage, BTreeMap<u64, Value>> = BTreeMap::new();
     for l in metrics {
         if let (Some(stage), Some(step), None) = (
-            l.get("stage").and_then(Value::as_str).and_then(Stage::parse),
+            l.get("stage")
+                .and_then(Value::as_str)
+                .and_then(Stage::parse),
             l.get("step").and_then(Value::as_u64),
             l.get("event"),
         ) {

@@ -70,4 +70,3 @@ pub fn side_by_side_gif(
     flg_media::write_png(&out.with_extension("png"), &still, height, still_w)?;
     Ok(cols)
 }
-

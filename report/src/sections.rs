@@ -301,8 +301,7 @@ pub fn samples(w: &mut String, run: &RunRecord) -> Result<()> {
         .filter(|r| ev.row(r).is_some())
         .collect();
     let gif = "report/samples.gif";
-    let cols =
-        crate::samples::side_by_side_gif(&run.dir, &rows, &run.dir.path().join(gif), 8)?;
+    let cols = crate::samples::side_by_side_gif(&run.dir, &rows, &run.dir.path().join(gif), 8)?;
     writeln!(w, "![teacher and student samples]({gif})\n")?;
     writeln!(
         w,

@@ -1,4 +1,4 @@
-//! `bench memory`: `validate --estimate-memory`'s model (coordinator/src/memory.rs) against
+//! `bench memory`: `validate --estimate-memory`'s model (core/src/memory.rs) against
 //! the measured peak of real sharded training steps on the CPU.
 
 use flg_core::config::ModelDims;

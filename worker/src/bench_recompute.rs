@@ -1,11 +1,11 @@
 //! `bench recompute`: the sharded training step at W = 1 with and without block recompute
 //! against plain autograd on the whole model, on the same batch and draws, in one run.
 
+use crate::collective::Solo;
 use crate::model::Dit;
 use crate::optim::AdamW;
-use crate::train::flow_matching_backward;
-use crate::collective::Solo;
 use crate::shard::ShardedDit;
+use crate::train::flow_matching_backward;
 use crate::train::{draws, Draws};
 use flg_core::config::{ModelDims, Optim};
 use std::time::Instant;

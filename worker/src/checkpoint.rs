@@ -280,8 +280,7 @@ fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 
 impl Loaded {
     pub fn open(dir: &Path, rank: usize, world: usize) -> Result<Loaded> {
-        let manifest = flg_core::checkpoint::read_manifest(dir)
-            .map_err(|e| anyhow!(e))?;
+        let manifest = flg_core::checkpoint::read_manifest(dir).map_err(|e| anyhow!(e))?;
         let old_world = manifest.world_size as usize;
         let file_of = |r: usize| -> Result<PathBuf> {
             manifest

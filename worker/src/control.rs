@@ -58,7 +58,12 @@ impl Command {
             Ok(Kind::Pause) => Command::Pause,
             Ok(Kind::Checkpoint) => Command::Checkpoint(target()?),
             Ok(Kind::Stop) => Command::Stop(target()?),
-            Err(_) => return Err(anyhow!("unknown command kind {} from the coordinator", c.kind)),
+            Err(_) => {
+                return Err(anyhow!(
+                    "unknown command kind {} from the coordinator",
+                    c.kind
+                ))
+            }
         })
     }
 
@@ -328,7 +333,13 @@ impl Control {
         };
         self.rt
             .block_on(self.client().report_stage(req))
-            .map_err(|e| rpc_error(&format!("reporting stage {stage} {}", event.as_str_name()), &self.url, e))?;
+            .map_err(|e| {
+                rpc_error(
+                    &format!("reporting stage {stage} {}", event.as_str_name()),
+                    &self.url,
+                    e,
+                )
+            })?;
         Ok(())
     }
 

@@ -160,7 +160,9 @@ pub fn tch_device(device: Device, local_rank: usize) -> tch::Device {
 /// the CPU. libtorch's caching allocator keeps what it once took, so read after the timed
 /// steps this is the peak the steps reserved (plus the CUDA context).
 pub fn device_memory_used(device: tch::Device) -> Option<u64> {
-    let tch::Device::Cuda(i) = device else { return None };
+    let tch::Device::Cuda(i) = device else {
+        return None;
+    };
     let ctx = cudarc::driver::CudaContext::new(i).ok()?;
     ctx.bind_to_thread().ok()?;
     let (free, total) = cudarc::driver::result::mem_get_info().ok()?;

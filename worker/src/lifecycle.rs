@@ -70,7 +70,14 @@ pub fn run_rank(args: &RankArgs) -> Result<()> {
         },
         None => None,
     };
-    match run_stages(&cfg, path, &ranks, all_stages, args.snapshot_every, control.clone()) {
+    match run_stages(
+        &cfg,
+        path,
+        &ranks,
+        all_stages,
+        args.snapshot_every,
+        control.clone(),
+    ) {
         Ok(()) => {}
         Err(e) if e.downcast_ref::<Stopped>().is_some() => {
             if ranks.rank == 0 {
@@ -132,10 +139,10 @@ fn run_stages(
         let mut resolved = cfg.clone();
         resolved.experiment.stages = all_stages.iter().map(|s| s.name().to_string()).collect();
         std::fs::write(run_dir.config(), resolved.to_toml())?;
-        data::open_or_generate(cfg, run_dir.path())?; // generated once, by rank 0
+        data::open_or_generate(cfg, &run_dir)?; // generated once, by rank 0
     }
     comm.barrier();
-    let data = Arc::new(data::open_or_generate(cfg, run_dir.path())?);
+    let data = Arc::new(data::open_or_generate(cfg, &run_dir)?);
     let writer = control
         .as_ref()
         .map(|c| Writer::start(c.clone(), run_dir.checkpoints()));

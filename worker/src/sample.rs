@@ -2,11 +2,12 @@
 
 use crate::data::shapes::{self, ShapesSpec};
 use crate::flow;
-use flg_media::npy;
 use crate::model::file::Prompts;
 use crate::model::Dit;
 use crate::rng::Rng;
 use anyhow::Result;
+use flg_core::run_dir::sample_files;
+use flg_media::npy;
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -92,8 +93,8 @@ pub fn to_pixels(latents: &Tensor) -> (Vec<u8>, [usize; 4]) {
 pub fn write_samples(dir: &Path, pixels: &[u8], shape: [usize; 4], labels: &[i64]) -> Result<()> {
     let [n, t, h, w] = shape;
     std::fs::create_dir_all(dir)?;
-    npy::write_u8(&dir.join("videos.npy"), &[n, t, h, w, 3], pixels)?;
-    npy::write_i64(&dir.join("labels.npy"), labels)?;
+    npy::write_u8(&dir.join(sample_files::VIDEOS), &[n, t, h, w, 3], pixels)?;
+    npy::write_i64(&dir.join(sample_files::LABELS), labels)?;
     let per = t * h * w * 3;
     let scale = (128 / h.max(w)).max(1);
     for i in 0..n {
@@ -107,7 +108,7 @@ pub fn write_samples(dir: &Path, pixels: &[u8], shape: [usize; 4], labels: &[i64
         )?;
     }
     flg_media::write_grid_png(
-        &dir.join("grid.png"),
+        &dir.join(sample_files::GRID),
         pixels,
         n.min(16),
         t,

@@ -15,9 +15,9 @@
 //! elsewhere.
 
 use crate::checkpoint::{self, Loaded, TrainState};
+use crate::context::StageCtx;
 use crate::control::Command;
 use crate::data::Loader;
-use crate::context::StageCtx;
 use crate::train::Role;
 use anyhow::{Context, Result};
 use flg_core::Stage;

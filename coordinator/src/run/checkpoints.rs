@@ -7,9 +7,9 @@
 //! directory without a manifest is never resumed from; [`CheckpointStore::resume_point`]
 //! re-hashes every file and falls back to the previous committed checkpoint when one is bad.
 
+use flg_core::checkpoint::{file_sha256, step_dir_name, Manifest, LATEST, MANIFEST};
 pub use flg_core::checkpoint::{read_manifest, ShardFile};
 use flg_core::RunDir;
-use flg_core::checkpoint::{file_sha256, step_dir_name, Manifest, LATEST, MANIFEST};
 use std::path::{Path, PathBuf};
 
 /// A committed checkpoint that passed verification.
@@ -112,10 +112,7 @@ impl CheckpointStore {
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().to_string();
                 let n: u64 = name.strip_prefix("step-")?.parse().ok()?;
-                e.path()
-                    .join(MANIFEST)
-                    .is_file()
-                    .then(|| (n, e.path()))
+                e.path().join(MANIFEST).is_file().then(|| (n, e.path()))
             })
             .collect();
         out.sort();

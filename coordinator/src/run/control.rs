@@ -25,10 +25,12 @@ fn accepted(message: &str) -> pb::ControlReply {
 
 impl RunHub {
     fn refuse_if_ended(&self, inner: &Inner, what: &str) -> Option<pb::ControlReply> {
-        inner
-            .phase
-            .ended()
-            .then(|| refused(&format!("cannot {what}: the run has {}", inner.phase.name())))
+        inner.phase.ended().then(|| {
+            refused(&format!(
+                "cannot {what}: the run has {}",
+                inner.phase.name()
+            ))
+        })
     }
 
     pub fn pause(&self, reason: &str) -> pb::ControlReply {
@@ -157,9 +159,7 @@ impl RunHub {
             });
         }
         let interval = self.cfg.checkpoint.interval_steps;
-        let committed = inner
-            .last_committed
-            .is_some_and(|(_, s, n)| (s, n) == key);
+        let committed = inner.last_committed.is_some_and(|(_, s, n)| (s, n) == key);
         if interval > 0
             && c.step > 0
             && c.step < total

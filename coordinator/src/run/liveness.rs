@@ -26,7 +26,11 @@ pub fn registration_window_s(heartbeat_timeout_s: f64) -> f64 {
 
 impl RunHub {
     /// A rank of a launch says it is there.
-    pub fn register(&self, r: &pb::RegisterRequest, now: Instant) -> Result<pb::RegisterReply, Status> {
+    pub fn register(
+        &self,
+        r: &pb::RegisterRequest,
+        now: Instant,
+    ) -> Result<pb::RegisterReply, Status> {
         if !r.run_id.is_empty() {
             self.check_run_id(&r.run_id)?;
         }
@@ -100,7 +104,11 @@ impl RunHub {
             run_id: self.run_id.clone(),
             generation,
             resume_from,
-            completed_stages: inner.completed.iter().map(|s| s.name().to_string()).collect(),
+            completed_stages: inner
+                .completed
+                .iter()
+                .map(|s| s.name().to_string())
+                .collect(),
             resume_stage,
             resume_step,
         })
@@ -133,12 +141,7 @@ impl RunHub {
             });
         }
         // A checkpoint of a stage that has since finished is of no use: its output is on disk.
-        let point = point.filter(|p| {
-            !inner
-                .completed
-                .iter()
-                .any(|s| s.name() == p.manifest.stage)
-        });
+        let point = point.filter(|p| !inner.completed.iter().any(|s| s.name() == p.manifest.stage));
         inner.resume = point.as_ref().map(|p| (p.dir.clone(), p.manifest.clone()));
         self.emit(Event::GenerationStarted {
             generation,

@@ -3,10 +3,10 @@
 
 use super::RunHub;
 use flg_core::events::Record;
-use std::time::Instant;
 use flg_proto as pb;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -60,7 +60,11 @@ pub fn to_event(r: &Record) -> pb::Event {
     pb::Event {
         unix_time: r.unix_time,
         kind: r.event.kind().into(),
-        stage: r.event.stage().map(|s| s.name().to_string()).unwrap_or_default(),
+        stage: r
+            .event
+            .stage()
+            .map(|s| s.name().to_string())
+            .unwrap_or_default(),
         step,
         total_steps,
         json: r.to_json(),

@@ -72,7 +72,12 @@ impl RunHub {
                     seconds: s.seconds,
                     message: s.message.clone(),
                 });
-                if self.cfg.stages().iter().all(|st| inner.completed.contains(st)) {
+                if self
+                    .cfg
+                    .stages()
+                    .iter()
+                    .all(|st| inner.completed.contains(st))
+                {
                     inner.phase = Phase::Finished;
                     inner.stage = None;
                     self.emit(Event::Finished {

@@ -3,9 +3,9 @@
 //! directory of other settings is refused.
 
 use super::service::{serve, AUTH_HEADER};
-use flg_core::settings::{run_settings, settings_hash};
 use super::RunHub;
 use flg_core::config::{Config, LoadOptions};
+use flg_core::settings::{run_settings, settings_hash};
 use flg_proto as pb;
 use pb::control_client::ControlClient;
 use pb::worker_hub_client::WorkerHubClient;
@@ -369,7 +369,10 @@ fn a_launch_is_lost_when_its_ranks_do_not_register_in_time_or_fall_silent() {
     let t0 = Instant::now();
     let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
     let window = super::registration_window_s(hub.cfg.cluster.heartbeat_timeout_s);
-    assert_eq!(window, 60.0, "at least a minute to start mpirun and load the model");
+    assert_eq!(
+        window, 60.0,
+        "at least a minute to start mpirun and load the model"
+    );
     // Nothing is decided before the workers are started.
     assert_eq!(hub.check_liveness(at(1000.0)), None);
 
@@ -397,8 +400,14 @@ fn a_launch_is_lost_when_its_ranks_do_not_register_in_time_or_fall_silent() {
     }
     hub.heartbeat(&beat(0, 0), at(60.2)).unwrap();
     let why = hub.check_liveness(at(60.5)).expect("lost after the window");
-    assert!(why.contains("only 1 of 2 ranks registered within 60 s"), "{why}");
-    assert_eq!((hub.phase(), hub.lost_launches()), (super::Phase::Restarting, 1));
+    assert!(
+        why.contains("only 1 of 2 ranks registered within 60 s"),
+        "{why}"
+    );
+    assert_eq!(
+        (hub.phase(), hub.lost_launches()),
+        (super::Phase::Restarting, 1)
+    );
 
     // Launch 2: the launcher starts the workers again; until they register, the window
     // counts from the new start, not the old one.
@@ -419,7 +428,9 @@ fn a_launch_is_lost_when_its_ranks_do_not_register_in_time_or_fall_silent() {
     assert_eq!(hub.check_liveness(at(150.6)), None);
     hub.heartbeat(&beat(0, 1), at(150.8)).unwrap();
     assert_eq!(hub.status(at(150.8)).ranks_alive, 1);
-    let why = hub.check_liveness(at(150.8)).expect("rank 1 silent for 0.6 s");
+    let why = hub
+        .check_liveness(at(150.8))
+        .expect("rank 1 silent for 0.6 s");
     assert!(why.contains("rank 1 sent no heartbeat for 0.6 s"), "{why}");
     assert_eq!(hub.lost_launches(), 2);
     // The history holds both losses and the restart, in order.
@@ -431,6 +442,12 @@ fn a_launch_is_lost_when_its_ranks_do_not_register_in_time_or_fall_silent() {
         .collect();
     assert_eq!(
         kinds,
-        ["generation_started", "rank_lost", "restarting", "generation_started", "rank_lost"]
+        [
+            "generation_started",
+            "rank_lost",
+            "restarting",
+            "generation_started",
+            "rank_lost"
+        ]
     );
 }

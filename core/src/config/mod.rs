@@ -10,10 +10,11 @@
 mod model;
 mod schema;
 mod validate;
+mod validate_data;
 
 pub use model::{preset, ModelDims, PRESETS};
 pub use schema::*;
-pub use validate::moving_shapes_geometry;
+pub use validate_data::moving_shapes_geometry;
 
 use crate::stage::Stage;
 use serde::de::DeserializeOwned;
@@ -57,7 +58,6 @@ impl Stage {
     pub fn global_step(self, cfg: &Config, step: u64) -> u64 {
         self.offset(cfg) + step
     }
-
 }
 
 /// One problem in a config: which key, and what was expected.

@@ -35,5 +35,4 @@ impl ImportanceReport {
         serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: not an importance table: {e}", path.display()))
     }
-
 }

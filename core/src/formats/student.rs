@@ -56,4 +56,3 @@ impl StudentInfo {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
-

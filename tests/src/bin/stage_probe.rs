@@ -67,7 +67,12 @@ impl<S: TrainingStage> TrainingStage for Recorded<'_, S> {
     fn batch_size(&self) -> u64 {
         self.inner.batch_size()
     }
-    fn step(&mut self, ctx: &StageCtx, loader: &mut Loader, step: u64) -> anyhow::Result<StepOutput> {
+    fn step(
+        &mut self,
+        ctx: &StageCtx,
+        loader: &mut Loader,
+        step: u64,
+    ) -> anyhow::Result<StepOutput> {
         let out = self.inner.step(ctx, loader, step)?;
         self.steps
             .push((out.values.clone(), out.line.clone().unwrap_or_default()));
@@ -98,8 +103,10 @@ fn values(steps: &[(Vec<(&'static str, f64)>, serde_json::Value)]) -> Vec<serde_
     steps
         .iter()
         .map(|(v, line)| {
-            let mut o: serde_json::Map<String, serde_json::Value> =
-                v.iter().map(|(k, x)| (k.to_string(), (*x).into())).collect();
+            let mut o: serde_json::Map<String, serde_json::Value> = v
+                .iter()
+                .map(|(k, x)| (k.to_string(), (*x).into()))
+                .collect();
             if let Some(k) = line.get("k") {
                 o.insert("k".into(), k.clone());
             }
@@ -186,7 +193,11 @@ fn main() -> anyhow::Result<()> {
                 args.out.join("held-out.json"),
                 serde_json::to_string(&[stage.gap_before, after])?,
             )?;
-            save(&args.out.join("params.safetensors"), &stage.role.model, &comm)?;
+            save(
+                &args.out.join("params.safetensors"),
+                &stage.role.model,
+                &comm,
+            )?;
         }
         Stage::Distill => {
             let mut stage = DistillStage::new(&ctx, &teacher, &args.candidates);
@@ -196,7 +207,15 @@ fn main() -> anyhow::Result<()> {
                 let batch = DistillStage::loader(&ctx)?.next_batch();
                 let (x0, text) = batch_tensors(&batch, &data, Device::Cpu);
                 let roles = &mut stage.roles;
-                distill::gradients(roles, &comm, &cfg.distill, cfg.experiment.seed, 0, &x0, &text);
+                distill::gradients(
+                    roles,
+                    &comm,
+                    &cfg.distill,
+                    cfg.experiment.seed,
+                    0,
+                    &x0,
+                    &text,
+                );
                 save_grads(
                     &args.out.join("generator-grads.safetensors"),
                     &roles.generator.model,
@@ -222,7 +241,11 @@ fn main() -> anyhow::Result<()> {
                 &stage.roles.generator.model,
                 &comm,
             )?;
-            save(&args.out.join("fake.safetensors"), &stage.roles.fake.model, &comm)?;
+            save(
+                &args.out.join("fake.safetensors"),
+                &stage.roles.fake.model,
+                &comm,
+            )?;
         }
     }
     if rank == 0 {

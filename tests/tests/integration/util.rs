@@ -241,8 +241,7 @@ pub fn run_with_faults(cfg: &Path, faults: &str) -> Output {
 }
 
 pub fn file_sha(p: &Path) -> String {
-    flg_core::checkpoint::file_sha256(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    flg_core::checkpoint::file_sha256(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 pub fn events(run: &Path) -> Vec<serde_json::Value> {

@@ -87,9 +87,9 @@ pub fn ensure_moving_shapes(
 
 /// The data set a config trains on: the `latents` directory, or the moving-shapes set in
 /// `data.path` (default `<run dir>/data`), generated there first if missing or different.
-pub fn open_or_generate(cfg: &Config, run_dir: &Path) -> anyhow::Result<DataSet> {
+pub fn open_or_generate(cfg: &Config, run_dir: &flg_core::RunDir) -> anyhow::Result<DataSet> {
     let d = &cfg.data;
-    let dir = d.path.clone().unwrap_or_else(|| run_dir.join("data"));
+    let dir = d.path.clone().unwrap_or_else(|| run_dir.data());
     if d.kind == DataKind::MovingShapes {
         let spec = ShapesSpec {
             frames: d.frames as usize,

@@ -22,12 +22,12 @@
 //! overlapped with the previous unit's compute on the CPU path.
 
 use crate::collective::{all_reduce_scalar, Collective};
-use prefetch::Prefetch;
 use crate::model::dit::{self, BlockInputs, Unit, UnitSource};
 use crate::model::params::{block_specs, stem_specs, ParamSpec};
 use crate::model::rope::Rope;
 use crate::model::Dit;
 use flg_core::config::ModelDims;
+use prefetch::Prefetch;
 use std::borrow::Cow;
 use tch::{Device, Kind, Tensor};
 

@@ -19,7 +19,11 @@ pub(super) struct Prefetch<'a> {
 }
 
 impl<'a> Prefetch<'a> {
-    pub(super) fn new(model: &ShardedDit, comm: &'a dyn Collective, order: Vec<usize>) -> Prefetch<'a> {
+    pub(super) fn new(
+        model: &ShardedDit,
+        comm: &'a dyn Collective,
+        order: Vec<usize>,
+    ) -> Prefetch<'a> {
         let order = order
             .into_iter()
             .map(|i| {
@@ -56,4 +60,3 @@ impl<'a> Prefetch<'a> {
         unit
     }
 }
-

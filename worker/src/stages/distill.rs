@@ -361,7 +361,15 @@ impl TrainingStage for DistillStage {
     fn step(&mut self, ctx: &StageCtx, loader: &mut Loader, s: u64) -> Result<StepOutput> {
         let batch = loader.next_batch();
         let (x0, text) = batch_tensors(&batch, &ctx.data, ctx.device);
-        let r = step(&mut self.roles, ctx.comm, &self.cfg, self.seed, s, &x0, &text);
+        let r = step(
+            &mut self.roles,
+            ctx.comm,
+            &self.cfg,
+            self.seed,
+            s,
+            &x0,
+            &text,
+        );
         if let Some((g, _)) = r.generator {
             self.last_generator_loss = g;
         }

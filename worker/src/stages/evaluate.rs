@@ -8,20 +8,18 @@
 //! on rank 0, written to `samples/<row>/` and scored; `eval.json` holds the table and the
 //! measured and theoretical speedups of the student over the reference teacher.
 
-use flg_core::formats::eval::{Row, RunEval, STUDENT, TEACHER, TEACHER_FEW};
-use flg_core::formats::student::StudentInfo;
 use super::StageCtx;
-use flg_core::Stage;
 use crate::eval::evaluate;
 use crate::flow;
 use crate::model::file::{self, Prompts};
 use crate::model::Dit;
 use crate::sample;
 use anyhow::{Context, Result};
+use flg_core::formats::eval::{Row, RunEval, STUDENT, TEACHER, TEACHER_FEW};
+use flg_core::formats::student::StudentInfo;
+use flg_core::Stage;
 use std::path::Path;
 use tch::{Kind, Tensor};
-
-
 
 /// Samples `n` videos split across the ranks; rank 0 gets all of them as uint8 pixels.
 /// Returns the pixels (empty on other ranks), their shape and the slowest rank's seconds.

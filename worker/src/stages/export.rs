@@ -5,11 +5,11 @@
 //! no CFG), so `fastlightgen sample --model export/student.safetensors` needs nothing else.
 //! `export/student.json` says the same for people and scripts.
 
-use flg_core::RunDir;
 use crate::model::file;
 use crate::model::params::total_param_count;
 use anyhow::{Context, Result};
 pub use flg_core::formats::student::StudentInfo;
+use flg_core::RunDir;
 
 /// Reads the generator of a run directory and writes the export files. Returns their info.
 pub fn export(run_dir: &RunDir) -> Result<StudentInfo> {

@@ -11,9 +11,9 @@
 use crate::collective::Collective;
 use crate::data::{Batch, DataSet};
 use crate::flow;
-use crate::train::batch_tensors;
 use crate::rng::Rng;
 use crate::shard::ShardedDit;
+use crate::train::batch_tensors;
 use crate::train::{draws, stage_id};
 pub use flg_core::formats::importance::{BlockScore, ImportanceReport};
 use flg_core::RunDir;
@@ -66,7 +66,7 @@ pub fn measure(
     // Sums over this rank's items: baseline error, error per skipped block, item count.
     let mut sums = vec![0f64; blocks.len() + 2];
     let bar = if rank == 0 {
-        crate::progress::bar(batches as u64, "importance")
+        crate::progress::bar(batches as u64, flg_core::Stage::Importance.name())
     } else {
         indicatif::ProgressBar::hidden()
     };

@@ -29,4 +29,3 @@ pub fn kept_blocks(all: &[usize], removed: &[usize]) -> Vec<usize> {
         .filter(|b| !removed.contains(b))
         .collect()
 }
-

@@ -135,7 +135,11 @@ impl TrainingStage for PretrainStage {
             if ctx.lead() {
                 std::fs::create_dir_all(&dir)?;
             }
-            ctx.save_model(&model, &dir.join(format!("step-{done:07}.safetensors")), None)?;
+            ctx.save_model(
+                &model,
+                &dir.join(format!("step-{done:07}.safetensors")),
+                None,
+            )?;
         }
         Ok(())
     }

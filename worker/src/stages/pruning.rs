@@ -123,7 +123,11 @@ pub struct PruningStage {
 
 impl PruningStage {
     /// From the teacher's weights, with Stage I's `candidates`.
-    pub fn new(ctx: &StageCtx, teacher: &crate::model::Dit, candidates: Vec<usize>) -> PruningStage {
+    pub fn new(
+        ctx: &StageCtx,
+        teacher: &crate::model::Dit,
+        candidates: Vec<usize>,
+    ) -> PruningStage {
         let p = &ctx.cfg.pruning;
         let role = Role::new(ctx.shard(teacher), &p.optim, 0.0, ctx.comm);
         let kept = super::kept_blocks(&role.model.block_ids, &candidates);
@@ -171,7 +175,7 @@ impl PruningStage {
         let gap_after = self.gap(ctx);
         if let Some(mut log) = ctx.metrics()? {
             log.write(&serde_json::json!({
-                "stage": "pruning", "event": "held_out", "removed": self.candidates,
+                "stage": Stage::Pruning.name(), "event": "held_out", "removed": self.candidates,
                 "gap_before": self.gap_before, "gap_after": gap_after,
             }))?;
             println!(

@@ -133,7 +133,6 @@ pub enum MpiBench {
     Collectives(MpiCollectivesArgs),
 }
 
-
 #[derive(Args)]
 pub struct SampleArgs {
     /// Weights file (fastlightgen safetensors, or a released checkpoint with --preset).
@@ -190,6 +189,7 @@ pub struct PlotArgs {
 
 #[derive(Args)]
 pub struct AnnotateArgs {
+    /// The weights file without fastlightgen metadata.
     #[arg(long)]
     pub model: PathBuf,
     /// The model's dimensions.
@@ -198,7 +198,7 @@ pub struct AnnotateArgs {
     /// Moving-shapes data directory whose prompt table the model was trained with.
     #[arg(long)]
     pub prompts_from: Option<PathBuf>,
-    /// Also write the results as JSON here.
+    /// The annotated model file to write.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -221,7 +221,6 @@ pub struct RunArgs {
     #[arg(long)]
     pub coordinator: Option<String>,
 }
-
 
 #[derive(Args)]
 pub struct ExportArgs {

@@ -20,14 +20,16 @@ pub fn train_step(a: TrainStepArgs) -> Result<()> {
     let dims = preset_dims(&preset)?;
     let mut rows = Vec::new();
     for round in 0..rounds.max(1) {
-        let rust =
-            flg_worker::bench::rust_train_step(&dims, frames, size, batch, warmup, steps);
-        let py = flg_worker::bench::pytorch_train_step(
-            &dims, frames, size, batch, warmup, steps,
-        )?;
+        let rust = flg_worker::bench::rust_train_step(&dims, frames, size, batch, warmup, steps);
+        let py = flg_worker::bench::pytorch_train_step(&dims, frames, size, batch, warmup, steps)?;
         let pys = py["samples_per_s"].as_f64().unwrap_or(f64::NAN);
-        println!("round {round}: rust {rust:.1} samples/s, pytorch {pys:.1} samples/s, ratio {:.3}", rust / pys);
-        rows.push(serde_json::json!({"rust_samples_per_s": rust, "pytorch": py, "ratio": rust / pys}));
+        println!(
+            "round {round}: rust {rust:.1} samples/s, pytorch {pys:.1} samples/s, ratio {:.3}",
+            rust / pys
+        );
+        rows.push(
+            serde_json::json!({"rust_samples_per_s": rust, "pytorch": py, "ratio": rust / pys}),
+        );
     }
     let mut ratios: Vec<f64> = rows.iter().map(|r| r["ratio"].as_f64().unwrap()).collect();
     ratios.sort_by(f64::total_cmp);
@@ -120,9 +122,7 @@ pub fn device_forward(a: DeviceForwardArgs) -> Result<()> {
     let report = bench_device::device_forward(&m, device, batch, frames, size);
     println!("{report}");
     if report["pass"] != serde_json::Value::Bool(true) {
-        bail!(
-            "the forward on {device:?} differs from the CPU's beyond the tolerance: {report}"
-        );
+        bail!("the forward on {device:?} differs from the CPU's beyond the tolerance: {report}");
     }
     Ok(())
 }
@@ -156,8 +156,7 @@ pub fn device_step(a: DeviceStepArgs) -> Result<()> {
         width,
         text_len,
     };
-    let report =
-        bench_device::model_step(&dims, &shape, device, kind, warmup, steps, peak_tflops);
+    let report = bench_device::model_step(&dims, &shape, device, kind, warmup, steps, peak_tflops);
     println!("{report}");
     Ok(())
 }
@@ -201,12 +200,8 @@ pub fn recompute(a: RecomputeArgs) -> Result<()> {
 }
 
 pub fn collectives(a: BenchCollectivesArgs) -> Result<()> {
-    let BenchCollectivesArgs {
-        world,
-        out,
-    } = a;
-    let lines =
-        flg_worker::bench::run_mpi_job(world, &["mpi-bench".into(), "collectives".into()])?;
+    let BenchCollectivesArgs { world, out } = a;
+    let lines = flg_worker::bench::run_mpi_job(world, &["mpi-bench".into(), "collectives".into()])?;
     finish_bench(&lines, out)?;
     Ok(())
 }
@@ -293,4 +288,3 @@ pub fn mpi_bench(b: MpiBench) -> Result<()> {
     }
     Ok(())
 }
-

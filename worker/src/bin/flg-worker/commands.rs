@@ -52,9 +52,7 @@ pub fn data_shapes(a: ShapesArgs) -> Result<()> {
 }
 
 pub fn data_verify(a: DataVerifyArgs) -> Result<()> {
-    let DataVerifyArgs {
-        dir,
-    } = a;
+    let DataVerifyArgs { dir } = a;
     let ds = DataSet::open(&dir)?;
     print_summary(&ds);
     for (file, sha) in ds.sha256_of_shards() {
@@ -78,7 +76,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(run_dir.path())?;
     std::fs::write(run_dir.config(), cfg.to_toml())?;
-    let data = Arc::new(data::open_or_generate(&cfg, run_dir.path())?);
+    let data = Arc::new(data::open_or_generate(&cfg, &run_dir)?);
     let solo = flg_worker::collective::Solo;
     let ctx = flg_worker::stages::StageCtx {
         cfg: &cfg,
@@ -162,9 +160,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let ExportArgs {
-        config,
-    } = a;
+    let ExportArgs { config } = a;
     let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let run_dir = cfg.run_dir();
     let info = flg_worker::stages::export::export(&run_dir)?;
@@ -192,10 +188,7 @@ pub fn annotate(a: AnnotateArgs) -> Result<()> {
 }
 
 pub fn plot(a: PlotArgs) -> Result<()> {
-    let PlotArgs {
-        spec,
-        out,
-    } = a;
+    let PlotArgs { spec, out } = a;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&spec)?)
         .with_context(|| format!("{}: not JSON", spec.display()))?;
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
@@ -372,5 +365,3 @@ fn prompts_of(dir: &std::path::Path) -> Result<flg_worker::model::file::Prompts>
         shapes,
     })
 }
-
-

@@ -1,0 +1,166 @@
+//! The `[data]` section's checks: the moving-shapes geometry, and a latents directory against
+//! the model it trains.
+
+use super::*;
+use crate::dataset::DatasetManifest;
+
+pub(super) fn check_data(c: &Config, dims: Option<&ModelDims>, files: bool, issues: &mut Issues) {
+    let d = &c.data;
+    match d.kind {
+        DataKind::MovingShapes => {
+            for (key, message) in moving_shapes_geometry(d.frames, d.size) {
+                issues.push(format!("data.{key}"), message);
+            }
+            for (key, v) in [("data.text_len", d.text_len), ("data.text_dim", d.text_dim)] {
+                if v < 1 {
+                    issues.push(key, format!("must be at least 1, got {v}"));
+                }
+            }
+            if d.num_samples == 0 {
+                issues.push("data.num_samples", "must be at least 1");
+            }
+            if d.shard_size == 0 {
+                issues.push("data.shard_size", "must be at least 1");
+            }
+            if let Some(dims) = dims {
+                check_data_fits_model(
+                    dims,
+                    [3, d.frames, d.size, d.size],
+                    [d.text_len, d.text_dim],
+                    "data",
+                    issues,
+                );
+            }
+            // A directory generated earlier with other settings would silently be reused.
+            if let Some(path) = d.path.as_ref().filter(|_| files) {
+                if path.join("dataset.json").is_file() {
+                    match DatasetManifest::read(path) {
+                        Ok(m) => {
+                            let want = [3, d.frames, d.size, d.size];
+                            if m.latent_shape != want || m.text_shape != [d.text_len, d.text_dim] {
+                                issues.push(
+                                    "data.path",
+                                    format!(
+                                        "{} holds videos of shape {:?} / text {:?}, but this config asks for \
+                                         {want:?} / {:?}; delete it or point data.path elsewhere",
+                                        path.display(),
+                                        m.latent_shape,
+                                        m.text_shape,
+                                        [d.text_len, d.text_dim]
+                                    ),
+                                );
+                            }
+                        }
+                        Err(e) => issues.push("data.path", e.to_string()),
+                    }
+                }
+            }
+        }
+        DataKind::Latents => match &d.path {
+            None => issues.push(
+                "data.path",
+                "missing: kind = \"latents\" reads a prepared data directory",
+            ),
+            Some(_) if !files => {}
+            Some(path) => match DatasetManifest::read(path) {
+                Ok(m) => {
+                    if let Some(dims) = dims {
+                        check_data_fits_model(
+                            dims,
+                            m.latent_shape,
+                            m.text_shape,
+                            "data.path",
+                            issues,
+                        );
+                    }
+                }
+                Err(e) => issues.push("data.path", e.to_string()),
+            },
+        },
+    }
+}
+
+/// Problems with a moving-shapes geometry, as (`frames` | `size`, message): the object is
+/// `size/4` wide and moves `max(1, size/16)` px per frame, and must stay inside the frame.
+pub fn moving_shapes_geometry(frames: i64, size: i64) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if frames < 2 {
+        problems.push((
+            "frames",
+            format!("must be at least 2 (the shapes move), got {frames}"),
+        ));
+    }
+    if size < 8 || size % 4 != 0 {
+        problems.push((
+            "size",
+            format!("must be a multiple of 4 and at least 8 (objects are size/4 wide), got {size}"),
+        ));
+    } else if frames >= 2 {
+        let step = (size / 16).max(1);
+        if size - size / 4 - step * (frames - 1) < 0 {
+            problems.push((
+                "frames",
+                format!(
+                    "{frames} frames at {step} px/frame carry a {}px object out of a {size}px frame; \
+                     use at most {} frames or a larger size",
+                    size / 4,
+                    (size - size / 4) / step + 1
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// The data's latent and text shapes must fit the model's channels, patch and text width.
+fn check_data_fits_model(
+    dims: &ModelDims,
+    latent: [i64; 4],
+    text: [i64; 2],
+    key: &str,
+    issues: &mut Issues,
+) {
+    let [ch, t, h, w] = latent;
+    if ch != dims.in_channels || ch != dims.out_channels {
+        issues.push(
+            "model.in_channels",
+            format!(
+                "the data has {ch} channels but the model takes {} and predicts {}",
+                dims.in_channels, dims.out_channels
+            ),
+        );
+    }
+    for (name, n, p) in [
+        ("frames", t, dims.patch[0]),
+        ("height", h, dims.patch[1]),
+        ("width", w, dims.patch[2]),
+    ] {
+        if n % p != 0 {
+            issues.push(
+                "model.patch",
+                format!(
+                    "{patch:?} must divide the data's {name} ({n}, from {key})",
+                    patch = dims.patch
+                ),
+            );
+        }
+    }
+    if text[1] != dims.text_dim {
+        issues.push(
+            "model.text_dim",
+            format!(
+                "the data's text embeddings are {} wide but the model takes {}",
+                text[1], dims.text_dim
+            ),
+        );
+    }
+    if text[0] > dims.text_len {
+        issues.push(
+            "model.text_len",
+            format!(
+                "the data has {} text tokens, more than the model's {}",
+                text[0], dims.text_len
+            ),
+        );
+    }
+}
