@@ -162,25 +162,15 @@ pub fn device_step(a: DeviceStepArgs) -> Result<()> {
 }
 
 pub fn recompute(a: RecomputeArgs) -> Result<()> {
-    let RecomputeArgs {
-        preset,
-        batch,
-        frames,
-        size,
-        warmup,
-        steps,
-        rounds,
-        out,
-    } = a;
-    let dims = preset_dims(&preset)?;
+    let dims = preset_dims(&a.preset)?;
     let r = flg_worker::bench_recompute::run(
-        &preset,
+        &a.preset,
         &dims,
-        [frames, size],
-        batch,
-        warmup,
-        steps,
-        rounds,
+        [a.frames, a.size],
+        a.batch,
+        a.warmup,
+        a.steps,
+        a.rounds,
     );
     let json = serde_json::to_string(&r)?;
     println!("{json}");
@@ -193,7 +183,7 @@ pub fn recompute(a: RecomputeArgs) -> Result<()> {
         r.plain_samples_per_s,
         r.max_rel_grad_diff_none_vs_plain
     );
-    if let Some(out) = out {
+    if let Some(out) = a.out {
         std::fs::write(&out, json + "\n")?;
     }
     Ok(())
