@@ -5,6 +5,7 @@ samplings. Rows whose run is missing say so, so a partial `make paper` still rep
 
 Usage: paper_report.py OUT_DIR MAIN_RUN_DIR
 """
+import functools
 import json
 import math
 import os
@@ -23,6 +24,7 @@ def load(path):
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def summary(run):
     """The run's numbers as its report states them (`fastlightgen report RUN --json`), or None
     for a run that has not finished its eval stage."""
@@ -80,7 +82,7 @@ def ablation(entries, lead=lambda run: []):
         first = "".join(f"{c} | " for c in lead(run))
         lines.append(f"| {label} | {first}" + (r["score_cells"][2:] if r else missing(8)))
         if r and x is not None:
-            pts.append([x, r["average"]])
+            pts.append([x, r["eval"]["average"]])
     lines.append("")
     return pts
 

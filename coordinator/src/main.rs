@@ -234,26 +234,6 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Validate {
             config,
-            skip_files,
-            print_run_dir: true,
-            ..
-        } => match Config::load_with(
-            &config,
-            LoadOptions {
-                check_files: !skip_files,
-            },
-        ) {
-            Ok(c) => {
-                println!("{}", c.run_dir().path().display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Validate {
-            config,
             world_size,
             skip_files,
             estimate_memory,
@@ -261,7 +241,7 @@ fn main() -> ExitCode {
             device_memory_gib,
             latent,
             text_len,
-            print_run_dir: false,
+            print_run_dir,
         } => validate(
             config,
             world_size,
@@ -274,6 +254,7 @@ fn main() -> ExitCode {
                 latent,
                 text_len,
             }),
+            print_run_dir,
         ),
         Command::Run { config } => flg_coordinator::supervise::main(
             &config,
@@ -340,6 +321,7 @@ fn validate(
     world_size: Option<u32>,
     options: LoadOptions,
     memory: Option<MemoryArgs>,
+    run_dir_only: bool,
 ) -> ExitCode {
     let result = Config::load_with(&path, options).and_then(|c| {
         if let Some(w) = world_size {
@@ -348,6 +330,10 @@ fn validate(
         Ok(c)
     });
     match result {
+        Ok(c) if run_dir_only => {
+            println!("{}", c.run_dir().path().display());
+            ExitCode::SUCCESS
+        }
         Ok(c) => {
             let d = c.model_dims();
             println!("{}: ok", path.display());

@@ -5,27 +5,20 @@ use crate::record::{HeldOut, RunRecord};
 use crate::sections::{row_label, score_cells, stage_rates};
 use crate::Headline;
 use anyhow::Result;
-use flg_core::formats::eval::RunEval;
+use flg_core::formats::eval::{Row, RunEval};
 use flg_core::RunDir;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// One eval row with its table cells and its speedup over the reference teacher.
+/// One eval row as eval.json has it, with its table label and cells and its speedup over the
+/// reference teacher.
 #[derive(Serialize)]
 pub struct SummaryRow {
-    pub name: String,
+    #[serde(flatten)]
+    pub row: Row,
     /// How tables label it.
     pub label: String,
-    pub steps: usize,
-    pub cfg: f64,
-    pub nfe: usize,
-    pub params: i64,
-    pub block_param_share: f64,
-    pub seconds: f64,
     pub speedup: Option<f64>,
-    pub scores: BTreeMap<String, f64>,
-    pub average: f64,
-    pub frechet_distance: f64,
     /// `| prompt | ... | **average** | Fréchet |` cells of the report's table.
     pub score_cells: String,
 }
@@ -66,24 +59,9 @@ impl Summary {
             .rows
             .iter()
             .map(|r| SummaryRow {
-                name: r.name.clone(),
+                row: r.clone(),
                 label: row_label(r).to_string(),
-                steps: r.steps,
-                cfg: r.cfg,
-                nfe: r.nfe,
-                params: r.params,
-                block_param_share: r.block_param_share,
-                seconds: r.seconds,
                 speedup: teacher_s.map(|t| t / r.seconds),
-                scores: r
-                    .eval
-                    .scores
-                    .named()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), *v))
-                    .collect(),
-                average: r.eval.average,
-                frechet_distance: r.eval.frechet_distance,
                 score_cells: score_cells(r),
             })
             .collect();

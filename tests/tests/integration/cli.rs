@@ -81,6 +81,18 @@ fn validate_command_reports_every_problem_and_exits_nonzero() {
     let wan = repo.join("cluster-configs/wan2.1-t2v-1.3b-8xh100.toml");
     let out = fastlightgen(&["validate", "--skip-files", wan.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // For scripts: the run directory alone, or the same errors and exit 1.
+    let out = at_root(&[
+        "validate",
+        "--print-run-dir",
+        "cluster-configs/demo-cpu.toml",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "runs/demo-cpu\n");
+    let out = fastlightgen(&["validate", "--print-run-dir", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).is_empty());
+    assert!(text(&out.stderr).contains(&format!("{f}: model.num_heads: ")));
 }
 
 /// The memory estimate: per stage and role, a verdict against the device, and the 8-GPU Wan

@@ -131,4 +131,46 @@ fn fastlightgen_run_writes_a_report_whose_files_exist_and_whose_numbers_are_eval
             "{stage}: {md}"
         );
     }
+    // `report --json`: the same numbers for scripts, and it writes nothing.
+    let before = std::fs::metadata(run.join("report.md"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let res = fastlightgen(&["report", run.to_str().unwrap(), "--json"]);
+    assert_ok(&res);
+    let summary: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let rows = summary["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), ev["rows"].as_array().unwrap().len());
+    for (s, r) in rows.iter().zip(ev["rows"].as_array().unwrap()) {
+        assert_eq!(s["name"], r["name"]);
+        assert_eq!(s["eval"], r["eval"]);
+        let cells = s["score_cells"].as_str().unwrap();
+        assert!(cells.contains(&format!("**{:.3}**", avg(r))), "{cells}");
+        let label = format!("| {} |", s["label"].as_str().unwrap());
+        assert!(
+            md.lines()
+                .any(|l| l.starts_with(&label) && l.contains(cells)),
+            "report.md has no row {label} with the cells {cells}"
+        );
+    }
+    assert_eq!(
+        summary["headline"]["speedup_measured"],
+        ev["speedup_measured"]
+    );
+    let done = of_kind(&ev_log, "stage_done");
+    let eval_secs = done.iter().rev().find(|e| e["stage"] == "eval").unwrap()["seconds"].clone();
+    assert_eq!(summary["seconds"]["eval"], eval_secs);
+    let held = &summary["held_out"];
+    assert!(
+        held["gap_before"].as_f64().is_some() && held["gap_after"].as_f64().is_some(),
+        "{summary}"
+    );
+    assert_eq!(
+        std::fs::metadata(run.join("report.md"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before,
+        "--json writes nothing"
+    );
 }
