@@ -83,6 +83,11 @@ impl RunDir {
         self.stage_dir(Stage::Distill).join("generator.safetensors")
     }
 
+    /// Stage III's regression pairs (noise -> the teacher's ODE sample).
+    pub fn ode_pairs(&self) -> PathBuf {
+        self.stage_dir(Stage::Distill).join("ode-pairs.safetensors")
+    }
+
     /// The exported student.
     pub fn student(&self) -> PathBuf {
         self.stage_dir(Stage::Export).join("student.safetensors")

@@ -130,6 +130,9 @@ fn read_frame(px: &[u8], s: usize, masks: &[Vec<bool>; 2]) -> FrameRead {
 struct VideoRead {
     scores: [f64; 6],
     features: Vec<f64>,
+    /// Signs of the displacement from the first to the last frame, when both are detected
+    /// and the object moved.
+    direction: Option<(i64, i64)>,
 }
 
 fn read_video(video: &[u8], label: i64, t: usize, s: usize, masks: &[Vec<bool>; 2]) -> VideoRead {
@@ -197,7 +200,10 @@ fn read_video(video: &[u8], label: i64, t: usize, s: usize, masks: &[Vec<bool>; 
         quality,
         smooth,
     ];
+    let direction = (frames[0].detected() && frames[t - 1].detected() && travel > 0.0)
+        .then(|| ((last.0 - first.0).signum(), (last.1 - first.1).signum()));
     VideoRead {
+        direction,
         scores: [prompt, quality, background, smooth, consistency, dynamic],
         features,
     }
@@ -249,6 +255,20 @@ fn reference_features(t: usize, s: usize, n: usize, masks: &[Vec<bool>; 2]) -> V
         .collect()
 }
 
+/// Distinct motion directions per class, mean over the classes present.
+fn directions_per_class(reads: &[VideoRead], labels: &[i64]) -> f64 {
+    let mut by_class: std::collections::BTreeMap<i64, std::collections::BTreeSet<(i64, i64)>> =
+        Default::default();
+    for (r, &l) in reads.iter().zip(labels) {
+        let set = by_class.entry(l).or_default();
+        if let Some(d) = r.direction {
+            set.insert(d);
+        }
+    }
+    let classes = by_class.len().max(1) as f64;
+    by_class.values().map(|s| s.len() as f64).sum::<f64>() / classes
+}
+
 /// Scores videos [N, T, S, S, 3] with their labels.
 pub fn evaluate(videos: &[u8], labels: &[i64], t: usize, s: usize) -> EvalReport {
     let n = labels.len();
@@ -273,8 +293,10 @@ pub fn evaluate(videos: &[u8], labels: &[i64], t: usize, s: usize) -> EvalReport
         dynamic_degree: m[5],
     };
     let reference = reference_features(t, s, n.max(256), &masks);
+    let directions_per_class = directions_per_class(&reads, labels);
     let generated: Vec<Vec<f64>> = reads.into_iter().map(|r| r.features).collect();
     EvalReport {
+        directions_per_class,
         num_videos: n,
         frames: t,
         size: s,
@@ -349,6 +371,33 @@ mod tests {
         let (px, labels) = real(64, t, s, 3);
         let good = evaluate(&px, &labels, t, s);
         assert!(r.frechet_distance > 10.0 * good.frechet_distance.max(0.01));
+    }
+
+    #[test]
+    fn directions_per_class_count_the_variety_of_motion() {
+        let (t, s) = (8usize, 16usize);
+        let (px, labels) = real(256, t, s, 9);
+        let r = evaluate(&px, &labels, t, s);
+        // 32 videos per class, 8 directions each drawn uniformly: almost all seen.
+        assert!(r.directions_per_class > 7.0, "{}", r.directions_per_class);
+        // Every video of a class replaced by that class's first video: one direction each.
+        let per = t * s * s * 3;
+        let mut first = std::collections::HashMap::new();
+        let mut same = Vec::with_capacity(px.len());
+        for (i, &l) in labels.iter().enumerate() {
+            let j = *first.entry(l).or_insert(i);
+            same.extend_from_slice(&px[j * per..(j + 1) * per]);
+        }
+        let one = evaluate(&same, &labels, t, s);
+        assert_eq!(one.directions_per_class, 1.0);
+        // Still videos (every frame the first one): none.
+        let mut still = Vec::with_capacity(px.len());
+        for i in 0..labels.len() {
+            for _ in 0..t {
+                still.extend_from_slice(&px[i * per..i * per + s * s * 3]);
+            }
+        }
+        assert_eq!(evaluate(&still, &labels, t, s).directions_per_class, 0.0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `v = eps - x0`; the x0 estimate is `x_t - t v`. Timesteps are shifted with
 //! `t' = s t / (1 + (s - 1) t)`; CFG is `v = v(x, null) + w (v(x, c) - v(x, null))`.
 
+pub use flg_core::config::SamplerKind;
 use tch::{Kind, Tensor};
 
 /// The timestep shift `t' = s t / (1 + (s - 1) t)` (s > 1 spends more time at high noise).
@@ -56,15 +57,56 @@ pub fn nfe(steps: usize, cfg: f64) -> usize {
 /// A velocity model as the sampler sees it: `(x, t [B], text [B, L, D]) -> v`.
 pub type VelocityFn<'a> = dyn Fn(&Tensor, &Tensor, &Tensor) -> Tensor + 'a;
 
+/// One sampler step from `x` at time `t` to `t_next` with the velocity `v`: Euler moves along
+/// `v`; re-noising predicts `x0 = x - t v` and noises it to `t_next` with `fresh()` (asked only
+/// when it is needed: re-noising to a time above 0).
+pub fn step_to(
+    kind: SamplerKind,
+    x: &Tensor,
+    v: &Tensor,
+    t: f64,
+    t_next: f64,
+    fresh: impl FnOnce() -> Tensor,
+) -> Tensor {
+    match kind {
+        SamplerKind::Euler => x + v * (t_next - t),
+        SamplerKind::Renoise => {
+            let x0 = x - v * t;
+            if t_next > 0.0 {
+                x0 * (1.0 - t_next) + fresh() * t_next
+            } else {
+                x0
+            }
+        }
+    }
+}
+
 /// Euler sampling from noise `x1` along the grid `times` (from 1 towards 0), with CFG scale
-/// `cfg` against the null prompt (all zeros) when `cfg` != 1. Conditional and unconditional
-/// passes go through the network as one batch.
+/// `cfg` against the null prompt (all zeros) when `cfg` != 1.
 pub fn euler_sample(
     model: &VelocityFn,
     x1: &Tensor,
     text: &Tensor,
     times: &[f64],
     cfg: f64,
+) -> Tensor {
+    sample(model, x1, text, times, cfg, SamplerKind::Euler, &|_| {
+        unreachable!("Euler steps take no fresh noise")
+    })
+}
+
+/// Samples from noise `x1` along the grid `times` (from 1 towards 0) with the step rule `kind`,
+/// with CFG scale `cfg` against the null prompt (all zeros) when `cfg` != 1. Conditional and
+/// unconditional passes go through the network as one batch. `fresh(j)` is the noise
+/// re-noising puts on the prediction of step `j` (shaped like `x1`).
+pub fn sample(
+    model: &VelocityFn,
+    x1: &Tensor,
+    text: &Tensor,
+    times: &[f64],
+    cfg: f64,
+    kind: SamplerKind,
+    fresh: &dyn Fn(usize) -> Tensor,
 ) -> Tensor {
     let _guard = tch::no_grad_guard();
     let b = x1.size()[0];
@@ -75,7 +117,7 @@ pub fn euler_sample(
         text.shallow_clone()
     };
     let mut x = x1.shallow_clone();
-    for w in times.windows(2) {
+    for (j, w) in times.windows(2).enumerate() {
         let (t, t_next) = (w[0], w[1]);
         let v = if guided {
             let tb = Tensor::full([2 * b], t, (Kind::Float, x.device()));
@@ -86,7 +128,7 @@ pub fn euler_sample(
             let tb = Tensor::full([b], t, (Kind::Float, x.device()));
             model(&x, &tb, &both_text)
         };
-        x = x + v * (t_next - t);
+        x = step_to(kind, &x, &v, t, t_next, || fresh(j));
     }
     x
 }
@@ -114,5 +156,36 @@ mod tests {
         let v = |x: &Tensor, t: &Tensor, _: &Tensor| (x - &x0) / per_sample(t);
         let out = euler_sample(&v, &x1, &text, &euler_times(4, 3.0), 1.0);
         assert!((out - &x0).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn renoising_puts_fresh_noise_on_each_prediction() {
+        // A model that always predicts x0 = 0.5 (v = (x - 0.5) / t): Euler lands on 0.5 and
+        // keeps none of the fresh noise; re-noising lands on 0.5 too, and each intermediate
+        // input is (1 - t') 0.5 + t' eps_j with the noise of step j.
+        let x1 = Tensor::from_slice(&[2.0f32, -1.0]).view([1, 1, 1, 1, 2]);
+        let text = Tensor::zeros([1, 1, 1], (Kind::Float, tch::Device::Cpu));
+        let seen = std::cell::RefCell::new(Vec::new());
+        let v = |x: &Tensor, t: &Tensor, _: &Tensor| {
+            seen.borrow_mut().push(x.copy());
+            (x - 0.5) / per_sample(t)
+        };
+        let times = [1.0, 0.5, 0.25, 0.0];
+        let fresh = |j: usize| {
+            Tensor::full(
+                [1, 1, 1, 1, 2],
+                j as f64 + 10.0,
+                (Kind::Float, tch::Device::Cpu),
+            )
+        };
+        let out = sample(&v, &x1, &text, &times, 1.0, SamplerKind::Renoise, &fresh);
+        assert!((out - 0.5).abs().max().double_value(&[]) < 1e-6);
+        let inputs = seen.borrow();
+        assert_eq!(inputs.len(), 3);
+        // Step 1's input: 0.5 * 0.5 + 0.5 * 10; step 2's: 0.75 * 0.5 + 0.25 * 11.
+        assert!((inputs[1].double_value(&[0, 0, 0, 0, 0]) - 5.25).abs() < 1e-5);
+        assert!((inputs[2].double_value(&[0, 0, 0, 0, 1]) - 3.125).abs() < 1e-5);
+        let euler = euler_sample(&v, &x1, &text, &times, 1.0);
+        assert!((euler - 0.5).abs().max().double_value(&[]) < 1e-5);
     }
 }

@@ -12,8 +12,9 @@ use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// Stream tag of the per-video initial noise.
+/// Stream tags of the per-video initial noise and of the re-noising sampler's fresh noise.
 const NOISE_STREAM: u64 = 0x4e4f_4953_45; // "NOISE"
+const RENOISE_STREAM: u64 = 0x5245_4e4f; // "RENO"
 
 /// The prompt embeddings [N, L, D] of class labels, from the model's moving-shapes table.
 pub fn class_text(prompts: &Prompts, labels: &[i64]) -> Tensor {
@@ -45,29 +46,74 @@ pub fn initial_noise(n: usize, shape: [i64; 4], seed: u64) -> Tensor {
     Tensor::stack(&videos, 0)
 }
 
-/// Euler-samples the videos for `text` from `noise` along `times`, `batch` videos at a time.
-/// Returns the latents [N, C, T, H, W] and the seconds spent in the network.
+/// The fresh noise the re-noising sampler puts on the prediction of step `j` for videos
+/// `first..first + n`: video i's depends only on `(seed, i, j)`, like its initial noise.
+pub fn renoise_noise(first: usize, n: usize, shape: [i64; 4], seed: u64, j: usize) -> Tensor {
+    let videos: Vec<Tensor> = (first as u64..(first + n) as u64)
+        .map(|i| {
+            tch::manual_seed(
+                (Rng::derive(seed, &[RENOISE_STREAM, i, j as u64]).next_u64() >> 1) as i64,
+            );
+            Tensor::randn(shape, (Kind::Float, Device::Cpu))
+        })
+        .collect();
+    Tensor::stack(&videos, 0)
+}
+
+/// How videos are sampled: the time grid (from 1 to 0), the CFG scale, the step rule, and the
+/// seed of the re-noising sampler's fresh noise.
+#[derive(Clone, Debug)]
+pub struct Sampling {
+    pub times: Vec<f64>,
+    pub cfg: f64,
+    pub kind: flow::SamplerKind,
+    pub seed: u64,
+}
+
+/// Samples the videos for `text` from `noise` with `how`, `batch` videos at a time; `first` is
+/// the global index of the first video (it keys the fresh noise of re-noising steps). Returns
+/// the latents [N, C, T, H, W] and the seconds spent sampling.
 pub fn generate(
     model: &Dit,
     noise: &Tensor,
     text: &Tensor,
-    times: &[f64],
-    cfg: f64,
+    how: &Sampling,
+    first: usize,
     batch: usize,
 ) -> (Tensor, f64) {
     let n = noise.size()[0];
+    let s = noise.size();
+    let shape = [s[1], s[2], s[3], s[4]];
+    let device = noise.device();
+    // The fresh noise is drawn before the clock starts: it is the same work for every model.
+    let fresh: Vec<Vec<Tensor>> = if how.kind == flow::SamplerKind::Renoise {
+        (0..how.times.len().saturating_sub(2))
+            .map(|j| {
+                let all = renoise_noise(first, n as usize, shape, how.seed, j).to_device(device);
+                (0..n)
+                    .step_by(batch)
+                    .map(|i| all.narrow(0, i, (batch as i64).min(n - i)))
+                    .collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let start = Instant::now();
     let v = |x: &Tensor, t: &Tensor, c: &Tensor| model.forward(x, t, c, None);
     let outs: Vec<Tensor> = (0..n)
         .step_by(batch)
-        .map(|i| {
+        .enumerate()
+        .map(|(chunk, i)| {
             let len = (batch as i64).min(n - i);
-            flow::euler_sample(
+            flow::sample(
                 &v,
                 &noise.narrow(0, i, len),
                 &text.narrow(0, i, len),
-                times,
-                cfg,
+                &how.times,
+                how.cfg,
+                how.kind,
+                &|j| fresh[j][chunk].shallow_clone(),
             )
         })
         .collect();

@@ -4,6 +4,7 @@
 //! names only what differs from the defaults. Every `[choice]` of docs/method.md is a key here.
 //! Range and cross-field checks live in `validate.rs`; this file only says what exists.
 
+pub use crate::formats::student::SamplerKind;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -321,6 +322,21 @@ impl Default for Importance {
     }
 }
 
+/// Which weights give Stage II's unpruned target U.
+///
+/// `self` is the paper's: the live weights, the same ones being trained (U moves with P, so
+/// pure self-distillation can drift towards a solution where both agree on something bland);
+/// `frozen`: the teacher Stage II started from, never trained; `ema`: an exponential moving
+/// average of the live weights (`pruning.target_ema_decay`), which moves slowly.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PruningTarget {
+    #[serde(rename = "self")]
+    Live,
+    Frozen,
+    Ema,
+}
+
 /// Stage II: dynamic probabilistic pruning.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -334,6 +350,11 @@ pub struct Pruning {
     pub alpha: f64,
     pub shift: f64,
     pub cfg_dropout: f64,
+    /// Where the self-distillation target U comes from: `self`, `frozen` or `ema` (see
+    /// [`PruningTarget`]).
+    pub target: PruningTarget,
+    /// EMA decay of the `ema` target.
+    pub target_ema_decay: f64,
 }
 
 impl Default for Pruning {
@@ -350,6 +371,8 @@ impl Default for Pruning {
             alpha: 1.0,
             shift: 1.0,
             cfg_dropout: 0.1,
+            target: PruningTarget::Live,
+            target_ema_decay: 0.99,
         }
     }
 }
@@ -378,6 +401,44 @@ pub struct Distill {
     /// Remove the Stage I candidates from the generator (false: a full-size generator).
     pub prune_generator: bool,
     pub ema_decay: f64,
+    /// How the few-step sampler moves between `timesteps`: `euler` or `renoise` (see
+    /// [`SamplerKind`]). The Stage III rollout, the exported student, `sample` and the eval
+    /// stage all use this one choice.
+    pub sampler: SamplerKind,
+    /// Regression of the generator's first step onto the teacher's own ODE samples.
+    pub regression: Regression,
+    /// Every this many steps, rank 0 logs the generator's diversity over noise and a small
+    /// eval of its EMA (moving-shapes only); 0: never.
+    pub monitor_every: u64,
+    /// Videos sampled by each monitor eval.
+    pub monitor_videos: u64,
+}
+
+/// DMD's anchor against mode collapse: pairs (noise -> the teacher's ODE sample from that
+/// noise) made once at the start of Stage III and kept in the run directory; on generator
+/// steps the generator's one-step prediction from the pair's noise is pulled towards the
+/// teacher's sample with this weight (mean squared error, beside the DMD loss).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Regression {
+    /// Weight of the regression loss; 0 turns the term (and the pairs) off.
+    pub weight: f64,
+    /// Number of pairs.
+    pub pairs: u64,
+    /// The teacher's sampler for the pairs: Euler steps and CFG scale (against the null prompt).
+    pub teacher_steps: u64,
+    pub teacher_cfg: f64,
+}
+
+impl Default for Regression {
+    fn default() -> Self {
+        Regression {
+            weight: 0.0,
+            pairs: 256,
+            teacher_steps: 25,
+            teacher_cfg: 4.0,
+        }
+    }
 }
 
 impl Default for Distill {
@@ -402,6 +463,10 @@ impl Default for Distill {
             t_range: [0.02, 0.98],
             prune_generator: true,
             ema_decay: 0.99,
+            sampler: SamplerKind::Euler,
+            regression: Regression::default(),
+            monitor_every: 0,
+            monitor_videos: 32,
         }
     }
 }

@@ -345,6 +345,16 @@ fn check_training(c: &Config, issues: &mut Issues) {
         }
         positive(issues, "pruning.shift", s.shift);
         unit_open_right(issues, "pruning.cfg_dropout", s.cfg_dropout);
+        if s.target == PruningTarget::Ema && !(s.target_ema_decay > 0.0 && s.target_ema_decay < 1.0)
+        {
+            issues.push(
+                "pruning.target_ema_decay",
+                format!(
+                    "must be in (0, 1) with target = \"ema\", got {}",
+                    s.target_ema_decay
+                ),
+            );
+        }
     }
 
     if c.runs_stage(Stage::Distill) {
@@ -383,6 +393,26 @@ fn check_training(c: &Config, issues: &mut Issues) {
             );
         }
         unit_open_right(issues, "distill.ema_decay", d.ema_decay);
+        let r = &d.regression;
+        if !(r.weight >= 0.0 && r.weight.is_finite()) {
+            issues.push(
+                "distill.regression.weight",
+                format!("must be a finite number >= 0, got {}", r.weight),
+            );
+        }
+        if r.weight > 0.0 {
+            at_least_one(issues, "distill.regression.pairs", r.pairs);
+            at_least_one(issues, "distill.regression.teacher_steps", r.teacher_steps);
+            if !(r.teacher_cfg >= 0.0 && r.teacher_cfg.is_finite()) {
+                issues.push(
+                    "distill.regression.teacher_cfg",
+                    format!("must be a finite number >= 0, got {}", r.teacher_cfg),
+                );
+            }
+        }
+        if d.monitor_every > 0 {
+            at_least_one(issues, "distill.monitor_videos", d.monitor_videos);
+        }
     }
 
     if c.checkpoint.keep_last == 0 {

@@ -5,12 +5,50 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// How a few-step sampler moves from one time to the next.
+///
+/// Both predict the clean video `x0 = x - t v` at each step. `Euler` then moves along the
+/// predicted velocity, `x' = x + (t' - t) v`, which keeps the noise implied by the previous
+/// predictions; `Renoise` (DMD2's and Self-Forcing's few-step sampler) puts fresh noise on the
+/// prediction, `x' = (1 - t') x0 + t' eps`, so each step starts from a properly noised input.
+/// The last step (to t = 0) is the same for both.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    #[default]
+    Euler,
+    Renoise,
+}
+
+impl SamplerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Euler => "euler",
+            SamplerKind::Renoise => "renoise",
+        }
+    }
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "euler" => Ok(SamplerKind::Euler),
+            "renoise" => Ok(SamplerKind::Renoise),
+            other => Err(format!("unknown sampler {other:?}: euler or renoise")),
+        }
+    }
+}
+
 /// How a distilled student samples.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SamplerSettings {
     /// Times from noise towards data, already shifted (the last step goes to 0).
     pub timesteps: Vec<f64>,
     pub cfg: f64,
+    /// Euler or re-noising steps; files written before the choice existed are Euler.
+    #[serde(default)]
+    pub kind: SamplerKind,
     /// Number of steps and the shift the timesteps were made with (for people reading the file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,

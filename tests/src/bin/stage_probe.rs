@@ -200,7 +200,7 @@ fn main() -> anyhow::Result<()> {
             )?;
         }
         Stage::Distill => {
-            let mut stage = DistillStage::new(&ctx, &teacher, &args.candidates);
+            let mut stage = DistillStage::new(&ctx, &teacher, &args.candidates)?;
             // The first step's gradients, before any update: the same batch and draws the
             // loop's first step uses; then cleared so the loop starts from the same state.
             {
@@ -215,6 +215,7 @@ fn main() -> anyhow::Result<()> {
                     0,
                     &x0,
                     &text,
+                    stage.pairs.as_ref(),
                 );
                 save_grads(
                     &args.out.join("generator-grads.safetensors"),

@@ -2,9 +2,10 @@
 //!
 //! Three sharded roles:
 //! - the **generator** G: the Stage II weights with the candidates physically removed, a
-//!   few-step sampler over `distill.timesteps` (shifted). With backward simulation, the input
-//!   of step k is G's own deterministic rollout from noise through steps 0..k (no gradient);
-//!   without it, a training video noised to step k's time.
+//!   few-step sampler over `distill.timesteps` (shifted) with the step rule `distill.sampler`
+//!   (Euler or re-noising). With backward simulation, the input of step k is G's own rollout
+//!   from noise through steps 0..k (no gradient); without it, a training video noised to step
+//!   k's time.
 //! - the **real score** R: the frozen Stage II model. Its pruned pass P runs the blocks the
 //!   generator keeps, its unpruned pass U every block:
 //!   `v_real = P(null) + b1 (P(c) - P(null)) + b2 (U(c) - P(c))`, b1 and b2 drawn per step.
@@ -12,10 +13,14 @@
 //!   flow-matching loss on detached generator samples.
 //!
 //! Every `generator_every`-th step the generator gets the DMD2 loss: noise its sample x to a
-//! time t in `t_range`, `grad = (x0_F - x0_R) / mean|x - x0_R|`, `L = 0.5 |x - sg(x - grad)|^2`.
+//! time t in `t_range`, `grad = (x0_F - x0_R) / mean|x - x0_R|`, `L = 0.5 |x - sg(x - grad)|^2`;
+//! with `distill.regression.weight` > 0 also DMD's regression loss: its first-step prediction
+//! from a pair's noise against the teacher's ODE sample from that noise (`ode_pairs.rs`).
 //! Random draws are functions of `(seed, step, global sample index)`, so W ranks train what
 //! one rank trains.
 
+use super::monitor::Monitor;
+use super::ode_pairs::OdePairs;
 use super::{kept_blocks, StageCtx};
 use crate::collective::{all_reduce_mean, Collective};
 use crate::data::Loader;
@@ -38,6 +43,7 @@ const STEP_STREAM: u64 = 0x5354_4550; // "STEP": k, b1, b2
 const ROLLOUT: u64 = 30; // initial noise (or data noise without backward simulation)
 const DMD: u64 = 31; // the time and noise that compare the two scores
 const FAKE: u64 = 32; // the fake score's flow-matching draws
+const RENOISE: u64 = 40; // + j: the fresh noise of the rollout's re-noising step j
 
 /// The three roles and which blocks each pass runs.
 pub struct Roles {
@@ -106,6 +112,7 @@ pub fn sampler_settings(d: &Distill) -> SamplerSettings {
     SamplerSettings {
         timesteps: times[..times.len() - 1].to_vec(),
         cfg: 1.0,
+        kind: d.sampler,
         steps: Some(d.timesteps.len()),
         shift: Some(d.shift),
     }
@@ -119,6 +126,8 @@ pub struct StepReport {
     pub fake_grad_norm: f64,
     /// The DMD2 loss and gradient norm, on generator steps.
     pub generator: Option<(f64, f64)>,
+    /// The regression loss (unweighted), on generator steps with regression pairs.
+    pub regression: Option<f64>,
 }
 
 fn full_t(b: i64, t: f64, like: &Tensor) -> Tensor {
@@ -127,6 +136,7 @@ fn full_t(b: i64, t: f64, like: &Tensor) -> Tensor {
 
 /// One Stage III step on a local batch (`x0` used only without backward simulation):
 /// [`gradients`], then each role that got gradients takes its clipped optimizer step.
+#[allow(clippy::too_many_arguments)]
 pub fn step(
     roles: &mut Roles,
     comm: &dyn Collective,
@@ -135,8 +145,9 @@ pub fn step(
     step: u64,
     x0: &Tensor,
     text: &Tensor,
+    pairs: Option<&OdePairs>,
 ) -> StepReport {
-    let mut r = gradients(roles, comm, d, seed, step, x0, text);
+    let mut r = gradients(roles, comm, d, seed, step, x0, text, pairs);
     if let Some((loss, _)) = r.generator {
         r.generator = Some((loss, roles.generator.step(comm)));
     }
@@ -148,6 +159,7 @@ pub fn step(
 /// only on generator steps). Both come from the same generator sample, made before either
 /// role changes, so the order of the two updates does not matter. The report's gradient norms
 /// are filled in by [`step`].
+#[allow(clippy::too_many_arguments)]
 pub fn gradients(
     roles: &mut Roles,
     comm: &dyn Collective,
@@ -156,6 +168,7 @@ pub fn gradients(
     step: u64,
     x0: &Tensor,
     text: &Tensor,
+    pairs: Option<&OdePairs>,
 ) -> StepReport {
     let device = x0.device();
     let b = x0.size()[0];
@@ -181,7 +194,18 @@ pub fn gradients(
                 text,
                 &roles.pruned_ids,
             );
-            x = &x + v * (times[j + 1] - times[j]);
+            x = flow::step_to(d.sampler, &x, &v, times[j], times[j + 1], || {
+                draws(
+                    seed,
+                    RENOISE + j as u64,
+                    step,
+                    first,
+                    b as usize,
+                    &shape,
+                    device,
+                )
+                .eps
+            });
         }
     }
     let tk = times[draw.k];
@@ -225,6 +249,20 @@ pub fn gradients(
         roles.generator.model.backward(comm, tape, &grad_v);
         (all_reduce_mean(comm, &[loss])[0], f64::NAN)
     });
+    let regression = match pairs {
+        Some(p) if train_generator && d.regression.weight > 0.0 => Some(regression_backward(
+            roles,
+            comm,
+            p,
+            d.regression.weight,
+            times[0],
+            seed,
+            step,
+            first,
+            b as usize,
+        )),
+        _ => None,
+    };
 
     // The fake score learns the generator's current distribution.
     let fd = draws(seed, FAKE, step, first, b as usize, &shape, device);
@@ -243,7 +281,36 @@ pub fn gradients(
         fake_loss,
         fake_grad_norm: f64::NAN,
         generator,
+        regression,
     }
+}
+
+/// DMD's regression term: the generator's first-step prediction `x0 = x - t0 G(x, t0)` from
+/// the noise of this rank's pairs, against the teacher's ODE samples from the same noise;
+/// `weight * mean (x0 - target)^2` backpropagated into the generator's gradients (added to the
+/// DMD loss's). Returns the unweighted loss, the mean over ranks.
+#[allow(clippy::too_many_arguments)]
+fn regression_backward(
+    roles: &mut Roles,
+    comm: &dyn Collective,
+    pairs: &OdePairs,
+    weight: f64,
+    t0: f64,
+    seed: u64,
+    step: u64,
+    first: usize,
+    b: usize,
+) -> f64 {
+    let (noise, text, target) = pairs.pick(seed, step, first, b);
+    let t = full_t(b as i64, t0, &noise);
+    let g = &mut roles.generator.model;
+    let (v, tape) = g.forward(comm, &noise, &t, &text, &roles.pruned_ids);
+    let err = &noise - &v * t0 - target;
+    let loss = err.square().mean(Kind::Float).double_value(&[]);
+    // d/dv of weight * mean((x - t0 v - y)^2) = -2 weight t0 (x0 - y) / n.
+    let grad_v = err * (-2.0 * weight * t0 / v.numel() as f64);
+    g.backward(comm, tape, &grad_v);
+    all_reduce_mean(comm, &[loss])[0]
 }
 
 /// The well-guided teacher's velocity at `(xt, t)`:
@@ -300,9 +367,12 @@ pub fn removed_blocks(ctx: &StageCtx) -> Result<Vec<usize>> {
         .candidates)
 }
 
-/// Stage III's state: the three roles, and the last generator loss (for the progress bar).
+/// Stage III's state: the three roles, the regression pairs, and the last generator loss (for
+/// the progress bar).
 pub struct DistillStage {
     pub roles: Roles,
+    pub pairs: Option<OdePairs>,
+    monitor: Option<Monitor>,
     cfg: Distill,
     seed: u64,
     last_generator_loss: f64,
@@ -310,18 +380,37 @@ pub struct DistillStage {
 
 impl DistillStage {
     /// From the Stage II (or teacher) weights `base`, the generator without `removed`.
-    pub fn new(ctx: &StageCtx, base: &Dit, removed: &[usize]) -> DistillStage {
+    /// With `distill.regression.weight` > 0 the regression pairs are read from the run
+    /// directory, or made there with the real score's unpruned pass.
+    pub fn new(ctx: &StageCtx, base: &Dit, removed: &[usize]) -> Result<DistillStage> {
         let d = &ctx.cfg.distill;
         let roles = Roles::new(base, removed, d, ctx.comm, |m| ctx.shard(m));
         if ctx.lead() {
-            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, "Stage III: distribution matching");
+            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), "Stage III: distribution matching");
         }
-        DistillStage {
+        let pairs = if d.regression.weight > 0.0 {
+            Some(OdePairs::load_or_make(
+                &ctx.run_dir.ode_pairs(),
+                &d.regression,
+                ctx.cfg.experiment.seed,
+                &ctx.data,
+                &roles.real,
+                &roles.full_ids,
+                ctx.comm,
+                ctx.cfg.eval.batch_size as usize,
+                ctx.device,
+            )?)
+        } else {
+            None
+        };
+        Ok(DistillStage {
             roles,
+            pairs,
+            monitor: Monitor::new(ctx),
             cfg: d.clone(),
             seed: ctx.cfg.experiment.seed,
             last_generator_loss: f64::NAN,
-        }
+        })
     }
 
     pub fn loader(ctx: &StageCtx) -> Result<Loader> {
@@ -369,6 +458,7 @@ impl TrainingStage for DistillStage {
             s,
             &x0,
             &text,
+            self.pairs.as_ref(),
         );
         if let Some((g, _)) = r.generator {
             self.last_generator_loss = g;
@@ -382,6 +472,36 @@ impl TrainingStage for DistillStage {
             line["generator_loss"] = g.into();
             line["generator_grad_norm"] = n.into();
             values.push(("generator_loss", g));
+        }
+        if let Some(l) = r.regression {
+            line["regression_loss"] = l.into();
+            values.push(("regression_loss", l));
+        }
+        if let Some(m) = self.monitor.as_ref().filter(|m| m.due(s + 1)) {
+            let times = sampler_times(&self.cfg);
+            let diversity = m.diversity(
+                ctx,
+                &self.roles.generator.model,
+                times[0],
+                &self.roles.pruned_ids,
+            );
+            let model = self.roles.generator.averaged_dit(ctx.comm);
+            let how = crate::sample::Sampling {
+                times,
+                cfg: 1.0,
+                kind: self.cfg.sampler,
+                seed: self.seed,
+            };
+            let mut monitor = serde_json::json!({ "diversity": diversity });
+            if let Some(e) = m.eval(ctx, &model, &how) {
+                monitor["average"] = e.average.into();
+                monitor["frechet_distance"] = e.frechet_distance.into();
+                monitor["directions_per_class"] = e.directions_per_class.into();
+                for (name, v) in e.scores.named() {
+                    monitor[name] = v.into();
+                }
+            }
+            line["monitor"] = monitor;
         }
         Ok(StepOutput {
             values,
@@ -413,7 +533,7 @@ pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
     let (base_file, made_by) = base_path(ctx);
     let base = ctx.load_input(&base_file, made_by)?;
     let removed = removed_blocks(ctx)?;
-    let mut stage = DistillStage::new(ctx, &base, &removed);
+    let mut stage = DistillStage::new(ctx, &base, &removed)?;
     drop(base);
     let mut loader = DistillStage::loader(ctx)?;
     crate::trainer::train(ctx, &mut stage, &mut loader)?;
@@ -455,7 +575,7 @@ mod tests {
         tch::manual_seed(0);
         let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
         let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
-        step(&mut roles, &Solo, &d, 0, 0, &x0, &text)
+        step(&mut roles, &Solo, &d, 0, 0, &x0, &text, None)
             .generator
             .expect("a generator step")
     }

@@ -22,14 +22,15 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// Samples `n` videos split across the ranks; rank 0 gets all of them as uint8 pixels.
-/// Returns the pixels (empty on other ranks), their shape and the slowest rank's seconds.
-fn sample_split(
+/// Returns the pixels (empty on other ranks), their shape and the slowest rank's seconds
+/// (`timed`: a fast sampler is repeated for `eval.min_timed_seconds` for a steadier time).
+pub(crate) fn sample_split(
     ctx: &StageCtx,
     model: &Dit,
     prompts: &Prompts,
     labels: &[i64],
-    times: &[f64],
-    cfg: f64,
+    how: &sample::Sampling,
+    timed: bool,
 ) -> (Vec<u8>, [usize; 4], f64) {
     let (rank, world) = (ctx.comm.rank(), ctx.comm.world());
     let n = labels.len();
@@ -49,8 +50,8 @@ fn sample_split(
             model,
             &noise.narrow(0, lo as i64, mine),
             &text.narrow(0, lo as i64, mine),
-            times,
-            cfg,
+            how,
+            lo,
             ctx.cfg.eval.batch_size as usize,
         )
     };
@@ -60,7 +61,7 @@ fn sample_split(
         // warms up, and the time is the mean of repeats over eval.min_timed_seconds.
         let (latents, first) = run();
         let min = ctx.cfg.eval.min_timed_seconds;
-        if first >= min {
+        if first >= min || !timed {
             (latents, first)
         } else {
             let (mut total, mut runs) = (0.0, 0);
@@ -108,16 +109,15 @@ fn score_row(
     model: &Dit,
     prompts: &Prompts,
     labels: &[i64],
-    times: &[f64],
-    cfg: f64,
+    how: &sample::Sampling,
 ) -> Result<Option<Row>> {
-    let (pixels, shape, seconds) = sample_split(ctx, model, prompts, labels, times, cfg);
+    let (pixels, shape, seconds) = sample_split(ctx, model, prompts, labels, how, true);
     if !ctx.lead() {
         return Ok(None);
     }
     sample::write_samples(&ctx.run_dir.samples(name), &pixels, shape, labels)?;
     let eval = evaluate(&pixels, labels, shape[1], shape[2]);
-    let steps = times.len() - 1;
+    let (steps, cfg) = (how.times.len() - 1, how.cfg);
     let row = Row {
         name: name.to_string(),
         model: path.display().to_string(),
@@ -159,6 +159,13 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
     let student_file = ctx.run_dir.student();
     let mut rows = Vec::new();
     let few = ctx.cfg.distill.timesteps.len();
+    let seed = ctx.cfg.experiment.seed;
+    let euler = |times: Vec<f64>, cfg: f64| sample::Sampling {
+        times,
+        cfg,
+        kind: flow::SamplerKind::Euler,
+        seed,
+    };
     if e.compare_teacher {
         let reference = flow::euler_times(e.teacher_steps as usize, e.shift);
         rows.extend(score_row(
@@ -168,8 +175,7 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
             &teacher,
             &prompts,
             &labels,
-            &reference,
-            e.teacher_cfg,
+            &euler(reference, e.teacher_cfg),
         )?);
         let short = flow::euler_times(few, e.shift);
         rows.extend(score_row(
@@ -179,8 +185,7 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
             &teacher,
             &prompts,
             &labels,
-            &short,
-            e.teacher_cfg,
+            &euler(short, e.teacher_cfg),
         )?);
     }
     drop(teacher);
@@ -206,8 +211,12 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
             &student,
             &prompts,
             &labels,
-            &times,
-            info.sampler.cfg,
+            &sample::Sampling {
+                times,
+                cfg: info.sampler.cfg,
+                kind: info.sampler.kind,
+                seed,
+            },
         )?);
         student_share = Some(info.block_param_share);
     }

@@ -17,6 +17,8 @@ pub mod distill;
 pub mod evaluate;
 pub mod export;
 pub mod importance;
+pub mod monitor;
+pub mod ode_pairs;
 pub mod pretrain;
 pub mod pruning;
 

@@ -6,6 +6,9 @@
 //! unpruned pass U (every block, no gradient) and the pruned pass P (the mask applied). Loss:
 //! `alpha * |P - sg(U)|^2 + (1 - alpha) * |P - (eps - x0)|^2`. Both passes' flow losses are
 //! logged so the pruned model can be seen catching up with the full one.
+//!
+//! `pruning.target` picks U's weights: the live ones (`self`, the paper's), a frozen copy of
+//! the teacher (`frozen`), or an EMA of the live ones (`ema`).
 
 use super::StageCtx;
 use crate::checkpoint::Loaded;
@@ -19,6 +22,7 @@ use crate::train::{
 };
 use crate::trainer::{StepOutput, TrainingStage};
 use anyhow::{Context, Result};
+use flg_core::config::PruningTarget;
 use flg_core::formats::importance::ImportanceReport;
 use flg_core::Stage;
 use std::path::PathBuf;
@@ -38,9 +42,11 @@ pub struct PruningLosses {
 }
 
 /// Both passes on one local batch; backpropagates the Stage II loss into the shard gradients.
+/// U comes from `target`'s weights when given, else from `model`'s own.
 #[allow(clippy::too_many_arguments)]
 pub fn pruning_backward(
     model: &mut ShardedDit,
+    target: Option<&ShardedDit>,
     comm: &dyn Collective,
     x0: &Tensor,
     text: &Tensor,
@@ -52,13 +58,21 @@ pub fn pruning_backward(
 ) -> PruningLosses {
     let f = flow_inputs(x0, text, d, shift, cfg_dropout);
     let all = model.block_ids.clone();
-    // U is a target (stop-gradient): its tape is dropped at once.
-    let u = model.output(comm, &f.xt, &f.t, &f.text, &all);
+    // U is a target (stop-gradient): no tape.
+    let u = target
+        .unwrap_or(model)
+        .output(comm, &f.xt, &f.t, &f.text, &all);
+    // The flow loss of the trained model's own unpruned pass (what `flow_full` reports) is U's
+    // only when U comes from the live weights.
+    let own_full = match target {
+        None => u.shallow_clone(),
+        Some(_) => model.output(comm, &f.xt, &f.t, &f.text, &all),
+    };
     let (p, tape) = model.forward(comm, &f.xt, &f.t, &f.text, active);
     let n = p.numel() as f64;
     let grad = (&p - &u) * (2.0 * alpha / n) + (&p - &f.target) * (2.0 * (1.0 - alpha) / n);
     let gap = flow::mse(&p, &u).double_value(&[]);
-    let flow_full = flow::mse(&u, &f.target).double_value(&[]);
+    let flow_full = flow::mse(&own_full, &f.target).double_value(&[]);
     let flow_pruned = flow::mse(&p, &f.target).double_value(&[]);
     let loss = alpha * gap + (1.0 - alpha) * flow_pruned;
     model.backward(comm, tape, &grad);
@@ -110,6 +124,8 @@ const HELD_OUT: u64 = 0x484f_4c44; // "HOLD"
 /// Stage II's state: the model trained with skips, and what it measures itself by.
 pub struct PruningStage {
     pub role: Role,
+    /// The teacher, unchanged, as U's weights (`pruning.target = "frozen"`).
+    frozen: Option<ShardedDit>,
     cfg: flg_core::config::Pruning,
     seed: u64,
     /// The seed of the per-step skip masks: the run's seed. Only the probe that shows the
@@ -129,13 +145,19 @@ impl PruningStage {
         candidates: Vec<usize>,
     ) -> PruningStage {
         let p = &ctx.cfg.pruning;
-        let role = Role::new(ctx.shard(teacher), &p.optim, 0.0, ctx.comm);
+        let ema_decay = match p.target {
+            PruningTarget::Ema => p.target_ema_decay,
+            PruningTarget::Live | PruningTarget::Frozen => 0.0,
+        };
+        let role = Role::new(ctx.shard(teacher), &p.optim, ema_decay, ctx.comm);
+        let frozen = (p.target == PruningTarget::Frozen).then(|| ctx.shard(teacher));
         let kept = super::kept_blocks(&role.model.block_ids, &candidates);
         if ctx.lead() {
             tracing::info!(candidates = ?candidates, steps = p.steps, alpha = p.alpha, skip_prob = p.skip_prob, "Stage II: dynamic probabilistic pruning");
         }
         PruningStage {
             role,
+            frozen,
             cfg: p.clone(),
             seed: ctx.cfg.experiment.seed,
             mask_seed: ctx.cfg.experiment.seed,
@@ -220,8 +242,18 @@ impl TrainingStage for PruningStage {
             s,
             self.role.model.device,
         );
+        // The EMA target: the live model's layout with the EMA's shards.
+        let ema = match (&self.role.ema, p.target) {
+            (Some(e), PruningTarget::Ema) => Some(
+                self.role
+                    .model
+                    .with_shards(e.shadow.iter().map(|t| t.shallow_clone()).collect()),
+            ),
+            _ => None,
+        };
         let l = pruning_backward(
             &mut self.role.model,
+            self.frozen.as_ref().or(ema.as_ref()),
             ctx.comm,
             &x0,
             &text,

@@ -145,13 +145,19 @@ pub struct SampleArgs {
     /// not record one).
     #[arg(long)]
     pub prompts_from: Option<PathBuf>,
-    /// Euler steps [default: the model's recorded sampler, else 50].
+    /// Sampler steps [default: the model's recorded sampler, else 50]. With --steps the grid is
+    /// uniform in time, shifted by --shift.
     #[arg(long)]
     pub steps: Option<usize>,
     /// CFG scale [default: the model's recorded sampler, else 4].
     #[arg(long)]
     pub cfg: Option<f64>,
-    /// Timestep shift of the Euler grid.
+    /// Step rule: `euler` (follow the velocity) or `renoise` (predict the clean video, then
+    /// noise it afresh to the next time; DMD2's few-step sampler) [default: the model's
+    /// recorded sampler, else euler].
+    #[arg(long)]
+    pub sampler: Option<flg_worker::flow::SamplerKind>,
+    /// Timestep shift of the sampler's grid.
     #[arg(long, default_value_t = 1.0)]
     pub shift: f64,
     /// Number of videos.

@@ -103,6 +103,7 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         prompts_from,
         steps,
         cfg,
+        sampler,
         shift,
         num,
         labels,
@@ -134,13 +135,22 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         prompts.shapes.size,
         prompts.shapes.size,
     ];
+    let kind = sampler
+        .or(recorded.as_ref().map(|r| r.kind))
+        .unwrap_or_default();
     let noise = sample::initial_noise(num, shape, seed);
-    let (latents, seconds) = sample::generate(&m, &noise, &text, &times, cfg, batch.max(1));
+    let how = sample::Sampling {
+        times: times.clone(),
+        cfg,
+        kind,
+        seed,
+    };
+    let (latents, seconds) = sample::generate(&m, &noise, &text, &how, 0, batch.max(1));
     let (pixels, vshape) = sample::to_pixels(&latents);
     sample::write_samples(&out, &pixels, vshape, &labels)?;
     let nfe = flg_worker::flow::nfe(times.len() - 1, cfg);
     let info = serde_json::json!({
-        "model": model, "steps": times.len() - 1, "timesteps": times, "cfg": cfg, "nfe": nfe,
+        "model": model, "steps": times.len() - 1, "timesteps": times, "cfg": cfg, "sampler": kind.name(), "nfe": nfe,
         "num": num, "seed": seed, "seconds": seconds, "seconds_per_video": seconds / num as f64,
         "params": m.param_count(),
     });
@@ -149,8 +159,9 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         serde_json::to_string_pretty(&info)?,
     )?;
     println!(
-        "{num} videos ({} steps, cfg {cfg}, {nfe} NFE) in {seconds:.2}s -> {}",
+        "{num} videos ({} {} steps, cfg {cfg}, {nfe} NFE) in {seconds:.2}s -> {}",
         times.len() - 1,
+        kind.name(),
         out.display()
     );
     if eval {

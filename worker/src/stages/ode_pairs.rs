@@ -1,0 +1,254 @@
+//! Stage III's regression pairs: noise -> the teacher's ODE sample from that noise (DMD's
+//! anchor against mode collapse, docs/method.md).
+//!
+//! Made once at the start of Stage III by all ranks (each samples its share of the pairs with
+//! the real score's unpruned pass under CFG, then every rank gathers all of them), written by
+//! rank 0 to `distill/ode-pairs.safetensors` and read back by a resumed or rerun stage. Pair i's
+//! noise is a function of `(seed, i)` and its prompt is data sample `i * len / pairs`, so the
+//! file is the same whoever makes it.
+
+use crate::collective::Collective;
+use crate::data::{Batch, DataSet};
+use crate::flow;
+use crate::rng::Rng;
+use crate::shard::ShardedDit;
+use crate::train::{batch_tensors, draws};
+use anyhow::{Context, Result};
+use flg_core::config::Regression;
+use std::path::Path;
+use tch::{Device, Tensor};
+
+/// Stream tags: the pairs' noise (as a stage number of `draws`) and the per-step pick.
+const PAIR_NOISE: u64 = 0x5041_4952; // "PAIR"
+const PAIR_PICK: u64 = 0x5049_434b; // "PICK"
+
+/// The pairs, whole on every rank: noise [N, ...], prompts [N, L, D], targets [N, ...].
+pub struct OdePairs {
+    pub noise: Tensor,
+    pub text: Tensor,
+    pub target: Tensor,
+}
+
+impl OdePairs {
+    pub fn len(&self) -> usize {
+        self.noise.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the pairs at `path` when they are there and match `r`, the data's shapes and the
+    /// seed; else makes them with `teacher` (its `blocks`) and rank 0 writes them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_or_make(
+        path: &Path,
+        r: &Regression,
+        seed: u64,
+        data: &DataSet,
+        teacher: &ShardedDit,
+        blocks: &[usize],
+        comm: &dyn Collective,
+        batch: usize,
+        device: Device,
+    ) -> Result<OdePairs> {
+        let want = Header::new(r, seed);
+        if let Some(p) = read(path, &want, data, device)? {
+            return Ok(p);
+        }
+        let pairs = make(r, seed, data, teacher, blocks, comm, batch, device);
+        if comm.rank() == 0 {
+            write(path, &pairs, &want).with_context(|| format!("writing {}", path.display()))?;
+        }
+        comm.barrier();
+        Ok(pairs)
+    }
+
+    /// This rank's `b` pairs of step `step` (global samples `first..first + b`), each picked
+    /// uniformly by `(seed, step, sample)`: (noise, prompts, targets).
+    pub fn pick(&self, seed: u64, step: u64, first: usize, b: usize) -> (Tensor, Tensor, Tensor) {
+        let n = self.len() as u64;
+        let idx: Vec<i64> = (first..first + b)
+            .map(|j| Rng::derive(seed, &[PAIR_PICK, step, j as u64]).below(n) as i64)
+            .collect();
+        let idx = Tensor::from_slice(&idx).to_device(self.noise.device());
+        (
+            self.noise.index_select(0, &idx),
+            self.text.index_select(0, &idx),
+            self.target.index_select(0, &idx),
+        )
+    }
+}
+
+/// What the pairs were made with; a file made otherwise is made again.
+#[derive(PartialEq, Debug)]
+struct Header {
+    pairs: u64,
+    teacher_steps: u64,
+    teacher_cfg: f64,
+    seed: u64,
+}
+
+impl Header {
+    fn new(r: &Regression, seed: u64) -> Header {
+        Header {
+            pairs: r.pairs,
+            teacher_steps: r.teacher_steps,
+            teacher_cfg: r.teacher_cfg,
+            seed,
+        }
+    }
+
+    fn tensor(&self) -> Tensor {
+        Tensor::from_slice(&[
+            self.pairs as f64,
+            self.teacher_steps as f64,
+            self.teacher_cfg,
+            self.seed as f64,
+        ])
+    }
+}
+
+fn read(path: &Path, want: &Header, data: &DataSet, device: Device) -> Result<Option<OdePairs>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let named = match Tensor::read_safetensors(path) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(
+                "{}: unreadable ({e}); making the pairs again",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    let get = |name: &str| named.iter().find(|(k, _)| k == name).map(|(_, t)| t);
+    let (Some(h), Some(noise), Some(text), Some(target)) =
+        (get("header"), get("noise"), get("text"), get("target"))
+    else {
+        return Ok(None);
+    };
+    let n = want.pairs as i64;
+    let [c, t, hh, w] = data.latent_shape();
+    let [l, d] = data.text_shape();
+    let fits = h.equal(&want.tensor())
+        && noise.size() == [n, c, t, hh, w]
+        && target.size() == [n, c, t, hh, w]
+        && text.size() == [n, l, d];
+    if !fits {
+        return Ok(None);
+    }
+    Ok(Some(OdePairs {
+        noise: noise.to_device(device),
+        text: text.to_device(device),
+        target: target.to_device(device),
+    }))
+}
+
+fn write(path: &Path, p: &OdePairs, h: &Header) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+    Tensor::write_safetensors(
+        &[
+            ("header", h.tensor()),
+            ("noise", cpu(&p.noise)),
+            ("text", cpu(&p.text)),
+            ("target", cpu(&p.target)),
+        ],
+        &tmp,
+    )?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Every rank samples `ceil(N / W)` pairs (the last rank's tail repeats pair N - 1 so that all
+/// ranks call the sharded teacher equally often), then all are gathered.
+#[allow(clippy::too_many_arguments)]
+fn make(
+    r: &Regression,
+    seed: u64,
+    data: &DataSet,
+    teacher: &ShardedDit,
+    blocks: &[usize],
+    comm: &dyn Collective,
+    batch: usize,
+    device: Device,
+) -> OdePairs {
+    let n = r.pairs as usize;
+    let (rank, world) = (comm.rank(), comm.world());
+    let per = n.div_ceil(world);
+    let len = data.len();
+    let mine: Vec<usize> = (rank * per..(rank + 1) * per)
+        .map(|i| i.min(n - 1))
+        .collect();
+    let shape = data.latent_shape();
+    let times = flow::euler_times(r.teacher_steps as usize, 1.0);
+    let v = |x: &Tensor, t: &Tensor, c: &Tensor| teacher.output(comm, x, t, c, blocks);
+    let start = std::time::Instant::now();
+    let (mut noises, mut texts, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in mine.chunks(batch.max(1)) {
+        let idx: Vec<u64> = chunk.iter().map(|&i| prompt_index(i, n, len)).collect();
+        let (_, text) = batch_tensors(&Batch::gather(data, &idx), data, device);
+        let noise = Tensor::stack(
+            &chunk
+                .iter()
+                .map(|&i| {
+                    draws(seed, PAIR_NOISE, 0, i, 1, &shape, device)
+                        .eps
+                        .squeeze_dim(0)
+                })
+                .collect::<Vec<_>>(),
+            0,
+        );
+        let target = flow::euler_sample(&v, &noise, &text, &times, r.teacher_cfg);
+        noises.push(noise);
+        texts.push(text);
+        targets.push(target);
+    }
+    let gather = |parts: Vec<Tensor>| {
+        let local = Tensor::cat(&parts, 0);
+        let mut size = local.size();
+        let all = comm.all_gather(&local.reshape([-1]));
+        size[0] = (per * world) as i64;
+        all.view(size.as_slice()).narrow(0, 0, n as i64)
+    };
+    let pairs = OdePairs {
+        noise: gather(noises),
+        text: gather(texts),
+        target: gather(targets),
+    };
+    if comm.rank() == 0 {
+        tracing::info!(
+            pairs = n,
+            teacher_steps = r.teacher_steps,
+            cfg = r.teacher_cfg,
+            seconds = start.elapsed().as_secs_f64(),
+            "Stage III: the teacher's ODE samples for the regression term"
+        );
+    }
+    pairs
+}
+
+/// Pair i of n takes its prompt from data sample `i * len / n`.
+pub fn prompt_index(i: usize, n: usize, len: u64) -> u64 {
+    (i as u64 * len) / n as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_spread_over_the_data() {
+        let idx: Vec<u64> = (0..4).map(|i| prompt_index(i, 4, 4096)).collect();
+        assert_eq!(idx, vec![0, 1024, 2048, 3072]);
+    }
+}
