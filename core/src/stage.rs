@@ -74,6 +74,10 @@ impl Stage {
             Stage::Distill => &[
                 ("fake_loss", "fake-score flow loss"),
                 ("generator_loss", "generator DMD loss"),
+                (
+                    "regression_loss",
+                    "generator regression loss (teacher ODE pairs)",
+                ),
             ],
             _ => &[],
         }

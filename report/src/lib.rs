@@ -64,6 +64,7 @@ pub fn write(run_dir: &RunDir) -> Result<Headline> {
     sections::title(&mut md, &run, &headline)?;
     sections::what_ran(&mut md, &run)?;
     sections::training_curves(&mut md, &run)?;
+    sections::collapse_monitor(&mut md, &run)?;
     sections::throughput(&mut md, &run)?;
     sections::importance(&mut md, &run)?;
     sections::quality(&mut md, &run)?;

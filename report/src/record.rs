@@ -89,9 +89,20 @@ impl RunRecord {
 
     /// The values of one metric key over a training stage's steps, finite ones only.
     pub fn series(&self, stage: Stage, key: &str) -> Vec<(f64, f64)> {
+        self.nested_series(stage, &[key])
+    }
+
+    /// The values at a path of keys (e.g. `["monitor", "average"]`) over a stage's steps,
+    /// finite ones only.
+    pub fn nested_series(&self, stage: Stage, path: &[&str]) -> Vec<(f64, f64)> {
         self.steps.get(&stage).map_or_else(Vec::new, |st| {
             st.iter()
-                .filter_map(|(s, l)| l.get(key).and_then(Value::as_f64).map(|v| (*s as f64, v)))
+                .filter_map(|(s, l)| {
+                    path.iter()
+                        .try_fold(l, |v, k| v.get(*k))
+                        .and_then(Value::as_f64)
+                        .map(|v| (*s as f64, v))
+                })
                 .filter(|p| p.1.is_finite())
                 .collect()
         })

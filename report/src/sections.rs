@@ -150,6 +150,79 @@ pub fn training_curves(w: &mut String, run: &RunRecord) -> Result<()> {
     Ok(())
 }
 
+/// Stage III's collapse monitor (`distill.monitor_every`): the generator's diversity over
+/// noise and the small periodic eval, as curves and a table.
+pub fn collapse_monitor(w: &mut String, run: &RunRecord) -> Result<()> {
+    let get = |k: &str| run.nested_series(Stage::Distill, &["monitor", k]);
+    let diversity = get("diversity");
+    if diversity.is_empty() {
+        return Ok(());
+    }
+    let directions: Vec<(f64, f64)> = get("directions_per_class")
+        .into_iter()
+        .map(|(s, v)| (s, v / 8.0))
+        .collect();
+    let series: Vec<(String, Vec<(f64, f64)>)> = [
+        (
+            "diversity over noise (first-step x0 spread)",
+            diversity.clone(),
+        ),
+        ("average score", get("average")),
+        ("dynamic degree", get("dynamic_degree")),
+        ("prompt following", get("prompt_following")),
+        ("motion directions per class / 8", directions),
+    ]
+    .into_iter()
+    .filter(|(_, p)| !p.is_empty())
+    .map(|(n, p)| (n.to_string(), p))
+    .collect();
+    let img = "report/distill-monitor.png";
+    flg_media::plot::line_chart(
+        &run.dir.path().join(img),
+        "Stage III: the generator during training",
+        "step",
+        "value",
+        &series,
+    )?;
+    writeln!(w, "## Stage III: does the generator collapse?\n")?;
+    writeln!(
+        w,
+        "Every {} steps: the spread of the generator's first-step prediction over a fixed set of \
+         noises (0 = every noise gives the same video) and a small eval of its EMA ({} videos, \
+         same noise each time).\n",
+        run.cfg.distill.monitor_every, run.cfg.distill.monitor_videos
+    )?;
+    writeln!(w, "![Stage III monitor]({img})\n")?;
+    writeln!(
+        w,
+        "| step | diversity | average | dynamic | Fréchet | directions per class |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|---|")?;
+    let at = |pts: &[(f64, f64)], s: f64| {
+        pts.iter()
+            .find(|p| p.0 == s)
+            .map_or("-".to_string(), |p| format!("{:.3}", p.1))
+    };
+    let (avg, dynamic, fd, dirs) = (
+        get("average"),
+        get("dynamic_degree"),
+        get("frechet_distance"),
+        get("directions_per_class"),
+    );
+    for &(s, d) in &diversity {
+        writeln!(
+            w,
+            "| {s} | {d:.3} | {} | {} | {} | {} |",
+            at(&avg, s),
+            at(&dynamic, s),
+            at(&fd, s),
+            at(&dirs, s)
+        )?;
+    }
+    writeln!(w)?;
+    Ok(())
+}
+
 /// A training stage's step rates: median samples/s and model TFLOP/s per rank over its step
 /// lines, and the largest peak memory a line reported (`None` for runs without these fields).
 pub fn stage_rates(run: &RunRecord, stage: Stage) -> Option<(f64, Option<f64>, Option<f64>)> {

@@ -180,11 +180,13 @@ mod tests {
         };
         let out = sample(&v, &x1, &text, &times, 1.0, SamplerKind::Renoise, &fresh);
         assert!((out - 0.5).abs().max().double_value(&[]) < 1e-6);
-        let inputs = seen.borrow();
-        assert_eq!(inputs.len(), 3);
-        // Step 1's input: 0.5 * 0.5 + 0.5 * 10; step 2's: 0.75 * 0.5 + 0.25 * 11.
-        assert!((inputs[1].double_value(&[0, 0, 0, 0, 0]) - 5.25).abs() < 1e-5);
-        assert!((inputs[2].double_value(&[0, 0, 0, 0, 1]) - 3.125).abs() < 1e-5);
+        {
+            let inputs = seen.borrow();
+            assert_eq!(inputs.len(), 3);
+            // Step 1's input: 0.5 * 0.5 + 0.5 * 10; step 2's: 0.75 * 0.5 + 0.25 * 11.
+            assert!((inputs[1].double_value(&[0, 0, 0, 0, 0]) - 5.25).abs() < 1e-5);
+            assert!((inputs[2].double_value(&[0, 0, 0, 0, 1]) - 3.125).abs() < 1e-5);
+        }
         let euler = euler_sample(&v, &x1, &text, &times, 1.0);
         assert!((euler - 0.5).abs().max().double_value(&[]) < 1e-5);
     }
