@@ -33,16 +33,16 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// The probe's prompts are the data samples `i * len / P` (for moving-shapes, a mix of
-    /// classes); its noises are fixed by the seed.
+    /// The probe's prompts are those of the first P data samples (for moving-shapes, one of
+    /// each class); its noises are fixed by the seed.
     pub fn new(ctx: &StageCtx) -> Option<Monitor> {
         let every = ctx.cfg.distill.monitor_every;
         if every == 0 {
             return None;
         }
         let len = ctx.data.len();
-        let idx: Vec<u64> = (0..PROBE_PROMPTS)
-            .flat_map(|i| std::iter::repeat_n(i as u64 * len / PROBE_PROMPTS as u64, PROBE_NOISES))
+        let idx: Vec<u64> = (0..PROBE_PROMPTS as u64)
+            .flat_map(|i| std::iter::repeat_n(i % len, PROBE_NOISES))
             .collect();
         let (_, text) = batch_tensors(&Batch::gather(&ctx.data, &idx), &ctx.data, ctx.device);
         let shape = ctx.data.latent_shape();

@@ -4,8 +4,8 @@
 //! Made once at the start of Stage III by all ranks (each samples its share of the pairs with
 //! the real score's unpruned pass under CFG, then every rank gathers all of them), written by
 //! rank 0 to `distill/ode-pairs.safetensors` and read back by a resumed or rerun stage. Pair i's
-//! noise is a function of `(seed, i)` and its prompt is data sample `i * len / pairs`, so the
-//! file is the same whoever makes it.
+//! noise and its prompt (that of a data sample drawn uniformly) are functions of `(seed, i)`,
+//! so the file is the same whoever makes it.
 
 use crate::collective::Collective;
 use crate::data::{Batch, DataSet};
@@ -21,6 +21,7 @@ use tch::{Device, Tensor};
 /// Stream tags: the pairs' noise (as a stage number of `draws`) and the per-step pick.
 const PAIR_NOISE: u64 = 0x5041_4952; // "PAIR"
 const PAIR_PICK: u64 = 0x5049_434b; // "PICK"
+const PAIR_PROMPT: u64 = 0x5052_4d54; // "PRMT"
 
 /// The pairs, whole on every rank: noise [N, ...], prompts [N, L, D], targets [N, ...].
 pub struct OdePairs {
@@ -195,7 +196,7 @@ fn make(
     let start = std::time::Instant::now();
     let (mut noises, mut texts, mut targets) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in mine.chunks(batch.max(1)) {
-        let idx: Vec<u64> = chunk.iter().map(|&i| prompt_index(i, n, len)).collect();
+        let idx: Vec<u64> = chunk.iter().map(|&i| prompt_index(seed, i, len)).collect();
         let (_, text) = batch_tensors(&Batch::gather(data, &idx), data, device);
         let noise = Tensor::stack(
             &chunk
@@ -237,9 +238,11 @@ fn make(
     pairs
 }
 
-/// Pair i of n takes its prompt from data sample `i * len / n`.
-pub fn prompt_index(i: usize, n: usize, len: u64) -> u64 {
-    (i as u64 * len) / n as u64
+/// The data sample whose prompt pair i takes: drawn uniformly by `(seed, i)`. (A regular
+/// stride would follow any period in the data's order: moving-shapes stores its classes in
+/// turn, so every 16th sample is one class.)
+pub fn prompt_index(seed: u64, i: usize, len: u64) -> u64 {
+    Rng::derive(seed, &[PAIR_PROMPT, i as u64]).below(len)
 }
 
 #[cfg(test)]
@@ -247,8 +250,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prompts_spread_over_the_data() {
-        let idx: Vec<u64> = (0..4).map(|i| prompt_index(i, 4, 4096)).collect();
-        assert_eq!(idx, vec![0, 1024, 2048, 3072]);
+    fn the_pairs_prompts_cover_every_class_of_moving_shapes() {
+        // Moving-shapes sample i has class i % 8; 256 pairs of a 4096-video set.
+        let mut per_class = [0usize; 8];
+        for i in 0..256 {
+            per_class[(prompt_index(0, i, 4096) % 8) as usize] += 1;
+        }
+        assert!(
+            per_class.iter().all(|&c| (16..=48).contains(&c)),
+            "{per_class:?}"
+        );
     }
 }
