@@ -39,8 +39,9 @@ table = [("(a) teacher, Euler + CFG", row(main, "teacher")),
          ("(c) plain DMD2", row(dmd2, "student")), ("(d) no Stage II", row(no2, "student")),
          ("(e) FastLightGen, b2 = 0", row(b2z, "student")), ("**FastLightGen**", row(main, "student"))]
 teacher_s = row(main, "teacher")["seconds"]
+COLS = main["score_columns"]
 lines = [f"| method | steps | NFE | block params {main['score_header']} sampling (s) | speedup |",
-         "|---|---|---|---|" + "---|" * 8 + "---|---|"]
+         "|---|---|---|---|" + "---|" * COLS + "---|---|"]
 for label, r in table:
     lines.append(f"| {label} | {r['steps']} | {r['nfe']} | {r['block_param_share']*100:.0f}% {r['score_cells']} "
                  f"{r['seconds']:.2f} | {teacher_s / r['seconds']:.1f}x |")

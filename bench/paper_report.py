@@ -49,6 +49,7 @@ def held_out(run):
 if summary(main) is None:
     sys.exit(f"paper_report.py: {main} has no finished eval stage; run `make demo` first")
 HEAD = summary(main)["score_header"]
+COLS = summary(main)["score_columns"]
 
 
 def missing(n):
@@ -70,7 +71,7 @@ lines += ["## Alpha ablation (Stage II)", "",
           "Stage II's loss is `alpha |P - sg(U)|^2 + (1 - alpha) flow(P)`; everything else as the demo "
           "(lr 3e-5, 300 steps). Held-out gap: `|P - U|^2` with all candidates removed, before and "
           "after Stage II; the score is the final student's, after Stage III.", "",
-          "| alpha | held-out gap before -> after | " + HEAD[2:], "|---|---|" + "---|" * 8]
+          "| alpha | held-out gap before -> after | " + HEAD[2:], "|---|---|" + "---|" * COLS]
 
 
 def ablation(entries, lead=lambda run: []):
@@ -80,7 +81,7 @@ def ablation(entries, lead=lambda run: []):
     for x, label, run in entries:
         r = student(run)
         first = "".join(f"{c} | " for c in lead(run))
-        lines.append(f"| {label} | {first}" + (r["score_cells"][2:] if r else missing(8)))
+        lines.append(f"| {label} | {first}" + (r["score_cells"][2:] if r else missing(COLS)))
         if r and x is not None:
             pts.append([x, r["eval"]["average"]])
     lines.append("")
@@ -102,14 +103,14 @@ lines += ["## b2 ablation (Stage III)", "",
           "The real score is `P(null) + b1 (P(c) - P(null)) + b2 (U(c) - P(c))`; b2 weighs the intra "
           "guidance of the full model over the pruned one. Fixed values here; the demo draws b2 "
           "uniformly in [0, 0.5] each step.", "",
-          "| b2 | " + HEAD[2:], "|---|" + "---|" * 8]
+          "| b2 | " + HEAD[2:], "|---|" + "---|" * COLS]
 b2_pts = ablation([(0.0, "0 (row e)", "runs/paper-b2-zero"), (0.25, "0.25", "runs/paper-b2-0.25"),
                    (0.75, "0.75", "runs/paper-b2-0.75"), (None, "U[0, 0.5] (demo)", main)])
 lines += ["![b2 ablation](figures/b2.png)", ""]
 
 # ---------------------------------------------------------------- cost
 lines += ["## Quality against cost (the paper's Figure 1)", "",
-          "Each student (trained for 4 steps) sampled with 1, 2, 4 and 8 Euler steps; the teacher "
+          "Each student (trained for 4 steps) sampled with 1, 2, 4 and 8 steps of its own sampler; the teacher "
           "with CFG 4 (2 network evaluations a step) at 1 to 50 steps. Cost = network evaluations "
           "x parameters, relative to the teacher's 50-step CFG sampler (100 evaluations of 1.59M "
           "parameters); sampling time measured on one process, 64 videos.", "",

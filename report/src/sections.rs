@@ -296,10 +296,18 @@ pub fn row_label(r: &Row) -> &str {
     }
 }
 
-/// The score columns' header cells (`| prompt | ... | **average** | Fréchet |`).
+/// The score columns' header cells (`| prompt | ... | **average** | Fréchet | directions |`).
 pub fn score_header() -> String {
     let names: Vec<&str> = SCORES.iter().map(|s| s.1).collect();
-    format!("| {} | **average** | Fréchet |", names.join(" | "))
+    format!(
+        "| {} | **average** | Fréchet | directions per class |",
+        names.join(" | ")
+    )
+}
+
+/// How many columns [`score_header`] has.
+pub fn score_columns() -> usize {
+    SCORES.len() + 3
 }
 
 /// One row's score cells, as [`score_header`] names them.
@@ -312,10 +320,13 @@ pub fn score_cells(r: &Row) -> String {
         .map(|(_, x)| format!("{x:.3}"))
         .collect();
     format!(
-        "| {} | **{:.3}** | {:.2} |",
+        "| {} | **{:.3}** | {:.2} | {} |",
         cells.join(" | "),
         r.eval.average,
-        r.eval.frechet_distance
+        r.eval.frechet_distance,
+        r.eval
+            .directions_per_class
+            .map_or("-".to_string(), |d| format!("{d:.1}"))
     )
 }
 
@@ -336,8 +347,8 @@ pub fn quality(w: &mut String, run: &RunRecord) -> Result<()> {
     )?;
     writeln!(
         w,
-        "|---|---|---|---|---|{}---|---|---|---|",
-        "---|".repeat(SCORES.len())
+        "|---|---|---|---|---|{}---|---|",
+        "---|".repeat(score_columns())
     )?;
     let teacher_s = run.teacher().map(|t| t.seconds);
     for r in &ev.rows {

@@ -48,6 +48,8 @@ pub struct Summary {
     pub throughput: BTreeMap<String, Rates>,
     /// The table header matching `rows[].score_cells`.
     pub score_header: String,
+    /// Its number of columns.
+    pub score_columns: usize,
 }
 
 impl Summary {
@@ -99,6 +101,7 @@ impl Summary {
             removed_share: run.importance.as_ref().map(|i| i.removed_share),
             throughput,
             score_header: crate::sections::score_header(),
+            score_columns: crate::sections::score_columns(),
         })
     }
 }

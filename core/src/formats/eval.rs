@@ -60,9 +60,10 @@ pub struct EvalReport {
     pub frechet_distance: f64,
     /// Distinct motion directions (the signs of the first-to-last-frame displacement, 8 at
     /// most) among a class's videos, mean over the classes present: real data has 8 with
-    /// enough videos; a student that collapsed to one still video per class has 0.
-    #[serde(default)]
-    pub directions_per_class: f64,
+    /// enough videos; a student that collapsed to one still video per class has 0. Absent
+    /// from files written before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directions_per_class: Option<f64>,
 }
 
 /// One model and sampler, scored.
