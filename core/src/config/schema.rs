@@ -407,6 +407,11 @@ pub struct Distill {
     pub sampler: SamplerKind,
     /// Regression of the generator's first step onto the teacher's own ODE samples.
     pub regression: Regression,
+    /// Weight of the data-forcing term (0: off): on generator steps, training videos noised to
+    /// the trained sampler step's time, and the generator's clean-video prediction there pulled
+    /// towards the well-guided real score's (mean squared error). It keeps the generator a
+    /// faithful guided denoiser of real (moving) videos while DMD trains it on its own samples.
+    pub data_forcing: f64,
     /// Every this many steps, rank 0 logs the generator's diversity over noise and a small
     /// eval of its EMA (moving-shapes only); 0: never.
     pub monitor_every: u64,
@@ -465,6 +470,7 @@ impl Default for Distill {
             ema_decay: 0.99,
             sampler: SamplerKind::Euler,
             regression: Regression::default(),
+            data_forcing: 0.0,
             monitor_every: 0,
             monitor_videos: 32,
         }

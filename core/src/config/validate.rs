@@ -410,6 +410,12 @@ fn check_training(c: &Config, issues: &mut Issues) {
                 );
             }
         }
+        if !(d.data_forcing >= 0.0 && d.data_forcing.is_finite()) {
+            issues.push(
+                "distill.data_forcing",
+                format!("must be a finite number >= 0, got {}", d.data_forcing),
+            );
+        }
         if d.monitor_every > 0 {
             at_least_one(issues, "distill.monitor_videos", d.monitor_videos);
         }

@@ -15,7 +15,9 @@
 //! Every `generator_every`-th step the generator gets the DMD2 loss: noise its sample x to a
 //! time t in `t_range`, `grad = (x0_F - x0_R) / mean|x - x0_R|`, `L = 0.5 |x - sg(x - grad)|^2`;
 //! with `distill.regression.weight` > 0 also DMD's regression loss: its first-step prediction
-//! from a pair's noise against the teacher's ODE sample from that noise (`ode_pairs.rs`).
+//! from a pair's noise against the teacher's ODE sample from that noise (`ode_pairs.rs`); with
+//! `distill.data_forcing` > 0 also the data-forcing loss: on training videos noised to the
+//! trained step's time, its clean-video prediction against the well-guided real score's.
 //! Random draws are functions of `(seed, step, global sample index)`, so W ranks train what
 //! one rank trains.
 
@@ -44,6 +46,7 @@ const ROLLOUT: u64 = 30; // initial noise (or data noise without backward simula
 const DMD: u64 = 31; // the time and noise that compare the two scores
 const FAKE: u64 = 32; // the fake score's flow-matching draws
 const RENOISE: u64 = 40; // + j: the fresh noise of the rollout's re-noising step j
+const DATA_FORCING: u64 = 33; // the noise put on training videos for the data-forcing term
 
 /// The three roles and which blocks each pass runs.
 pub struct Roles {
@@ -128,13 +131,15 @@ pub struct StepReport {
     pub generator: Option<(f64, f64)>,
     /// The regression loss (unweighted), on generator steps with regression pairs.
     pub regression: Option<f64>,
+    /// The data-forcing loss (unweighted), on generator steps with `distill.data_forcing` > 0.
+    pub data_forcing: Option<f64>,
 }
 
 fn full_t(b: i64, t: f64, like: &Tensor) -> Tensor {
     Tensor::full([b], t, (Kind::Float, like.device()))
 }
 
-/// One Stage III step on a local batch (`x0` used only without backward simulation):
+/// One Stage III step on a local batch (`x0`: the generator's input without backward simulation, and the data-forcing term's videos):
 /// [`gradients`], then each role that got gradients takes its clipped optimizer step.
 #[allow(clippy::too_many_arguments)]
 pub fn step(
@@ -263,6 +268,20 @@ pub fn gradients(
         )),
         _ => None,
     };
+    let data_forcing = (train_generator && d.data_forcing > 0.0).then(|| {
+        let dr = draws(seed, DATA_FORCING, step, first, b as usize, &shape, device);
+        let t = full_t(b, tk, x0);
+        let xt = flow::noisy(x0, &dr.eps, &t);
+        let x0_real = flow::x0_from_v(&xt, &real_velocity(roles, comm, &xt, &t, text, draw), &t);
+        let g = &mut roles.generator.model;
+        let (v, tape) = g.forward(comm, &xt, &t, text, &roles.pruned_ids);
+        let err = &xt - &v * tk - x0_real;
+        let loss = err.square().mean(Kind::Float).double_value(&[]);
+        // d/dv of w mean((x - tk v - y)^2) = -2 w tk (x0 - y) / n.
+        let grad_v = err * (-2.0 * d.data_forcing * tk / v.numel() as f64);
+        g.backward(comm, tape, &grad_v);
+        all_reduce_mean(comm, &[loss])[0]
+    });
 
     // The fake score learns the generator's current distribution.
     let fd = draws(seed, FAKE, step, first, b as usize, &shape, device);
@@ -282,6 +301,7 @@ pub fn gradients(
         fake_grad_norm: f64::NAN,
         generator,
         regression,
+        data_forcing,
     }
 }
 
@@ -476,6 +496,10 @@ impl TrainingStage for DistillStage {
         if let Some(l) = r.regression {
             line["regression_loss"] = l.into();
             values.push(("regression_loss", l));
+        }
+        if let Some(l) = r.data_forcing {
+            line["data_forcing_loss"] = l.into();
+            values.push(("data_forcing_loss", l));
         }
         if let Some(m) = self.monitor.as_ref().filter(|m| m.due(s + 1)) {
             let times = sampler_times(&self.cfg);
