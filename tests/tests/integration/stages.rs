@@ -154,7 +154,8 @@ fn stage_iii_steps_on_2_ranks_equal_1_rank() {
         }
     }
     // The regression pairs: made by the ranks together, the same on 1 and 2 ranks, kept in the
-    // run directory; the targets are the teacher's samples, not its input noise.
+    // run directory; the ODE's states at the 4 sampler times (the first is the noise) lead from
+    // the noise to the targets, the teacher's samples.
     let pairs = |w: u32| {
         tmp.path().join(format!(
             "distill-w{w}-renoise/distill/ode-pairs.safetensors"
@@ -164,8 +165,19 @@ fn stage_iii_steps_on_2_ranks_equal_1_rank() {
     assert!(d <= 1e-4, "pairs made on 2 ranks differ by {d:e}");
     let named: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(pairs(1)).unwrap();
     let get = |k: &str| &named.iter().find(|(n, _)| n == k).unwrap().1;
-    assert_eq!(get("noise").size()[0], 6);
-    assert!(get("target").dist(get("noise")).double_value(&[]) > 1.0);
+    let states = get("states");
+    assert_eq!(states.size()[..2], [6, 4]);
+    let target = get("target");
+    let dist = |k: i64| target.dist(&states.select(1, k)).double_value(&[]);
+    assert!(dist(0) > 1.0, "the targets are not the noise");
+    assert!(
+        dist(0) > dist(1) && dist(1) > dist(2) && dist(2) > dist(3),
+        "the states approach the targets: {} {} {} {}",
+        dist(0),
+        dist(1),
+        dist(2),
+        dist(3)
+    );
     let a: Vec<serde_json::Value> = json_file(&out(1, "rollout").join("losses.json"));
     assert!(
         a.iter().any(|x| x["k"].as_u64().unwrap() > 0),

@@ -260,7 +260,8 @@ pub fn gradients(
             comm,
             p,
             d.regression.weight,
-            times[0],
+            draw.k,
+            times[draw.k],
             seed,
             step,
             first,
@@ -305,8 +306,9 @@ pub fn gradients(
     }
 }
 
-/// DMD's regression term: the generator's first-step prediction `x0 = x - t0 G(x, t0)` from
-/// the noise of this rank's pairs, against the teacher's ODE samples from the same noise;
+/// DMD's regression term at sampler step `k` (time `tk`): the generator's prediction
+/// `x0 = x - tk G(x, tk)` from the teacher's ODE state at `tk` of this rank's pairs (at k = 0,
+/// the pair's noise), against the clean video the ODE reaches from there;
 /// `weight * mean (x0 - target)^2` backpropagated into the generator's gradients (added to the
 /// DMD loss's). Returns the unweighted loss, the mean over ranks.
 #[allow(clippy::too_many_arguments)]
@@ -315,20 +317,21 @@ fn regression_backward(
     comm: &dyn Collective,
     pairs: &OdePairs,
     weight: f64,
-    t0: f64,
+    k: usize,
+    tk: f64,
     seed: u64,
     step: u64,
     first: usize,
     b: usize,
 ) -> f64 {
-    let (noise, text, target) = pairs.pick(seed, step, first, b);
-    let t = full_t(b as i64, t0, &noise);
+    let (x, text, target) = pairs.pick(seed, step, first, b, k);
+    let t = full_t(b as i64, tk, &x);
     let g = &mut roles.generator.model;
-    let (v, tape) = g.forward(comm, &noise, &t, &text, &roles.pruned_ids);
-    let err = &noise - &v * t0 - target;
+    let (v, tape) = g.forward(comm, &x, &t, &text, &roles.pruned_ids);
+    let err = &x - &v * tk - target;
     let loss = err.square().mean(Kind::Float).double_value(&[]);
-    // d/dv of weight * mean((x - t0 v - y)^2) = -2 weight t0 (x0 - y) / n.
-    let grad_v = err * (-2.0 * weight * t0 / v.numel() as f64);
+    // d/dv of weight * mean((x - tk v - y)^2) = -2 weight tk (x0 - y) / n.
+    let grad_v = err * (-2.0 * weight * tk / v.numel() as f64);
     g.backward(comm, tape, &grad_v);
     all_reduce_mean(comm, &[loss])[0]
 }
@@ -409,9 +412,11 @@ impl DistillStage {
             tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), "Stage III: distribution matching");
         }
         let pairs = if d.regression.weight > 0.0 {
+            let times = sampler_times(d);
             Some(OdePairs::load_or_make(
                 &ctx.run_dir.ode_pairs(),
                 &d.regression,
+                &times[..times.len() - 1],
                 ctx.cfg.experiment.seed,
                 &ctx.data,
                 &roles.real,

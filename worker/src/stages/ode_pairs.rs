@@ -1,5 +1,8 @@
 //! Stage III's regression pairs: noise -> the teacher's ODE sample from that noise (DMD's
-//! anchor against mode collapse, docs/method.md).
+//! anchor against mode collapse, docs/method.md), with the ODE's states at the student's
+//! sampler times on the way, so that every sampler step has a regression target (the ODE
+//! state at its time -> the clean video the ODE reaches from there, as consistency
+//! distillation trains it).
 //!
 //! Made once at the start of Stage III by all ranks (each samples its share of the pairs with
 //! the real score's unpruned pass under CFG, then every rank gathers all of them), written by
@@ -23,28 +26,31 @@ const PAIR_NOISE: u64 = 0x5041_4952; // "PAIR"
 const PAIR_PICK: u64 = 0x5049_434b; // "PICK"
 const PAIR_PROMPT: u64 = 0x5052_4d54; // "PRMT"
 
-/// The pairs, whole on every rank: noise [N, ...], prompts [N, L, D], targets [N, ...].
+/// The pairs, whole on every rank: the ODE's states at the student's times [N, K, ...] (state
+/// 0 is the noise), prompts [N, L, D], the ODE's clean videos [N, ...].
 pub struct OdePairs {
-    pub noise: Tensor,
+    pub states: Tensor,
     pub text: Tensor,
     pub target: Tensor,
 }
 
 impl OdePairs {
     pub fn len(&self) -> usize {
-        self.noise.size()[0] as usize
+        self.states.size()[0] as usize
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Reads the pairs at `path` when they are there and match `r`, the data's shapes and the
-    /// seed; else makes them with `teacher` (its `blocks`) and rank 0 writes them.
+    /// Reads the pairs at `path` when they are there and match `r`, the student's `times`
+    /// (from 1 towards 0, without the final 0), the data's shapes and the seed; else makes them
+    /// with `teacher` (its `blocks`) and rank 0 writes them.
     #[allow(clippy::too_many_arguments)]
     pub fn load_or_make(
         path: &Path,
         r: &Regression,
+        times: &[f64],
         seed: u64,
         data: &DataSet,
         teacher: &ShardedDit,
@@ -53,11 +59,11 @@ impl OdePairs {
         batch: usize,
         device: Device,
     ) -> Result<OdePairs> {
-        let want = Header::new(r, seed);
+        let want = Header::new(r, times, seed);
         if let Some(p) = read(path, &want, data, device)? {
             return Ok(p);
         }
-        let pairs = make(r, seed, data, teacher, blocks, comm, batch, device);
+        let pairs = make(r, times, seed, data, teacher, blocks, comm, batch, device);
         if comm.rank() == 0 {
             write(path, &pairs, &want).with_context(|| format!("writing {}", path.display()))?;
         }
@@ -66,15 +72,23 @@ impl OdePairs {
     }
 
     /// This rank's `b` pairs of step `step` (global samples `first..first + b`), each picked
-    /// uniformly by `(seed, step, sample)`: (noise, prompts, targets).
-    pub fn pick(&self, seed: u64, step: u64, first: usize, b: usize) -> (Tensor, Tensor, Tensor) {
+    /// uniformly by `(seed, step, sample)`: (the ODE states at the student's time `k`, prompts,
+    /// the clean videos).
+    pub fn pick(
+        &self,
+        seed: u64,
+        step: u64,
+        first: usize,
+        b: usize,
+        k: usize,
+    ) -> (Tensor, Tensor, Tensor) {
         let n = self.len() as u64;
         let idx: Vec<i64> = (first..first + b)
             .map(|j| Rng::derive(seed, &[PAIR_PICK, step, j as u64]).below(n) as i64)
             .collect();
-        let idx = Tensor::from_slice(&idx).to_device(self.noise.device());
+        let idx = Tensor::from_slice(&idx).to_device(self.states.device());
         (
-            self.noise.index_select(0, &idx),
+            self.states.select(1, k as i64).index_select(0, &idx),
             self.text.index_select(0, &idx),
             self.target.index_select(0, &idx),
         )
@@ -88,25 +102,29 @@ struct Header {
     teacher_steps: u64,
     teacher_cfg: f64,
     seed: u64,
+    times: Vec<f64>,
 }
 
 impl Header {
-    fn new(r: &Regression, seed: u64) -> Header {
+    fn new(r: &Regression, times: &[f64], seed: u64) -> Header {
         Header {
             pairs: r.pairs,
             teacher_steps: r.teacher_steps,
             teacher_cfg: r.teacher_cfg,
             seed,
+            times: times.to_vec(),
         }
     }
 
     fn tensor(&self) -> Tensor {
-        Tensor::from_slice(&[
+        let mut v = vec![
             self.pairs as f64,
             self.teacher_steps as f64,
             self.teacher_cfg,
             self.seed as f64,
-        ])
+        ];
+        v.extend(&self.times);
+        Tensor::from_slice(&v)
     }
 }
 
@@ -125,23 +143,26 @@ fn read(path: &Path, want: &Header, data: &DataSet, device: Device) -> Result<Op
         }
     };
     let get = |name: &str| named.iter().find(|(k, _)| k == name).map(|(_, t)| t);
-    let (Some(h), Some(noise), Some(text), Some(target)) =
-        (get("header"), get("noise"), get("text"), get("target"))
+    let (Some(h), Some(states), Some(text), Some(target)) =
+        (get("header"), get("states"), get("text"), get("target"))
     else {
         return Ok(None);
     };
     let n = want.pairs as i64;
+    let k = want.times.len() as i64;
     let [c, t, hh, w] = data.latent_shape();
     let [l, d] = data.text_shape();
-    let fits = h.equal(&want.tensor())
-        && noise.size() == [n, c, t, hh, w]
+    let want_header = want.tensor();
+    let fits = h.size() == want_header.size()
+        && h.equal(&want_header)
+        && states.size() == [n, k, c, t, hh, w]
         && target.size() == [n, c, t, hh, w]
         && text.size() == [n, l, d];
     if !fits {
         return Ok(None);
     }
     Ok(Some(OdePairs {
-        noise: noise.to_device(device),
+        states: states.to_device(device),
         text: text.to_device(device),
         target: target.to_device(device),
     }))
@@ -156,7 +177,7 @@ fn write(path: &Path, p: &OdePairs, h: &Header) -> Result<()> {
     Tensor::write_safetensors(
         &[
             ("header", h.tensor()),
-            ("noise", cpu(&p.noise)),
+            ("states", cpu(&p.states)),
             ("text", cpu(&p.text)),
             ("target", cpu(&p.target)),
         ],
@@ -175,6 +196,7 @@ fn write(path: &Path, p: &OdePairs, h: &Header) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn make(
     r: &Regression,
+    student_times: &[f64],
     seed: u64,
     data: &DataSet,
     teacher: &ShardedDit,
@@ -191,10 +213,21 @@ fn make(
         .map(|i| i.min(n - 1))
         .collect();
     let shape = data.latent_shape();
-    let times = flow::euler_times(r.teacher_steps as usize, 1.0);
+    // The teacher's grid: each student interval [t_k, t_k+1] (the last one to 0) split into
+    // Euler steps in proportion to its length, `teacher_steps` in all (at least one each).
+    let ends: Vec<f64> = student_times.iter().copied().chain([0.0]).collect();
+    let segments: Vec<Vec<f64>> = ends
+        .windows(2)
+        .map(|w| {
+            let m = ((r.teacher_steps as f64 * (w[0] - w[1])).round() as usize).max(1);
+            (0..=m)
+                .map(|i| w[0] + (w[1] - w[0]) * i as f64 / m as f64)
+                .collect()
+        })
+        .collect();
     let v = |x: &Tensor, t: &Tensor, c: &Tensor| teacher.output(comm, x, t, c, blocks);
     let start = std::time::Instant::now();
-    let (mut noises, mut texts, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut all_states, mut texts, mut targets) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in mine.chunks(batch.max(1)) {
         let idx: Vec<u64> = chunk.iter().map(|&i| prompt_index(seed, i, len)).collect();
         let (_, text) = batch_tensors(&Batch::gather(data, &idx), data, device);
@@ -209,10 +242,15 @@ fn make(
                 .collect::<Vec<_>>(),
             0,
         );
-        let target = flow::euler_sample(&v, &noise, &text, &times, r.teacher_cfg);
-        noises.push(noise);
+        let mut x = noise;
+        let mut states = Vec::with_capacity(segments.len());
+        for seg in &segments {
+            states.push(x.shallow_clone());
+            x = flow::euler_sample(&v, &x, &text, seg, r.teacher_cfg);
+        }
+        all_states.push(Tensor::stack(&states, 1));
         texts.push(text);
-        targets.push(target);
+        targets.push(x);
     }
     let gather = |parts: Vec<Tensor>| {
         let local = Tensor::cat(&parts, 0);
@@ -222,7 +260,7 @@ fn make(
         all.view(size.as_slice()).narrow(0, 0, n as i64)
     };
     let pairs = OdePairs {
-        noise: gather(noises),
+        states: gather(all_states),
         text: gather(texts),
         target: gather(targets),
     };
