@@ -86,9 +86,12 @@ pub fn pruning_backward(
 }
 
 /// `|P - U|^2` with every candidate removed, on a fixed held-out batch (the first
-/// `batch` videos of the data set, fixed draws): the number Stage II exists to lower.
+/// `batch` videos of the data set, fixed draws): the number Stage II exists to lower. U comes
+/// from `target`'s weights when given (a frozen target), else from `model`'s.
+#[allow(clippy::too_many_arguments)]
 pub fn removed_gap(
     model: &ShardedDit,
+    target: Option<&ShardedDit>,
     comm: &dyn Collective,
     data: &DataSet,
     batch: u64,
@@ -113,7 +116,9 @@ pub fn removed_gap(
         model.device,
     );
     let f = flow_inputs(&x0, &text, &d, shift, 0.0);
-    let u = model.output(comm, &f.xt, &f.t, &f.text, &model.block_ids.clone());
+    let u = target
+        .unwrap_or(model)
+        .output(comm, &f.xt, &f.t, &f.text, &model.block_ids.clone());
     let p = model.output(comm, &f.xt, &f.t, &f.text, kept);
     all_reduce_mean(comm, &[flow::mse(&p, &u).double_value(&[])])[0]
 }
@@ -178,11 +183,14 @@ impl PruningStage {
         .map_err(anyhow::Error::from)
     }
 
-    /// `|P - U|^2` with every candidate removed, on the held-out batch.
+    /// `|P - U|^2` with every candidate removed, on the held-out batch (U: the frozen target
+    /// when there is one, else the live weights; an EMA target is not used here, so that the
+    /// gap after is the gap of the model Stage II writes).
     pub fn gap(&self, ctx: &StageCtx) -> f64 {
         let p = &self.cfg;
         removed_gap(
             &self.role.model,
+            self.frozen.as_ref(),
             ctx.comm,
             &ctx.data,
             p.batch_size,
