@@ -8,6 +8,9 @@
 #   4. quality against cost (the paper's Figure 1): students keeping 100% (plain DMD2), 90%, 70%
 #      (the demo) and 50% of the block parameters, each sampled with 1, 2, 4 and 8 steps, next
 #      to the teacher with CFG at 1 to 50 steps;
+#   5. the remedies against collapse: the demo's Stage III with its sampler and anti-collapse
+#      terms switched on one at a time (cluster-configs/paper/remedy-*.toml), and Stage II with
+#      alpha = 1 against a frozen target;
 # then one report, bench/results/paper/report.md (+ PNG figures), also copied into
 # BENCHMARKS.md between its "make paper" markers.
 #
@@ -17,6 +20,7 @@
 set -euo pipefail
 out=${1:-bench/results/paper}
 bin=./target/release/fastlightgen
+python3 bench/paper_configs.py --check
 mkdir -p "$out/cost" "$out/figures"
 run_dir() { "$bin" validate --print-run-dir "$1"; }
 main=$(run_dir cluster-configs/demo-cpu.toml)
@@ -54,6 +58,10 @@ for b in 0.25 0.75; do reuse "cluster-configs/paper/b2-$b.toml" distill export e
 step "students of other sizes"
 for s in 90 50; do full "cluster-configs/paper/share-$s.toml"; done
 
+step "remedies against collapse (Stage III)"
+for r in none renoise regression data-forcing; do reuse "cluster-configs/paper/remedy-$r.toml" distill export eval; done
+reuse cluster-configs/paper/remedy-frozen-alpha-1.toml pruning distill export eval
+
 step "quality against cost: sampling every student and the teacher at several step counts"
 sample() { # name, model, steps, cfg
   local dir="$out/cost/$1-s$3"
@@ -75,7 +83,7 @@ python3 - "$out/report.md" BENCHMARKS.md <<'PY'
 import sys, re
 report, bench = sys.argv[1], sys.argv[2]
 body = open(report).read().split("\n", 1)[1]  # without its title
-body = body.replace("(figures/", "(bench/results/paper/figures/")
+body = body.replace("(figures/", "(bench/results/paper/figures/").replace("(grids/", "(bench/results/paper/grids/")
 text = open(bench).read()
 start, end = "<!-- make paper: start -->", "<!-- make paper: end -->"
 block = f"{start}\n{body.strip()}\n{end}"

@@ -108,6 +108,34 @@ b2_pts = ablation([(0.0, "0 (row e)", "runs/paper-b2-zero"), (0.25, "0.25", "run
                    (0.75, "0.75", "runs/paper-b2-0.75"), (None, "U[0, 0.5] (demo)", main)])
 lines += ["![b2 ablation](figures/b2.png)", ""]
 
+# ---------------------------------------------------------------- remedies
+lines += ["## Remedies against collapse (Stage III)", "",
+          "The demo's Stage III (from its Stage I and II) with the few-step sampler's rule and the "
+          "anti-collapse terms switched on one at a time (`cluster-configs/paper/remedy-*.toml`); the "
+          "last row retrains Stage II with alpha = 1 against a frozen target (`pruning.target`). "
+          "Directions: distinct motion directions per class (real data: 8).", "",
+          "| remedy | " + HEAD[2:], "|---|" + "---|" * COLS]
+remedies = [("Euler sampler, no anti-collapse term", "remedy-none"),
+            ("re-noising sampler", "remedy-renoise"),
+            ("+ regression to the teacher's ODE", "remedy-regression"),
+            ("+ data forcing (no regression)", "remedy-data-forcing"),
+            ("demo settings (FastLightGen row)", None),
+            ("demo settings, Stage II alpha = 1, frozen target", "remedy-frozen-alpha-1")]
+ablation([(None, label, f"runs/paper-{name}" if name else main) for label, name in remedies])
+grids = []
+for label, name in remedies:
+    run = f"runs/paper-{name}" if name else main
+    src = os.path.join(run, "samples", "student", "grid.png")
+    if os.path.exists(src):
+        os.makedirs(os.path.join(out, "grids"), exist_ok=True)
+        dst = os.path.join(out, "grids", f"{name or 'demo'}.png")
+        with open(src, "rb") as a, open(dst, "wb") as b:
+            b.write(a.read())
+        grids.append(f"| {label} | ![{label}](grids/{name or 'demo'}.png) |")
+if grids:
+    lines += ["Sample grids (one video per row, frames left to right):", "",
+              "| remedy | samples |", "|---|---|"] + grids + [""]
+
 # ---------------------------------------------------------------- cost
 lines += ["## Quality against cost (the paper's Figure 1)", "",
           "Each student (trained for 4 steps) sampled with 1, 2, 4 and 8 steps of its own sampler; the teacher "
