@@ -80,13 +80,14 @@ fn stage_iii_steps_on_2_ranks_equal_1_rank() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = teacher_data(tmp.path(), 64);
     // Three ways of training the generator: on noised data (no backward simulation), on its
-    // own Euler rollout, and on its own re-noising rollout with the regression term.
+    // own Euler rollout, and on its own re-noising rollout with the regression and
+    // data-forcing terms.
     let variants = [
         ("data", "backward_simulation = false\n"),
         ("rollout", "backward_simulation = true\n"),
         (
             "renoise",
-            "backward_simulation = true\nsampler = \"renoise\"\nregression = { weight = 1.0, pairs = 6, teacher_steps = 3 }\n",
+            "backward_simulation = true\nsampler = \"renoise\"\nregression = { weight = 1.0, pairs = 6, teacher_steps = 3 }\ndata_forcing = 0.5\n",
         ),
     ];
     let out = |w: u32, v: &str| tmp.path().join(format!("distill-w{w}-{v}"));
@@ -140,7 +141,12 @@ fn stage_iii_steps_on_2_ranks_equal_1_rank() {
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x["k"], y["k"], "same sampler step drawn");
             let keys: &[&str] = if v == "renoise" {
-                &["fake_loss", "generator_loss", "regression_loss"]
+                &[
+                    "fake_loss",
+                    "generator_loss",
+                    "regression_loss",
+                    "data_forcing_loss",
+                ]
             } else {
                 &["fake_loss", "generator_loss"]
             };

@@ -628,6 +628,38 @@ mod tests {
     }
 
     #[test]
+    fn data_forcing_pulls_the_generator_only_where_it_differs_from_the_guided_real_score() {
+        // The generator starts as the real score's pruned pass: with b1 = 1, b2 = 0 it predicts
+        // what the real score predicts on noised data, and the term is zero; with guidance
+        // (b1 = 4) it is not, and the generator gets a gradient from it alone.
+        let run = |b1: f64| {
+            let base = live_model();
+            let d = Distill {
+                steps: 1,
+                batch_size: 2,
+                generator_every: 1,
+                b1_range: [b1, b1],
+                b2_range: [0.0, 0.0],
+                data_forcing: 1.0,
+                ..Distill::default()
+            };
+            let mut roles = Roles::new(&base, &[1], &d, &Solo, |m| {
+                ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float)
+            });
+            tch::manual_seed(0);
+            let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
+            let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
+            let r = gradients(&mut roles, &Solo, &d, 0, 0, &x0, &text, None);
+            r.data_forcing
+                .expect("a data-forcing loss on a generator step")
+        };
+        let same = run(1.0);
+        assert!(same < 1e-10, "{same}");
+        let guided = run(4.0);
+        assert!(guided > 1e-6, "{guided}");
+    }
+
+    #[test]
     fn the_sampler_times_are_the_shifted_steps_then_zero() {
         let d = Distill {
             shift: 3.0,
