@@ -47,10 +47,12 @@ EXPERIMENTS = {
     "remedy-renoise": ("Remedies, row 2: the re-noising sampler alone.",
                        {"distill.sampler": '"renoise"', "distill.regression": "{ weight = 0.0 }",
                         "distill.data_forcing": "0.0"}),
-    "remedy-regression": ("Remedies, row 3: re-noising sampler + regression to the teacher's ODE.",
+    "remedy-regression": ("Remedies, row 3: re-noising sampler + regression to the teacher's ODE (the demo's\n"
+                          "# weight), no data forcing.",
                           {"distill.sampler": '"renoise"', "distill.data_forcing": "0.0"}),
-    "remedy-data-forcing": ("Remedies, row 4: re-noising sampler + data forcing, no regression.",
-                            {"distill.sampler": '"renoise"', "distill.regression": "{ weight = 0.0 }"}),
+    "remedy-data-forcing": ("Remedies, row 4: re-noising sampler + data forcing (weight 1), no regression.",
+                            {"distill.sampler": '"renoise"', "distill.regression": "{ weight = 0.0 }",
+                             "distill.data_forcing": "1.0"}),
     "remedy-frozen-alpha-1": ("Remedies: Stage II with alpha = 1 against a frozen target (pruning.target),\n"
                               "# then the demo's Stage III.",
                               {"pruning.alpha": "1.0", "pruning.target": '"frozen"'}),

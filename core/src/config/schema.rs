@@ -405,7 +405,7 @@ pub struct Distill {
     /// [`SamplerKind`]). The Stage III rollout, the exported student, `sample` and the eval
     /// stage all use this one choice.
     pub sampler: SamplerKind,
-    /// Regression of the generator's first step onto the teacher's own ODE samples.
+    /// Regression of the generator's steps onto the teacher's own ODE trajectories.
     pub regression: Regression,
     /// Weight of the data-forcing term (0: off): on generator steps, training videos noised to
     /// the trained sampler step's time, and the generator's clean-video prediction there pulled
@@ -419,18 +419,20 @@ pub struct Distill {
     pub monitor_videos: u64,
 }
 
-/// DMD's anchor against mode collapse: pairs (noise -> the teacher's ODE sample from that
-/// noise) made once at the start of Stage III and kept in the run directory; on generator
-/// steps the generator's one-step prediction from the pair's noise is pulled towards the
-/// teacher's sample with this weight (mean squared error, beside the DMD loss).
+/// DMD's anchor against mode collapse, for every sampler step: trajectories of the teacher's
+/// ODE from noise, with its states at the student's times, made once at the start of Stage III
+/// and kept in the run directory; on a generator step that trains sampler step k, the
+/// generator's clean-video prediction from the ODE state at `t_k` is pulled towards the video
+/// the ODE reaches (mean squared error times the weight, beside the DMD loss).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Regression {
     /// Weight of the regression loss; 0 turns the term (and the pairs) off.
     pub weight: f64,
-    /// Number of pairs.
+    /// Number of trajectories.
     pub pairs: u64,
-    /// The teacher's sampler for the pairs: Euler steps and CFG scale (against the null prompt).
+    /// The teacher's sampler for them: Euler steps in all (split over the student's intervals
+    /// by length) and CFG scale (against the null prompt).
     pub teacher_steps: u64,
     pub teacher_cfg: f64,
 }
