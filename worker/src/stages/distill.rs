@@ -22,7 +22,7 @@
 //! one rank trains.
 
 use super::monitor::Monitor;
-use super::ode_pairs::OdePairs;
+use super::ode_pairs::{OdePairs, TeacherPass};
 use super::{kept_blocks, StageCtx};
 use crate::collective::{all_reduce_mean, Collective};
 use crate::data::Loader;
@@ -419,11 +419,13 @@ impl DistillStage {
                 &times[..times.len() - 1],
                 ctx.cfg.experiment.seed,
                 &ctx.data,
-                &roles.real,
-                &roles.full_ids,
-                ctx.comm,
-                ctx.cfg.eval.batch_size as usize,
-                ctx.device,
+                &TeacherPass {
+                    model: &roles.real,
+                    blocks: &roles.full_ids,
+                    comm: ctx.comm,
+                    batch: ctx.cfg.eval.batch_size as usize,
+                    device: ctx.device,
+                },
             )?)
         } else {
             None
@@ -587,8 +589,9 @@ mod tests {
         m
     }
 
-    /// One generator step from the pruned base with b1 = `b1`, b2 = 0: (loss, gradient norm).
-    fn one_step(b1: f64) -> (f64, f64) {
+    /// One generator step from the pruned base with b1 = `b1`, b2 = 0 and the data-forcing
+    /// weight `data_forcing`.
+    fn generator_step(b1: f64, data_forcing: f64) -> StepReport {
         let base = live_model();
         let d = Distill {
             steps: 1,
@@ -596,6 +599,7 @@ mod tests {
             generator_every: 1,
             b1_range: [b1, b1],
             b2_range: [0.0, 0.0],
+            data_forcing,
             ..Distill::default()
         };
         let mut roles = Roles::new(&base, &[1], &d, &Solo, |m| {
@@ -605,8 +609,11 @@ mod tests {
         let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
         let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
         step(&mut roles, &Solo, &d, 0, 0, &x0, &text, None)
-            .generator
-            .expect("a generator step")
+    }
+
+    /// The DMD loss and gradient norm of [`generator_step`] without data forcing.
+    fn one_step(b1: f64) -> (f64, f64) {
+        generator_step(b1, 0.0).generator.expect("a generator step")
     }
 
     #[test]
@@ -633,24 +640,8 @@ mod tests {
         // what the real score predicts on noised data, and the term is zero; with guidance
         // (b1 = 4) it is not, and the generator gets a gradient from it alone.
         let run = |b1: f64| {
-            let base = live_model();
-            let d = Distill {
-                steps: 1,
-                batch_size: 2,
-                generator_every: 1,
-                b1_range: [b1, b1],
-                b2_range: [0.0, 0.0],
-                data_forcing: 1.0,
-                ..Distill::default()
-            };
-            let mut roles = Roles::new(&base, &[1], &d, &Solo, |m| {
-                ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float)
-            });
-            tch::manual_seed(0);
-            let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
-            let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
-            let r = gradients(&mut roles, &Solo, &d, 0, 0, &x0, &text, None);
-            r.data_forcing
+            generator_step(b1, 1.0)
+                .data_forcing
                 .expect("a data-forcing loss on a generator step")
         };
         let same = run(1.0);

@@ -26,6 +26,16 @@ const PAIR_NOISE: u64 = 0x5041_4952; // "PAIR"
 const PAIR_PICK: u64 = 0x5049_434b; // "PICK"
 const PAIR_PROMPT: u64 = 0x5052_4d54; // "PRMT"
 
+/// The model that makes the trajectories, as every rank holds it: the sharded teacher, the
+/// blocks it runs, the ranks, videos per call and where the tensors live.
+pub struct TeacherPass<'a> {
+    pub model: &'a ShardedDit,
+    pub blocks: &'a [usize],
+    pub comm: &'a dyn Collective,
+    pub batch: usize,
+    pub device: Device,
+}
+
 /// The pairs, whole on every rank: the ODE's states at the student's times [N, K, ...] (state
 /// 0 is the noise), prompts [N, L, D], the ODE's clean videos [N, ...].
 pub struct OdePairs {
@@ -46,28 +56,23 @@ impl OdePairs {
     /// Reads the pairs at `path` when they are there and match `r`, the student's `times`
     /// (from 1 towards 0, without the final 0), the data's shapes and the seed; else makes them
     /// with `teacher` (its `blocks`) and rank 0 writes them.
-    #[allow(clippy::too_many_arguments)]
     pub fn load_or_make(
         path: &Path,
         r: &Regression,
         times: &[f64],
         seed: u64,
         data: &DataSet,
-        teacher: &ShardedDit,
-        blocks: &[usize],
-        comm: &dyn Collective,
-        batch: usize,
-        device: Device,
+        teacher: &TeacherPass,
     ) -> Result<OdePairs> {
         let want = Header::new(r, times, seed);
-        if let Some(p) = read(path, &want, data, device)? {
+        if let Some(p) = read(path, &want, data, teacher.device)? {
             return Ok(p);
         }
-        let pairs = make(r, times, seed, data, teacher, blocks, comm, batch, device);
-        if comm.rank() == 0 {
+        let pairs = make(r, times, seed, data, teacher);
+        if teacher.comm.rank() == 0 {
             write(path, &pairs, &want).with_context(|| format!("writing {}", path.display()))?;
         }
-        comm.barrier();
+        teacher.comm.barrier();
         Ok(pairs)
     }
 
@@ -193,18 +198,20 @@ fn write(path: &Path, p: &OdePairs, h: &Header) -> Result<()> {
 
 /// Every rank samples `ceil(N / W)` pairs (the last rank's tail repeats pair N - 1 so that all
 /// ranks call the sharded teacher equally often), then all are gathered.
-#[allow(clippy::too_many_arguments)]
 fn make(
     r: &Regression,
     student_times: &[f64],
     seed: u64,
     data: &DataSet,
-    teacher: &ShardedDit,
-    blocks: &[usize],
-    comm: &dyn Collective,
-    batch: usize,
-    device: Device,
+    teacher: &TeacherPass,
 ) -> OdePairs {
+    let TeacherPass {
+        model: teacher,
+        blocks,
+        comm,
+        batch,
+        device,
+    } = *teacher;
     let n = r.pairs as usize;
     let (rank, world) = (comm.rank(), comm.world());
     let per = n.div_ceil(world);
