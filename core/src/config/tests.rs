@@ -329,3 +329,38 @@ fn global_steps_count_the_earlier_training_stages_the_config_runs() {
     cfg.experiment.stages.remove(0);
     assert_eq!(Stage::Distill.offset(&cfg), 11);
 }
+
+#[test]
+fn anti_collapse_keys_are_checked_and_named() {
+    let e = error_with(
+        "[distill]\nregression = { weight = -1.0 }\ndata_forcing = nan\nmonitor_every = 10\nmonitor_videos = 0\n\
+         [pruning]\ntarget = \"ema\"\ntarget_ema_decay = 1.0\n",
+    );
+    for key in [
+        "distill.regression.weight",
+        "distill.data_forcing",
+        "distill.monitor_videos",
+        "pruning.target_ema_decay",
+    ] {
+        issue(&e, key);
+    }
+    let e = error_with("[distill]\nregression = { weight = 1.0, pairs = 0, teacher_cfg = inf }\n");
+    issue(&e, "distill.regression.pairs");
+    issue(&e, "distill.regression.teacher_cfg");
+    // Unknown choices are refused by name.
+    let e = error_with("[distill]\nsampler = \"heun\"\n");
+    assert!(e.to_string().contains("sampler"), "{e}");
+    let e = error_with("[pruning]\ntarget = \"teacher\"\n");
+    assert!(e.to_string().contains("target"), "{e}");
+    // The choices themselves parse.
+    let c = parse(&with(
+        "[distill]\nsampler = \"renoise\"\nregression = { weight = 4.0 }\n[pruning]\ntarget = \"frozen\"\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.distill.sampler, SamplerKind::Renoise);
+    assert_eq!(
+        c.distill.regression.pairs, 256,
+        "unnamed keys keep their defaults"
+    );
+    assert_eq!(c.pruning.target, PruningTarget::Frozen);
+}

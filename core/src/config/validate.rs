@@ -394,28 +394,13 @@ fn check_training(c: &Config, issues: &mut Issues) {
         }
         unit_open_right(issues, "distill.ema_decay", d.ema_decay);
         let r = &d.regression;
-        if !(r.weight >= 0.0 && r.weight.is_finite()) {
-            issues.push(
-                "distill.regression.weight",
-                format!("must be a finite number >= 0, got {}", r.weight),
-            );
-        }
+        non_negative(issues, "distill.regression.weight", r.weight);
         if r.weight > 0.0 {
             at_least_one(issues, "distill.regression.pairs", r.pairs);
             at_least_one(issues, "distill.regression.teacher_steps", r.teacher_steps);
-            if !(r.teacher_cfg >= 0.0 && r.teacher_cfg.is_finite()) {
-                issues.push(
-                    "distill.regression.teacher_cfg",
-                    format!("must be a finite number >= 0, got {}", r.teacher_cfg),
-                );
-            }
+            non_negative(issues, "distill.regression.teacher_cfg", r.teacher_cfg);
         }
-        if !(d.data_forcing >= 0.0 && d.data_forcing.is_finite()) {
-            issues.push(
-                "distill.data_forcing",
-                format!("must be a finite number >= 0, got {}", d.data_forcing),
-            );
-        }
+        non_negative(issues, "distill.data_forcing", d.data_forcing);
         if d.monitor_every > 0 {
             at_least_one(issues, "distill.monitor_videos", d.monitor_videos);
         }
@@ -472,6 +457,12 @@ fn check_optim(issues: &mut Issues, key: &str, o: &Optim) {
 fn positive(issues: &mut Issues, key: &str, v: f64) {
     if !(v > 0.0 && v.is_finite()) {
         issues.push(key, format!("must be a positive number, got {v}"));
+    }
+}
+
+fn non_negative(issues: &mut Issues, key: &str, v: f64) {
+    if !(v >= 0.0 && v.is_finite()) {
+        issues.push(key, format!("must be a finite number >= 0, got {v}"));
     }
 }
 
