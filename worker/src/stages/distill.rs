@@ -274,14 +274,7 @@ pub fn gradients(
         let t = full_t(b, tk, x0);
         let xt = flow::noisy(x0, &dr.eps, &t);
         let x0_real = flow::x0_from_v(&xt, &real_velocity(roles, comm, &xt, &t, text, draw), &t);
-        let g = &mut roles.generator.model;
-        let (v, tape) = g.forward(comm, &xt, &t, text, &roles.pruned_ids);
-        let err = &xt - &v * tk - x0_real;
-        let loss = err.square().mean(Kind::Float).double_value(&[]);
-        // d/dv of w mean((x - tk v - y)^2) = -2 w tk (x0 - y) / n.
-        let grad_v = err * (-2.0 * d.data_forcing * tk / v.numel() as f64);
-        g.backward(comm, tape, &grad_v);
-        all_reduce_mean(comm, &[loss])[0]
+        x0_regression_backward(roles, comm, &xt, tk, text, &x0_real, d.data_forcing)
     });
 
     // The fake score learns the generator's current distribution.
@@ -325,10 +318,25 @@ fn regression_backward(
     b: usize,
 ) -> f64 {
     let (x, text, target) = pairs.pick(seed, step, first, b, k);
-    let t = full_t(b as i64, tk, &x);
+    x0_regression_backward(roles, comm, &x, tk, &text, &target, weight)
+}
+
+/// The generator's clean-video prediction `x - tk G(x, tk)` pulled towards `target`:
+/// `weight * mean (x0 - target)^2` backpropagated into the generator's gradients (the
+/// regression and data-forcing terms). Returns the unweighted loss, the mean over ranks.
+fn x0_regression_backward(
+    roles: &mut Roles,
+    comm: &dyn Collective,
+    x: &Tensor,
+    tk: f64,
+    text: &Tensor,
+    target: &Tensor,
+    weight: f64,
+) -> f64 {
+    let t = full_t(x.size()[0], tk, x);
     let g = &mut roles.generator.model;
-    let (v, tape) = g.forward(comm, &x, &t, &text, &roles.pruned_ids);
-    let err = &x - &v * tk - target;
+    let (v, tape) = g.forward(comm, x, &t, text, &roles.pruned_ids);
+    let err = x - &v * tk - target;
     let loss = err.square().mean(Kind::Float).double_value(&[]);
     // d/dv of weight * mean((x - tk v - y)^2) = -2 weight tk (x0 - y) / n.
     let grad_v = err * (-2.0 * weight * tk / v.numel() as f64);
