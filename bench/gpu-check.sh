@@ -53,6 +53,8 @@ export OMPI_MCA_mca_base_component_path=$KIT/mpi/components
 export OMPI_MCA_mca_base_component_show_load_errors=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export PATH=$KIT/mpi/bin:$KIT/bin:$PATH
+# The run's charts need a font; GPU machines rarely have Debian's fonts-dejavu-core.
+export FLG_FONT=${FLG_FONT:-$KIT/data/DejaVuSans.ttf}
 WORKER=$KIT/bin/flg-worker
 FAILED=0
 DEADLINE=$(($(date +%s) + ${FLG_CHECK_SECONDS:-480}))

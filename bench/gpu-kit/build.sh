@@ -9,7 +9,7 @@
 #                           at start-up (worker/src/device.rs)
 #     lib/                  OpenMPI 4.1's run-time libraries (libmpi and what it needs)
 #     mpi/                  mpirun, OpenMPI's components, help texts and settings
-#     data/                 the shipped tiny teacher
+#     data/                 the shipped tiny teacher; DejaVu Sans for the run's charts (FLG_FONT)
 #     gpu-check.sh          the checks (bench/gpu-check.sh); gpu-check.toml their stage config
 #
 # Why libtorch 2.11 and a patched torch-sys: tch 0.26 is generated for libtorch 2.13; the kit
@@ -89,6 +89,11 @@ mkdir -p "$BUILD/src"
 (cd "$BUILD/src.new" && find . -type f) | while read -r f; do
   cmp -s "$BUILD/src.new/$f" "$BUILD/src/$f" || { mkdir -p "$(dirname "$BUILD/src/$f")"; cp "$BUILD/src.new/$f" "$BUILD/src/$f"; }
 done
+# Files the repository no longer has go too (a module moved from x.rs to x/mod.rs would
+# otherwise be found twice). Cargo.lock is left: the patch below rewrites it.
+(cd "$BUILD/src" && find . -type f) | while read -r f; do
+  [ "$f" = ./Cargo.lock ] || [ -e "$BUILD/src.new/$f" ] || rm -f "$BUILD/src/$f"
+done
 rm -rf "$BUILD/src.new"
 say "building flg-worker against libtorch $TORCH"
 (
@@ -113,6 +118,7 @@ cp -r /usr/lib/x86_64-linux-gnu/openmpi/lib/openmpi3 "$KIT/mpi/components"
 cp -r /usr/share/openmpi "$KIT/mpi/share/openmpi"
 cp /etc/openmpi/openmpi-mca-params.conf "$KIT/mpi/etc/"
 cp teacher/tiny-teacher.safetensors "$KIT/data/"
+cp /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$KIT/data/"
 cp bench/gpu-check.sh bench/gpu-kit/gpu-check.toml "$KIT/"
 git -C "$ROOT" rev-parse HEAD > "$KIT/COMMIT" 2>/dev/null || echo unknown > "$KIT/COMMIT"
 echo "$TORCH" > "$KIT/LIBTORCH_VERSION"

@@ -1,5 +1,6 @@
 //! PNG charts for run directories and reports (bar charts, line charts), drawn with plotters.
-//! Text uses DejaVu Sans from Debian's `fonts-dejavu-core` (installed by `make setup`).
+//! Text uses DejaVu Sans from Debian's `fonts-dejavu-core` (installed by `make setup`), or the
+//! TrueType file that `FLG_FONT` names (machines without the package, such as the GPU kit's).
 
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
@@ -7,17 +8,23 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// Environment variable naming another TrueType font file.
+pub const FONT_ENV: &str = "FLG_FONT";
 const FONT: &str = "sans-serif";
 
 /// Registers the font once per process.
 fn ensure_font() -> Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
-        let bytes = std::fs::read(FONT_PATH).map_err(|e| {
-            format!("{FONT_PATH}: {e} (install Debian's fonts-dejavu-core; `make setup` does)")
+        let path = std::env::var(FONT_ENV).unwrap_or_else(|_| FONT_PATH.to_string());
+        let bytes = std::fs::read(&path).map_err(|e| {
+            format!(
+                "{path}: {e} (install Debian's fonts-dejavu-core, `make setup` does, \
+                 or name a TrueType file in {FONT_ENV})"
+            )
         })?;
         plotters::style::register_font(FONT, FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
-            .map_err(|_| format!("{FONT_PATH}: not a usable font"))
+            .map_err(|_| format!("{path}: not a usable font"))
     })
     .clone()
     .map_err(|e| anyhow!(e))
