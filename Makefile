@@ -5,6 +5,10 @@
 SHELL := /bin/bash
 VENV  := $(CURDIR)/.venv
 TORCH_VERSION := 2.13.0
+# The Python side of Wan interop (tests/python, tools/): diffusers' WanTransformer3DModel,
+# AutoencoderKLWan and WanPipeline, transformers' UMT5EncoderModel; accelerate because
+# diffusers' from_pretrained needs it for Wan's f32-kept modules. Pinned; CPU is enough.
+PY_PKGS := diffusers==0.42.1 transformers==5.23.0 accelerate==1.15.0
 DEBS  := libopenmpi-dev openmpi-bin libclang-dev clang pkg-config build-essential fonts-dejavu-core unzip
 
 # libtorch comes from the torch wheel in the project's virtual environment; torch-sys finds it
@@ -42,6 +46,10 @@ venv:
 	  echo "installing torch==$(TORCH_VERSION) into $(VENV) (about 5 GB, a few minutes)"; \
 	  python3 -m venv $(VENV) && \
 	  $(VENV)/bin/pip install -q --disable-pip-version-check torch==$(TORCH_VERSION) numpy; \
+	fi
+	@if ! $(VENV)/bin/python -c "import sys, importlib.metadata as m; want = dict(p.split('==') for p in sys.argv[1:]); sys.exit(0 if all(m.version(k) == v for k, v in want.items()) else 1)" $(PY_PKGS) 2>/dev/null; then \
+	  echo "installing $(PY_PKGS) into $(VENV)"; \
+	  $(VENV)/bin/pip install -q --disable-pip-version-check $(PY_PKGS); \
 	fi
 
 build: setup

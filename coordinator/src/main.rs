@@ -215,6 +215,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Convert a Wan transformer between fastlightgen's file, a diffusers folder and the
+    /// original Wan layout (e.g. a student for diffusers' WanPipeline); see --help.
+    #[command(disable_help_flag = true)]
+    Convert {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Draw a PNG line chart from a small JSON spec; see --help.
     #[command(disable_help_flag = true)]
     Plot {
@@ -285,6 +292,7 @@ fn main() -> ExitCode {
         Command::Bench { args } => forward("bench", args),
         Command::Plot { args } => forward("plot", args),
         Command::Annotate { args } => forward("annotate", args),
+        Command::Convert { args } => forward("convert", args),
     }
 }
 

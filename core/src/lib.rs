@@ -10,6 +10,7 @@
 //! - [`settings`]: which settings define a run, and their hash.
 //! - [`memory`]: the per-rank memory estimate of `fastlightgen validate --estimate-memory`.
 //! - [`launch`]: the worker binary and the `mpirun` command line.
+//! - [`weights`]: model weight files by their headers: names, forms, checks.
 
 pub mod checkpoint;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod memory;
 pub mod run_dir;
 pub mod settings;
 pub mod stage;
+pub mod weights;
 
 pub use run_dir::RunDir;
 pub use stage::Stage;

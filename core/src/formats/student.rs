@@ -94,3 +94,35 @@ impl StudentInfo {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
+
+/// `sampler.json` beside a student in diffusers or Wan form: how to sample it with any
+/// inference stack. Times run from noise (1) to data (0) with the flow-matching convention
+/// x_t = (1 - t) x0 + t noise and a velocity v = noise - x0; the transformer is called with
+/// `transformer_timesteps` (t * 1000).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PortableSampler {
+    /// "euler" (x <- x + (t_next - t) v) or "renoise" (x0 = x - t v, then
+    /// x <- (1 - t_next) x0 + t_next fresh_noise).
+    pub kind: SamplerKind,
+    pub steps: usize,
+    /// The times, shifted, from noise towards data; the last step goes to 0.
+    pub timesteps: Vec<f64>,
+    pub transformer_timesteps: Vec<f64>,
+    /// Classifier-free guidance scale; 1 means none (one transformer call per step).
+    pub guidance_scale: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<f64>,
+}
+
+impl PortableSampler {
+    pub fn new(s: &SamplerSettings) -> PortableSampler {
+        PortableSampler {
+            kind: s.kind,
+            steps: s.steps.unwrap_or(s.timesteps.len()),
+            timesteps: s.timesteps.clone(),
+            transformer_timesteps: s.timesteps.iter().map(|t| t * 1000.0).collect(),
+            guidance_scale: s.cfg,
+            shift: s.shift,
+        }
+    }
+}

@@ -4,13 +4,14 @@
 //! `make test` builds the release binaries first; these tests find them next to this test
 //! executable's directory (target/release/).
 //!
-//! Topic modules: `cli`, `equivalence`, `stages`, `faults`, `control`, `report`; helpers in
-//! `util`.
+//! Topic modules: `cli`, `equivalence`, `stages`, `faults`, `control`, `report`, `interop`
+//! (diffusers, through the project's Python); helpers in `util`.
 
 mod cli;
 mod control;
 mod equivalence;
 mod faults;
+mod interop;
 mod report;
 mod stages;
 mod util;

@@ -1,38 +1,93 @@
-//! Model files: safetensors with Wan key names, plus a `fastlightgen` metadata entry that
-//! says what the file is (dimensions, which original blocks it holds, what data its prompts
-//! mean, and for a distilled student its sampler), so `sample` and `eval` need no config.
-//! A released Wan checkpoint has no such entry; it loads with a preset's dimensions.
+//! Model files: reading every form a Wan transformer comes in, and writing fastlightgen's own
+//! file and the two public forms.
+//!
+//! fastlightgen's file is safetensors with Wan key names plus a `fastlightgen` metadata entry
+//! (`flg_core::weights::meta`). [`load`] also reads an original Wan checkpoint (file or sharded
+//! folder) and a diffusers `WanTransformer3DModel` folder (`flg_core::weights::source` finds
+//! the files and names); F32, BF16 and F16 tensors load into f32. [`save_folder`] writes the
+//! diffusers or the Wan form: kept blocks renumbered 0..n-1, a `config.json`, f32 or bf16,
+//! sharded with an index above a size.
 
 use super::Dit;
+use anyhow::Context;
 use flg_core::config::ModelDims;
-use flg_core::dataset::MovingShapesParams;
 pub use flg_core::formats::student::SamplerSettings;
+pub use flg_core::weights::meta::{ModelMeta, Prompts, META_KEY};
+use flg_core::weights::naming;
+use flg_core::weights::source::WeightSource;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// The metadata key fastlightgen writes.
-pub const META_KEY: &str = "fastlightgen";
-
-/// What the prompts of a model mean: the moving-shapes class table it was trained with.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Prompts {
-    pub text_len: i64,
-    pub text_dim: i64,
-    pub shapes: MovingShapesParams,
+/// The precision of written weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveDtype {
+    F32,
+    Bf16,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ModelMeta {
-    pub dims: ModelDims,
-    /// Original indices of the blocks in the file.
-    pub block_ids: Vec<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompts: Option<Prompts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sampler: Option<SamplerSettings>,
+impl std::str::FromStr for SaveDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(SaveDtype::F32),
+            "bf16" => Ok(SaveDtype::Bf16),
+            _ => Err(format!("{s:?}: expected f32 or bf16")),
+        }
+    }
+}
+
+/// One tensor's little-endian bytes in `dtype`.
+fn tensor_bytes(t: &Tensor, dtype: SaveDtype) -> (Dtype, Vec<i64>, Vec<u8>) {
+    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+    let size = t.size();
+    match dtype {
+        SaveDtype::F32 => {
+            let v = Vec::<f32>::try_from(t.to_kind(Kind::Float).view(-1)).expect("f32 tensor");
+            (
+                Dtype::F32,
+                size,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        }
+        SaveDtype::Bf16 => {
+            // bf16 bits through an int16 view (round to nearest even by libtorch's cast).
+            let bits = t.to_kind(Kind::BFloat16).view(-1).view_dtype(Kind::Int16);
+            let v = Vec::<i16>::try_from(bits).expect("int16 view");
+            (
+                Dtype::BF16,
+                size,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        }
+    }
+}
+
+/// Named tensors in `dtype` with string metadata as safetensors bytes.
+pub fn safetensors_bytes_as(
+    named: &[(String, Tensor)],
+    info: Option<HashMap<String, String>>,
+    dtype: SaveDtype,
+) -> anyhow::Result<Vec<u8>> {
+    let bufs: Vec<(String, Dtype, Vec<i64>, Vec<u8>)> = named
+        .iter()
+        .map(|(n, t)| {
+            let (d, s, b) = tensor_bytes(t, dtype);
+            (n.clone(), d, s, b)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bufs
+        .iter()
+        .map(|(n, d, s, b)| {
+            let shape = s.iter().map(|&d| d as usize).collect();
+            (
+                n.clone(),
+                TensorView::new(*d, shape, b).expect("sizes match"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, info).map_err(|e| anyhow::anyhow!("serialising: {e:?}"))
 }
 
 /// Named tensors (as f32) and string metadata as safetensors bytes (also the format of
@@ -41,47 +96,32 @@ pub fn safetensors_bytes(
     named: &[(String, Tensor)],
     info: HashMap<String, String>,
 ) -> anyhow::Result<Vec<u8>> {
-    let bufs: Vec<(String, Vec<i64>, Vec<u8>)> = named
-        .iter()
-        .map(|(n, t)| {
-            let t = t
-                .detach()
-                .to_device(tch::Device::Cpu)
-                .to_kind(Kind::Float)
-                .contiguous();
-            let v = Vec::<f32>::try_from(t.view(-1)).expect("f32 tensor");
-            (
-                n.clone(),
-                t.size(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = bufs
-        .iter()
-        .map(|(n, s, b)| {
-            let shape = s.iter().map(|&d| d as usize).collect();
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, shape, b).expect("sizes match"),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, Some(info)).map_err(|e| anyhow::anyhow!("serialising: {e:?}"))
+    safetensors_bytes_as(named, Some(info), SaveDtype::F32)
 }
 
-/// Writes named tensors (as f32) with `meta`, atomically (temporary file, then rename).
-pub fn save(path: &Path, named: &[(String, Tensor)], meta: &ModelMeta) -> anyhow::Result<()> {
-    let info = HashMap::from([(META_KEY.to_string(), serde_json::to_string(meta)?)]);
-    let bytes = safetensors_bytes(named, info)?;
-    let tmp = path.with_extension("safetensors.tmp");
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsynced, then renamed.
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&tmp, bytes)
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = std::fs::File::create(&tmp)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
         .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// Writes named tensors (as f32) with `meta`, atomically (fsynced temporary file, then rename).
+pub fn save(path: &Path, named: &[(String, Tensor)], meta: &ModelMeta) -> anyhow::Result<()> {
+    let info = HashMap::from([(META_KEY.to_string(), serde_json::to_string(meta)?)]);
+    write_atomic(path, &safetensors_bytes(named, info)?)
 }
 
 /// The string metadata entry `key` of a safetensors file (the header only is read, through
@@ -96,30 +136,189 @@ pub fn metadata_entry(path: &Path, key: &str) -> anyhow::Result<Option<String>> 
     Ok(meta.metadata().as_ref().and_then(|m| m.get(key)).cloned())
 }
 
-/// The fastlightgen metadata of a weights file, if it has any.
+/// The fastlightgen metadata of a weights file or folder, if it has any.
 pub fn read_meta(path: &Path) -> anyhow::Result<Option<ModelMeta>> {
-    match metadata_entry(path, META_KEY)? {
-        None => Ok(None),
-        Some(s) => Ok(Some(serde_json::from_str(&s).map_err(|e| {
-            anyhow::anyhow!("{}: bad {META_KEY} metadata: {e}", path.display())
-        })?)),
-    }
+    Ok(WeightSource::open(path)?.meta)
 }
 
-/// Loads a model file: its own metadata says the dimensions and blocks; without metadata
-/// (a released checkpoint) `fallback` gives the dimensions of a full model.
-pub fn load(path: &Path, fallback: Option<&ModelDims>) -> anyhow::Result<(Dit, Option<ModelMeta>)> {
-    let meta = read_meta(path)?;
-    let (dims, blocks) = match (&meta, fallback) {
-        (Some(m), _) => (m.dims.clone(), m.block_ids.clone()),
-        (None, Some(d)) => (d.clone(), (0..d.num_blocks as usize).collect()),
-        (None, None) => anyhow::bail!(
-            "{}: has no fastlightgen metadata; say which model it is with --preset (e.g. wan2.1-t2v-1.3b)",
-            path.display()
-        ),
-    };
-    let named = Tensor::read_safetensors(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+/// Reads every tensor of `src` that is a model parameter, as f32, under its Wan name.
+fn read_tensors(src: &WeightSource) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::with_capacity(src.tensors.len());
+    for (i, path) in src.files.iter().enumerate() {
+        let file = std::fs::File::open(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", path.display()))?;
+        // SAFETY: a read-only map of a file this process does not modify.
+        let map = unsafe { memmap2::Mmap::map(&file) }?;
+        let st = SafeTensors::deserialize(&map[..]).map_err(|e| {
+            anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display())
+        })?;
+        for h in src.tensors.iter().filter(|h| h.file == i) {
+            let Some(name) = &h.wan_name else { continue };
+            let view = st.tensor(&h.key)?;
+            let kind = match view.dtype() {
+                Dtype::F32 => Kind::Float,
+                Dtype::BF16 => Kind::BFloat16,
+                Dtype::F16 => Kind::Half,
+                d => anyhow::bail!(
+                    "{}: tensor {}: dtype {d:?} is not a weight dtype",
+                    path.display(),
+                    h.key
+                ),
+            };
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let t = Tensor::f_from_data_size(view.data(), &shape, kind)
+                .with_context(|| format!("{}: tensor {}", path.display(), h.key))?
+                .to_kind(Kind::Float);
+            out.push((name.clone(), t));
+        }
+    }
+    Ok(out)
+}
+
+/// Loads a model in any form (see the module's doc). Dimensions come from fastlightgen's
+/// metadata, else the folder's `config.json` (checked against `configured` where given), else
+/// `configured`. The headers are checked against the model before any tensor is read, so a
+/// file that does not fit costs no memory; every offending key is named.
+pub fn load(
+    path: &Path,
+    configured: Option<&ModelDims>,
+) -> anyhow::Result<(Dit, Option<ModelMeta>)> {
+    let src = WeightSource::open(path)?;
+    let (dims, blocks) = src.dims(configured)?;
+    let problems = flg_core::weights::check::check(&src, &dims, &blocks);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{}: does not fit the model (read as {:?} key names):\n{}",
+            path.display(),
+            src.naming,
+            flg_core::weights::check::summarise(&problems, 12)
+        );
+    }
+    let named = read_tensors(&src)?;
     let model = Dit::from_named(&dims, blocks, named, &path.display().to_string())?;
-    Ok((model, meta))
+    Ok((model, src.meta))
+}
+
+/// The public forms [`save_folder`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FolderForm {
+    /// diffusers' `WanTransformer3DModel.from_pretrained` folder.
+    Diffusers,
+    /// The original Wan checkpoint layout (Wan key names, Wan's `config.json`).
+    Wan,
+}
+
+/// Writes `model` as a folder of the public `form`: kept blocks renumbered 0..n-1,
+/// `config.json` with `num_layers = n`, tensors in `dtype`, one file up to `max_shard_bytes`
+/// and `diffusion_pytorch_model-0000k-of-0000N.safetensors` shards with an index above it.
+/// Files are written beside and renamed into place; stale shards of an earlier write go.
+/// Returns the files written.
+pub fn save_folder(
+    dir: &Path,
+    model: &Dit,
+    form: FolderForm,
+    dtype: SaveDtype,
+    max_shard_bytes: u64,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let position: HashMap<usize, usize> = model
+        .block_ids
+        .iter()
+        .enumerate()
+        .map(|(k, &b)| (b, k))
+        .collect();
+    let named: Vec<(String, Tensor)> = model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let n = naming::renumber_block(&n, |b| position[&b]);
+            let n = match form {
+                FolderForm::Wan => n,
+                FolderForm::Diffusers => {
+                    naming::wan_to_diffusers(&n).expect("every parameter has a diffusers name")
+                }
+            };
+            (n, t)
+        })
+        .collect();
+    let elem = match dtype {
+        SaveDtype::F32 => 4,
+        SaveDtype::Bf16 => 2,
+    };
+    // Greedy shards in parameter order (stem first, then blocks), as diffusers does.
+    let mut shards: Vec<Vec<usize>> = vec![vec![]];
+    let mut size = 0u64;
+    for (i, (_, t)) in named.iter().enumerate() {
+        let b = t.numel() as u64 * elem;
+        if size > 0 && size + b > max_shard_bytes {
+            shards.push(vec![]);
+            size = 0;
+        }
+        shards.last_mut().expect("one shard").push(i);
+        size += b;
+    }
+    let base = "diffusion_pytorch_model";
+    let index_path = dir.join(format!("{base}.safetensors.index.json"));
+    let n = shards.len();
+    let mut written = Vec::new();
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0u64;
+    for (k, idx) in shards.iter().enumerate() {
+        let name = if n == 1 {
+            format!("{base}.safetensors")
+        } else {
+            format!("{base}-{:05}-of-{:05}.safetensors", k + 1, n)
+        };
+        let part: Vec<(String, Tensor)> = idx
+            .iter()
+            .map(|&i| (named[i].0.clone(), named[i].1.shallow_clone()))
+            .collect();
+        let info = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let bytes = safetensors_bytes_as(&part, Some(info), dtype)?;
+        total += part
+            .iter()
+            .map(|(_, t)| t.numel() as u64 * elem)
+            .sum::<u64>();
+        for (key, _) in &part {
+            weight_map.insert(key.clone(), name.clone().into());
+        }
+        let path = dir.join(&name);
+        write_atomic(&path, &bytes)?;
+        written.push(path);
+    }
+    // Remove what an earlier write left that this one does not have (other shard counts).
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let f = p
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or("")
+            .to_string();
+        if f.starts_with(base) && f.ends_with(".safetensors") && !written.contains(&p) {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    if n > 1 {
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_atomic(
+            &index_path,
+            serde_json::to_string_pretty(&index)?.as_bytes(),
+        )?;
+        written.push(index_path);
+    } else if index_path.exists() {
+        std::fs::remove_file(&index_path)?;
+    }
+    let layers = model.block_ids.len();
+    let config = match form {
+        FolderForm::Diffusers => naming::diffusers_config(&model.dims, layers),
+        FolderForm::Wan => naming::wan_config(&model.dims, layers),
+    };
+    let config_path = dir.join("config.json");
+    write_atomic(
+        &config_path,
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    written.push(config_path);
+    Ok(written)
 }

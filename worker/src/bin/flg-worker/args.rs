@@ -51,6 +51,23 @@ pub enum Command {
     /// Write a model file with fastlightgen metadata (dimensions, blocks, prompt table) from a
     /// file without it, e.g. a released checkpoint or an older run's weights.
     Annotate(AnnotateArgs),
+    /// Convert a Wan transformer between forms: fastlightgen's file, a diffusers folder, the
+    /// original Wan layout.
+    ///
+    /// SRC may be a fastlightgen .safetensors file, an original Wan checkpoint (one file, or a
+    /// folder with config.json and shards), a diffusers WanTransformer3DModel folder
+    /// (config.json, diffusion_pytorch_model*.safetensors, the index when sharded) or an
+    /// *.index.json; the form is read from the key names. F32, BF16 and F16 tensors are read.
+    /// Dimensions come from the file's metadata or config.json, else --preset.
+    ///
+    ///   fastlightgen convert Wan2.1-T2V-1.3B-Diffusers/transformer --out teacher.safetensors
+    ///   fastlightgen convert runs/x/export/student.safetensors --out student-diffusers \
+    ///       --format diffusers --dtype bf16
+    ///
+    /// `model.weights` reads every SRC form directly; conversion is for other tools and for
+    /// looking. A pruned model's kept blocks are renumbered 0..n-1 in the diffusers and Wan
+    /// forms (num_layers = n in config.json).
+    Convert(ConvertArgs),
     /// A worker rank: started by `mpirun -np W flg-worker run --config CFG`, one per rank.
     ///
     /// Joins the MPI job, checks W against cluster.world_size, picks the collective backend
@@ -207,6 +224,37 @@ pub struct AnnotateArgs {
     /// The annotated model file to write.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ConvertFormat {
+    /// One .safetensors file with Wan key names and fastlightgen's metadata (f32).
+    Fastlightgen,
+    /// A folder that diffusers' WanTransformer3DModel.from_pretrained loads.
+    Diffusers,
+    /// A folder in the original Wan layout (Wan key names, Wan's config.json).
+    Wan,
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// The model: a file, a folder or an *.index.json (see above).
+    pub src: PathBuf,
+    /// Where to write: a .safetensors file for --format fastlightgen, else a folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "fastlightgen")]
+    pub format: ConvertFormat,
+    /// Precision of the written tensors (diffusers and wan forms; fastlightgen files are f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: flg_worker::model::file::SaveDtype,
+    /// The largest shard before the weights are split into shards with an index: bytes, or
+    /// a number with KB, MB or GB (powers of 1000, as diffusers' max_shard_size).
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    pub max_shard_size: u64,
+    /// The model's dimensions when SRC records none (no metadata, no config.json).
+    #[arg(long)]
+    pub preset: Option<String>,
 }
 
 #[derive(Args)]
@@ -499,4 +547,20 @@ pub struct MpiCollectivesArgs {
     /// Repetitions per size.
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
+}
+
+/// "5GB", "200MB", "50KB" or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let (num, mult) = [("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1.0)]
+        .iter()
+        .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m)))
+        .unwrap_or((t.clone(), 1.0));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 5GB, 200MB or 50KB"))?;
+    if !(n.is_finite() && n * mult >= 1.0) {
+        return Err(format!("{s:?}: must be at least one byte"));
+    }
+    Ok((n * mult) as u64)
 }

@@ -179,6 +179,52 @@ pub fn export(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    use flg_worker::model::file::{self, FolderForm, SaveDtype};
+    let (m, meta) = load_model(&a.src, a.preset.as_deref())?;
+    let meta = meta.unwrap_or_else(|| file::ModelMeta {
+        dims: m.dims.clone(),
+        block_ids: m.block_ids.clone(),
+        prompts: None,
+        sampler: None,
+    });
+    let form = match a.format {
+        ConvertFormat::Fastlightgen => {
+            anyhow::ensure!(
+                a.dtype == SaveDtype::F32,
+                "--dtype bf16: fastlightgen files hold f32 master weights; use --format diffusers or wan"
+            );
+            file::save(&a.out, &m.named_tensors(), &meta)?;
+            println!(
+                "wrote {} ({} blocks, {} parameters)",
+                a.out.display(),
+                m.block_ids.len(),
+                m.param_count()
+            );
+            return Ok(());
+        }
+        ConvertFormat::Diffusers => FolderForm::Diffusers,
+        ConvertFormat::Wan => FolderForm::Wan,
+    };
+    let files = file::save_folder(&a.out, &m, form, a.dtype, a.max_shard_size)?;
+    println!(
+        "wrote {} ({:?} form, {:?}, {} blocks renumbered 0..{}, {} files)",
+        a.out.display(),
+        form,
+        a.dtype,
+        m.block_ids.len(),
+        m.block_ids.len(),
+        files.len()
+    );
+    if let Some(s) = &meta.sampler {
+        let path = a.out.join("sampler.json");
+        let portable = flg_core::formats::student::PortableSampler::new(s);
+        std::fs::write(&path, serde_json::to_string_pretty(&portable)?)?;
+        println!("wrote {} (the student's few-step sampler)", path.display());
+    }
+    Ok(())
+}
+
 pub fn annotate(a: AnnotateArgs) -> Result<()> {
     let AnnotateArgs {
         model,

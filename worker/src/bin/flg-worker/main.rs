@@ -32,6 +32,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Eval(a) => commands::eval(a),
         Command::Plot(a) => commands::plot(a),
         Command::Annotate(a) => commands::annotate(a),
+        Command::Convert(a) => commands::convert(a),
         Command::Export(a) => commands::export(a),
         Command::Train(a) => commands::train(a),
         Command::Run(a) => flg_worker::lifecycle::run_rank(&flg_worker::lifecycle::RankArgs {
