@@ -93,6 +93,12 @@ impl RunDir {
         self.stage_dir(Stage::Export).join("student.safetensors")
     }
 
+    /// The exported student in diffusers form (`WanTransformer3DModel.from_pretrained`), with
+    /// `sampler.json`.
+    pub fn student_diffusers(&self) -> PathBuf {
+        self.stage_dir(Stage::Export).join("diffusers")
+    }
+
     /// `student.json` beside the exported student.
     pub fn student_info(&self) -> PathBuf {
         self.stage_dir(Stage::Export).join("student.json")

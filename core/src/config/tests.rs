@@ -209,6 +209,54 @@ fn stages_without_a_teacher_need_weights() {
 }
 
 #[test]
+fn teacher_weights_are_checked_by_their_headers() {
+    use crate::weights::naming::{diffusers_config, wan_to_diffusers};
+    use crate::weights::tests::{wan_names, write};
+    let dir = tempfile::tempdir().unwrap();
+    let d = preset("tiny").unwrap();
+    let names: Vec<(String, Vec<usize>)> = wan_names(&d)
+        .into_iter()
+        .map(|(n, s)| (wan_to_diffusers(&n).unwrap(), s))
+        .collect();
+    let file = dir.path().join("diffusion_pytorch_model.safetensors");
+    write(&file, &names, safetensors::Dtype::BF16);
+    let cfg = |weights: &std::path::Path, extra: &str| {
+        format!(
+            "[experiment]\nname = \"t\"\nstages = [\"importance\"]\n[model]\npreset = \"tiny\"\nweights = {:?}\n{extra}",
+            weights.display().to_string()
+        )
+    };
+    // A diffusers-named bf16 file of the right model passes, as a file and as its folder.
+    parse(&cfg(&file, "")).unwrap();
+    // Another width: the headers' shapes say so (no config.json yet).
+    let e = parse(&cfg(&file, "dim = 128\nnum_heads = 4")).unwrap_err();
+    let m = &issue(&e, "model.weights").message;
+    assert!(
+        m.contains("Diffusers key names") && m.contains("mis-shaped: patch_embedding.weight"),
+        "{m}"
+    );
+    // With config.json, the folder's stated dimensions are compared first, by field.
+    std::fs::write(
+        dir.path().join("config.json"),
+        diffusers_config(&d, 10).to_string(),
+    )
+    .unwrap();
+    parse(&cfg(dir.path(), "")).unwrap();
+    let e = parse(&cfg(dir.path(), "num_blocks = 12")).unwrap_err();
+    let m = &issue(&e, "model.weights").message;
+    assert!(
+        m.contains("num_blocks: the file's config.json says 10"),
+        "{m}"
+    );
+    // A file that is not safetensors.
+    std::fs::write(&file, b"not a model").unwrap();
+    let e = parse(&cfg(&file, "")).unwrap_err();
+    assert!(issue(&e, "model.weights")
+        .message
+        .contains("not a valid safetensors file"));
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let e = parse(
         r#"

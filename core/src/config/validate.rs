@@ -272,9 +272,76 @@ fn check_model(m: &Model, d: &ModelDims, files: bool, issues: &mut Issues) {
         issues.push("model.eps", format!("must be positive, got {}", d.eps));
     }
     if let Some(w) = m.weights.as_ref().filter(|_| files) {
-        if !w.is_file() {
-            issues.push("model.weights", format!("no such file: {}", w.display()));
+        check_weights(w, d, issues);
+    }
+}
+
+/// `model.weights` against the configured model, from the files' headers only: the form is
+/// found, `config.json` or fastlightgen's metadata agree with the model's dimensions, every
+/// key is there with its shape and a readable dtype, the teacher has every block.
+fn check_weights(w: &std::path::Path, d: &ModelDims, issues: &mut Issues) {
+    use crate::weights::{check, source::WeightSource};
+    let src = match WeightSource::open(w) {
+        Ok(s) => s,
+        Err(e) => return issues.push("model.weights", e.to_string()),
+    };
+    if let Some(meta) = &src.meta {
+        if meta.dims != *d {
+            let (a, b) = (
+                serde_json::to_value(&meta.dims).unwrap_or_default(),
+                serde_json::to_value(d).unwrap_or_default(),
+            );
+            let fields: Vec<String> = b
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(k, v)| a.get(k.as_str()) != Some(v))
+                        .map(|(k, v)| {
+                            format!("{k} = {} in the file, {v} configured", a[k.as_str()])
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            issues.push(
+                "model.weights",
+                format!(
+                    "{}: a model of other dimensions: {}",
+                    w.display(),
+                    fields.join(", ")
+                ),
+            );
+            return;
         }
+        if meta.block_ids.len() != d.num_blocks as usize {
+            issues.push(
+                "model.weights",
+                format!(
+                    "{}: a pruned model ({} of {} blocks); the teacher must have every block",
+                    w.display(),
+                    meta.block_ids.len(),
+                    d.num_blocks
+                ),
+            );
+            return;
+        }
+    }
+    let (dims, blocks) = match src.dims(Some(d)) {
+        Ok(x) => x,
+        Err(e) => return issues.push("model.weights", e.to_string()),
+    };
+    let problems = check::check(&src, &dims, &blocks);
+    if !problems.is_empty() {
+        issues.push(
+            "model.weights",
+            format!(
+                "{} ({:?} key names, {} files) does not fit the configured model ({} problems):\n{}",
+                w.display(),
+                src.naming,
+                src.files.len(),
+                problems.len(),
+                check::summarise(&problems, 8)
+            ),
+        );
     }
 }
 

@@ -79,12 +79,13 @@ impl StudentInfo {
     /// One line for people: which blocks, what share, how many steps, where.
     pub fn summary(&self, run_dir: &crate::RunDir) -> String {
         format!(
-            "student: blocks {:?} ({:.1}% of block parameters, {} parameters), {} steps -> {}",
+            "student: blocks {:?} ({:.1}% of block parameters, {} parameters), {} steps -> {} (diffusers form: {})",
             self.block_ids,
             self.block_param_share * 100.0,
             self.params,
             self.sampler.timesteps.len(),
-            run_dir.student().display()
+            run_dir.student().display(),
+            run_dir.student_diffusers().display()
         )
     }
 

@@ -13,4 +13,4 @@ pub mod naming;
 pub mod source;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,7 @@ use crate::config::preset;
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::Path;
 
-fn wan_names(dims: &crate::config::ModelDims) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn wan_names(dims: &crate::config::ModelDims) -> Vec<(String, Vec<usize>)> {
     let mut v: Vec<(String, Vec<usize>)> = stem_specs(dims)
         .into_iter()
         .map(|s| {
@@ -28,7 +28,7 @@ fn wan_names(dims: &crate::config::ModelDims) -> Vec<(String, Vec<usize>)> {
 }
 
 /// Writes zero-filled tensors of the given dtype (4 bytes per element for F32/I32, 2 else).
-fn write(path: &Path, tensors: &[(String, Vec<usize>)], dtype: Dtype) {
+pub(crate) fn write(path: &Path, tensors: &[(String, Vec<usize>)], dtype: Dtype) {
     let size = if matches!(dtype, Dtype::F32 | Dtype::I32) {
         4
     } else {

@@ -4,10 +4,17 @@
 //! indices, with metadata recording the block ids and the sampler (steps, shifted timesteps,
 //! no CFG), so `fastlightgen sample --model export/student.safetensors` needs nothing else.
 //! `export/student.json` says the same for people and scripts.
+//!
+//! `export/diffusers/` holds the same student for diffusers' `WanTransformer3DModel`
+//! (kept blocks renumbered 0..n-1, `config.json` with `num_layers = n`, f32 like Wan-AI's own
+//! diffusers weights, sharded above 5 GB) and `sampler.json`, the few-step sampler in terms any
+//! inference stack can follow (tools/wan_student_pipeline.py runs it in `WanPipeline`).
+//! `fastlightgen convert --format diffusers --dtype bf16` writes a half-size copy.
 
-use crate::model::file;
+use crate::model::file::{self, FolderForm, SaveDtype};
 use crate::model::params::total_param_count;
 use anyhow::{Context, Result};
+use flg_core::formats::student::PortableSampler;
 pub use flg_core::formats::student::StudentInfo;
 use flg_core::RunDir;
 
@@ -47,6 +54,19 @@ pub fn export(run_dir: &RunDir) -> Result<StudentInfo> {
     std::fs::create_dir_all(out.parent().expect("export dir"))?;
     file::save(&out, &model.named_tensors(), &meta)
         .with_context(|| format!("writing {}", out.display()))?;
+    let folder = run_dir.student_diffusers();
+    file::save_folder(
+        &folder,
+        &model,
+        FolderForm::Diffusers,
+        SaveDtype::F32,
+        5_000_000_000,
+    )
+    .with_context(|| format!("writing {}", folder.display()))?;
+    let portable = PortableSampler::new(&info.sampler);
+    let sampler_path = folder.join("sampler.json");
+    std::fs::write(&sampler_path, serde_json::to_string_pretty(&portable)?)
+        .with_context(|| format!("writing {}", sampler_path.display()))?;
     let info_path = run_dir.student_info();
     std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)
         .with_context(|| format!("writing {}", info_path.display()))?;
