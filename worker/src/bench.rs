@@ -89,6 +89,7 @@ pub fn plain_flow_grads(
         d,
         1.0,
         0.1,
+        &crate::flow::NullPrompt::zeros(),
     );
     Tensor::run_backward(&[&loss], params, false, false)
 }
@@ -208,7 +209,17 @@ fn random_flow_backward(
     let text = Tensor::randn([b as i64, 4, dims.text_dim], opts);
     let d = crate::train::draws(0, 0, step, first, b, &x0.size()[1..], Device::Cpu);
     let active: Vec<usize> = (0..dims.num_blocks as usize).collect();
-    crate::train::flow_matching_backward(model, comm, &x0, &text, &d, 1.0, 0.1, &active);
+    crate::train::flow_matching_backward(
+        model,
+        comm,
+        &x0,
+        &text,
+        &d,
+        1.0,
+        0.1,
+        &crate::flow::NullPrompt::zeros(),
+        &active,
+    );
 }
 
 /// Times sharded pretraining steps (random data, fixed draws) on this rank.

@@ -2,6 +2,7 @@
 //! against plain autograd on the whole model, on the same batch and draws, in one run.
 
 use crate::collective::Solo;
+use crate::flow::NullPrompt;
 use crate::model::Dit;
 use crate::optim::AdamW;
 use crate::shard::ShardedDit;
@@ -50,7 +51,17 @@ fn first_step_gradients(model: &Dit, x0: &Tensor, text: &Tensor, d: &Draws) -> [
     let sharded = |recompute: bool| {
         let mut s =
             ShardedDit::from_dit(model, &Solo, Device::Cpu, Kind::Float).with_recompute(recompute);
-        flow_matching_backward(&mut s, &Solo, x0, text, d, 1.0, 0.1, &active);
+        flow_matching_backward(
+            &mut s,
+            &Solo,
+            x0,
+            text,
+            d,
+            1.0,
+            0.1,
+            &NullPrompt::zeros(),
+            &active,
+        );
         s.grads()
             .into_iter()
             .map(|g| g.expect("every unit gets a gradient"))
@@ -140,7 +151,17 @@ pub fn run(
         )
     };
     let sharded_step = |role: &mut crate::train::Role| {
-        flow_matching_backward(&mut role.model, &Solo, &x0, &text, &d, 1.0, 0.1, &active);
+        flow_matching_backward(
+            &mut role.model,
+            &Solo,
+            &x0,
+            &text,
+            &d,
+            1.0,
+            0.1,
+            &NullPrompt::zeros(),
+            &active,
+        );
         role.step(&Solo);
     };
     let (mut none_role, mut full_role) = (sharded_role(false), sharded_role(true));

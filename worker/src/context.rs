@@ -5,6 +5,7 @@ use crate::checkpoint::Writer;
 use crate::collective::Collective;
 use crate::control::Control;
 use crate::data::DataSet;
+use crate::flow::NullPrompt;
 use crate::metrics::MetricsLog;
 use crate::model::file::{self, ModelMeta, Prompts};
 use crate::model::Dit;
@@ -26,6 +27,8 @@ pub struct StageCtx<'a> {
     pub kind: Kind,
     /// The teacher the run starts from (model.weights, or the run's own pretraining output).
     pub teacher: PathBuf,
+    /// The prompt CFG contrasts with and prompt dropout substitutes (`data.null_text`).
+    pub null_prompt: NullPrompt,
     /// Every stage the config lists, also when only some run now (`--stage`): a rerun stage
     /// still knows whether an earlier stage's output is part of this run.
     pub all_stages: Vec<Stage>,
@@ -111,6 +114,14 @@ impl StageCtx<'_> {
             Some(w) => w.flush(),
             None => Ok(()),
         }
+    }
+}
+
+/// The run's null prompt: `data.null_text`, checked against the data's prompt shape, else zeros.
+pub fn null_prompt(cfg: &Config, data: &DataSet) -> Result<NullPrompt> {
+    match &cfg.data.null_text {
+        None => Ok(NullPrompt::zeros()),
+        Some(p) => NullPrompt::load(p, data.text_shape()).context("data.null_text"),
     }
 }
 

@@ -81,28 +81,100 @@ pub fn step_to(
     }
 }
 
+/// The prompt classifier-free guidance contrasts with and prompt dropout substitutes: zeros
+/// (the moving-shapes teachers are trained so), or a fixed embedding [L, D] such as the
+/// embedding of Wan's negative prompt, which is what the Wan teacher saw (`data.null_text`).
+#[derive(Debug, Default)]
+pub struct NullPrompt(Option<Tensor>);
+
+impl Clone for NullPrompt {
+    fn clone(&self) -> Self {
+        NullPrompt(self.0.as_ref().map(|t| t.shallow_clone()))
+    }
+}
+
+impl NullPrompt {
+    /// The all-zeros prompt.
+    pub fn zeros() -> NullPrompt {
+        NullPrompt(None)
+    }
+
+    /// A fixed embedding [L, D] (or [1, L, D]).
+    pub fn embedding(t: Tensor) -> NullPrompt {
+        let t = if t.dim() == 3 { t.squeeze_dim(0) } else { t };
+        NullPrompt(Some(t.to_kind(Kind::Float)))
+    }
+
+    /// Reads the `text` tensor of a safetensors file (what `fastlightgen data encode` writes
+    /// as `null_text.safetensors`); `text_shape` [L, D] is what the data's prompts have.
+    pub fn load(path: &std::path::Path, text_shape: [i64; 2]) -> anyhow::Result<NullPrompt> {
+        let named = Tensor::read_safetensors(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+        let t = named
+            .into_iter()
+            .find(|(k, _)| k == "text")
+            .map(|(_, t)| t)
+            .ok_or_else(|| anyhow::anyhow!("{}: has no `text` tensor", path.display()))?;
+        let n = NullPrompt::embedding(t);
+        let shape = n.0.as_ref().expect("embedding").size();
+        anyhow::ensure!(
+            shape == text_shape,
+            "{}: the null prompt is {shape:?}, the data's prompts are {text_shape:?}",
+            path.display()
+        );
+        Ok(n)
+    }
+
+    pub fn is_zeros(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The null prompt for every row of `text` [B, L, D], on its device and in its kind.
+    pub fn like(&self, text: &Tensor) -> Tensor {
+        match &self.0 {
+            None => text.zeros_like(),
+            Some(e) => e
+                .to_device(text.device())
+                .to_kind(text.kind())
+                .unsqueeze(0)
+                .expand_as(text)
+                .contiguous(),
+        }
+    }
+}
+
 /// Euler sampling from noise `x1` along the grid `times` (from 1 towards 0), with CFG scale
-/// `cfg` against the null prompt (all zeros) when `cfg` != 1.
+/// `cfg` against `null` when `cfg` != 1.
 pub fn euler_sample(
     model: &VelocityFn,
     x1: &Tensor,
     text: &Tensor,
+    null: &NullPrompt,
     times: &[f64],
     cfg: f64,
 ) -> Tensor {
-    sample(model, x1, text, times, cfg, SamplerKind::Euler, &|_| {
-        unreachable!("Euler steps take no fresh noise")
-    })
+    sample(
+        model,
+        x1,
+        text,
+        null,
+        times,
+        cfg,
+        SamplerKind::Euler,
+        &|_| unreachable!("Euler steps take no fresh noise"),
+    )
 }
 
 /// Samples from noise `x1` along the grid `times` (from 1 towards 0) with the step rule `kind`,
-/// with CFG scale `cfg` against the null prompt (all zeros) when `cfg` != 1. Conditional and
+/// with CFG scale `cfg` against `null` when `cfg` != 1. Conditional and
 /// unconditional passes go through the network as one batch. `fresh(j)` is the noise
 /// re-noising puts on the prediction of step `j` (shaped like `x1`).
+#[allow(clippy::too_many_arguments)]
 pub fn sample(
     model: &VelocityFn,
     x1: &Tensor,
     text: &Tensor,
+    null: &NullPrompt,
     times: &[f64],
     cfg: f64,
     kind: SamplerKind,
@@ -112,7 +184,7 @@ pub fn sample(
     let b = x1.size()[0];
     let guided = cfg != 1.0;
     let both_text = if guided {
-        Tensor::cat(&[text, &text.zeros_like()], 0)
+        Tensor::cat(&[text, &null.like(text)], 0)
     } else {
         text.shallow_clone()
     };
@@ -154,7 +226,14 @@ mod tests {
         let x1 = Tensor::from_slice(&[1.0f32, 2.0, -1.0, 0.3]).view([1, 1, 1, 2, 2]);
         let text = Tensor::zeros([1, 1, 1], (Kind::Float, tch::Device::Cpu));
         let v = |x: &Tensor, t: &Tensor, _: &Tensor| (x - &x0) / per_sample(t);
-        let out = euler_sample(&v, &x1, &text, &euler_times(4, 3.0), 1.0);
+        let out = euler_sample(
+            &v,
+            &x1,
+            &text,
+            &NullPrompt::zeros(),
+            &euler_times(4, 3.0),
+            1.0,
+        );
         assert!((out - &x0).abs().max().double_value(&[]) < 1e-5);
     }
 
@@ -178,7 +257,16 @@ mod tests {
                 (Kind::Float, tch::Device::Cpu),
             )
         };
-        let out = sample(&v, &x1, &text, &times, 1.0, SamplerKind::Renoise, &fresh);
+        let out = sample(
+            &v,
+            &x1,
+            &text,
+            &NullPrompt::zeros(),
+            &times,
+            1.0,
+            SamplerKind::Renoise,
+            &fresh,
+        );
         assert!((out - 0.5).abs().max().double_value(&[]) < 1e-6);
         {
             let inputs = seen.borrow();
@@ -187,7 +275,7 @@ mod tests {
             assert!((inputs[1].double_value(&[0, 0, 0, 0, 0]) - 5.25).abs() < 1e-5);
             assert!((inputs[2].double_value(&[0, 0, 0, 0, 1]) - 3.125).abs() < 1e-5);
         }
-        let euler = euler_sample(&v, &x1, &text, &times, 1.0);
+        let euler = euler_sample(&v, &x1, &text, &NullPrompt::zeros(), &times, 1.0);
         assert!((euler - 0.5).abs().max().double_value(&[]) < 1e-5);
     }
 }

@@ -143,6 +143,7 @@ fn run_stages(
     }
     comm.barrier();
     let data = Arc::new(data::open_or_generate(cfg, &run_dir)?);
+    let null_prompt = crate::context::null_prompt(cfg, &data)?;
     let writer = control
         .as_ref()
         .map(|c| Writer::start(c.clone(), run_dir.checkpoints()));
@@ -154,6 +155,7 @@ fn run_stages(
         device,
         kind,
         teacher: teacher_path(cfg, &run_dir),
+        null_prompt,
         all_stages,
         control: control.clone(),
         writer,

@@ -60,12 +60,13 @@ pub fn renoise_noise(first: usize, n: usize, shape: [i64; 4], seed: u64, j: usiz
     Tensor::stack(&videos, 0)
 }
 
-/// How videos are sampled: the time grid (from 1 to 0), the CFG scale, the step rule, and the
-/// seed of the re-noising sampler's fresh noise.
+/// How videos are sampled: the time grid (from 1 to 0), the CFG scale and the prompt it
+/// contrasts with, the step rule, and the seed of the re-noising sampler's fresh noise.
 #[derive(Clone, Debug)]
 pub struct Sampling {
     pub times: Vec<f64>,
     pub cfg: f64,
+    pub null: flow::NullPrompt,
     pub kind: flow::SamplerKind,
     pub seed: u64,
 }
@@ -110,6 +111,7 @@ pub fn generate(
                 &v,
                 &noise.narrow(0, i, len),
                 &text.narrow(0, i, len),
+                &how.null,
                 &how.times,
                 how.cfg,
                 how.kind,

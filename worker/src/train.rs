@@ -181,7 +181,7 @@ pub fn batch_tensors(batch: &Batch, data: &DataSet, device: Device) -> (Tensor, 
 }
 
 /// The inputs and target of one flow-matching step built from a batch and its draws: the
-/// shifted times, the prompts with dropped ones replaced by the null prompt (zeros), the noisy
+/// shifted times, the prompts with dropped ones replaced by the null prompt, the noisy
 /// input `x_t` and the velocity target `eps - x0`.
 pub struct FlowInputs {
     pub t: Tensor,
@@ -196,13 +196,19 @@ pub fn flow_inputs(
     d: &Draws,
     shift: f64,
     cfg_dropout: f64,
+    null: &flow::NullPrompt,
 ) -> FlowInputs {
     let t = flow::shift_t(&d.u, shift);
-    let text = text
-        * d.keep_u
-            .ge(cfg_dropout)
-            .to_kind(Kind::Float)
-            .view([-1, 1, 1]);
+    let keep = d
+        .keep_u
+        .ge(cfg_dropout)
+        .to_kind(Kind::Float)
+        .view([-1, 1, 1]);
+    let text = if null.is_zeros() {
+        text * keep
+    } else {
+        text * &keep + null.like(text) * (1.0 - keep)
+    };
     let xt = flow::noisy(x0, &d.eps, &t);
     FlowInputs {
         t,
@@ -220,8 +226,9 @@ pub fn flow_loss(
     d: &Draws,
     shift: f64,
     cfg_dropout: f64,
+    null: &flow::NullPrompt,
 ) -> Tensor {
-    let f = flow_inputs(x0, text, d, shift, cfg_dropout);
+    let f = flow_inputs(x0, text, d, shift, cfg_dropout, null);
     flow::mse(&velocity(&f.xt, &f.t, &f.text), &f.target)
 }
 
@@ -237,9 +244,10 @@ pub fn flow_matching_backward(
     d: &Draws,
     shift: f64,
     cfg_dropout: f64,
+    null: &flow::NullPrompt,
     active: &[usize],
 ) -> f64 {
-    let f = flow_inputs(x0, text, d, shift, cfg_dropout);
+    let f = flow_inputs(x0, text, d, shift, cfg_dropout, null);
     let (out, tape) = model.forward(comm, &f.xt, &f.t, &f.text, active);
     let local = flow::mse(&out, &f.target).double_value(&[]);
     let grad_out = (&out - &f.target) * (2.0 / out.numel() as f64);
@@ -286,6 +294,7 @@ pub fn train_step(
     step: u64,
     shift: f64,
     cfg_dropout: f64,
+    null: &flow::NullPrompt,
     active: &[usize],
 ) -> (f64, f64) {
     let (x0, text, d) =
@@ -298,6 +307,7 @@ pub fn train_step(
         &d,
         shift,
         cfg_dropout,
+        null,
         active,
     );
     (loss, role.step(comm))

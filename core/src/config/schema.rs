@@ -213,6 +213,12 @@ pub struct Data {
     pub text_seed: u64,
     /// Videos per shard file when generating.
     pub shard_size: u64,
+    /// The null prompt: a safetensors file whose `text` tensor [L, D] classifier-free guidance
+    /// contrasts with and prompt dropout substitutes (the Stage III real score, the teacher's
+    /// samples, Stage II's dropout). `fastlightgen data encode` writes the embedding of Wan's
+    /// negative prompt as `<data dir>/null_text.safetensors`; a Wan teacher never saw zeros.
+    /// Unset: all zeros (what the moving-shapes teachers are trained with).
+    pub null_text: Option<PathBuf>,
 }
 
 impl Default for Data {
@@ -228,6 +234,7 @@ impl Default for Data {
             seed: 0,
             text_seed: 20260301,
             shard_size: 1024,
+            null_text: None,
         }
     }
 }

@@ -154,6 +154,7 @@ fn main() -> anyhow::Result<()> {
         device: Device::Cpu,
         kind: Kind::Float,
         teacher: teacher_path,
+        null_prompt: flg_worker::context::null_prompt(&cfg, &data)?,
         all_stages: cfg.stages(),
         control: None,
         writer: None,

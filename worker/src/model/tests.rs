@@ -163,7 +163,15 @@ fn a_short_training_run_lowers_the_loss() {
     let x0 = x0.tanh();
     let loss_at = |m: &Dit| {
         let d = crate::train::draws(42, 0, 0, 0, 4, &x0.size()[1..], Device::Cpu);
-        crate::train::flow_loss(|x, t, c| m.forward(x, t, c, None), &x0, &text, &d, 1.0, 0.0)
+        crate::train::flow_loss(
+            |x, t, c| m.forward(x, t, c, None),
+            &x0,
+            &text,
+            &d,
+            1.0,
+            0.0,
+            &crate::flow::NullPrompt::zeros(),
+        )
     };
     let first = loss_at(&m).double_value(&[]);
     for _ in 0..40 {

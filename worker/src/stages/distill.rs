@@ -27,6 +27,7 @@ use super::{kept_blocks, StageCtx};
 use crate::collective::{all_reduce_mean, Collective};
 use crate::data::Loader;
 use crate::flow;
+use crate::flow::NullPrompt;
 use crate::model::Dit;
 use crate::rng::Rng;
 use crate::shard::ShardedDit;
@@ -58,6 +59,8 @@ pub struct Roles {
     pub pruned_ids: Vec<usize>,
     /// Every block of the real score (its unpruned pass).
     pub full_ids: Vec<usize>,
+    /// The prompt the real score's guidance contrasts with.
+    pub null: NullPrompt,
 }
 
 impl Roles {
@@ -66,6 +69,7 @@ impl Roles {
         base: &Dit,
         removed: &[usize],
         d: &Distill,
+        null: NullPrompt,
         comm: &dyn Collective,
         shard: impl Fn(&Dit) -> ShardedDit,
     ) -> Roles {
@@ -78,6 +82,7 @@ impl Roles {
             real: shard(base),
             pruned_ids,
             full_ids,
+            null,
         }
     }
 }
@@ -287,6 +292,7 @@ pub fn gradients(
         &fd,
         d.shift,
         0.0,
+        &roles.null,
         &roles.pruned_ids,
     );
     StepReport {
@@ -359,7 +365,7 @@ fn real_velocity(
         comm,
         &Tensor::cat(&[xt, xt], 0),
         &Tensor::cat(&[t, t], 0),
-        &Tensor::cat(&[text, &text.zeros_like()], 0),
+        &Tensor::cat(&[text, &roles.null.like(text)], 0),
         &roles.pruned_ids,
     );
     let parts = both.chunk(2, 0);
@@ -415,7 +421,9 @@ impl DistillStage {
     /// directory, or made there with the real score's unpruned pass.
     pub fn new(ctx: &StageCtx, base: &Dit, removed: &[usize]) -> Result<DistillStage> {
         let d = &ctx.cfg.distill;
-        let roles = Roles::new(base, removed, d, ctx.comm, |m| ctx.shard(m));
+        let roles = Roles::new(base, removed, d, ctx.null_prompt.clone(), ctx.comm, |m| {
+            ctx.shard(m)
+        });
         if ctx.lead() {
             tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), "Stage III: distribution matching");
         }
@@ -433,6 +441,7 @@ impl DistillStage {
                     comm: ctx.comm,
                     batch: ctx.cfg.eval.batch_size as usize,
                     device: ctx.device,
+                    null: &ctx.null_prompt,
                 },
             )?)
         } else {
@@ -528,6 +537,7 @@ impl TrainingStage for DistillStage {
             let how = crate::sample::Sampling {
                 times,
                 cfg: 1.0,
+                null: ctx.null_prompt.clone(),
                 kind: self.cfg.sampler,
                 seed: self.seed,
             };
@@ -610,7 +620,7 @@ mod tests {
             data_forcing,
             ..Distill::default()
         };
-        let mut roles = Roles::new(&base, &[1], &d, &Solo, |m| {
+        let mut roles = Roles::new(&base, &[1], &d, NullPrompt::zeros(), &Solo, |m| {
             ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float)
         });
         tch::manual_seed(0);

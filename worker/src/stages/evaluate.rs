@@ -163,6 +163,7 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
     let euler = |times: Vec<f64>, cfg: f64| sample::Sampling {
         times,
         cfg,
+        null: ctx.null_prompt.clone(),
         kind: flow::SamplerKind::Euler,
         seed,
     };
@@ -214,6 +215,7 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
             &sample::Sampling {
                 times,
                 cfg: info.sampler.cfg,
+                null: ctx.null_prompt.clone(),
                 kind: info.sampler.kind,
                 seed,
             },

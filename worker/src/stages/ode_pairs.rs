@@ -34,6 +34,8 @@ pub struct TeacherPass<'a> {
     pub comm: &'a dyn Collective,
     pub batch: usize,
     pub device: Device,
+    /// The prompt its CFG contrasts with.
+    pub null: &'a crate::flow::NullPrompt,
 }
 
 /// The pairs, whole on every rank: the ODE's states at the student's times [N, K, ...] (state
@@ -211,6 +213,7 @@ fn make(
         comm,
         batch,
         device,
+        null,
     } = *teacher;
     let n = r.pairs as usize;
     let (rank, world) = (comm.rank(), comm.world());
@@ -253,7 +256,7 @@ fn make(
         let mut states = Vec::with_capacity(segments.len());
         for seg in &segments {
             states.push(x.shallow_clone());
-            x = flow::euler_sample(&v, &x, &text, seg, r.teacher_cfg);
+            x = flow::euler_sample(&v, &x, &text, null, seg, r.teacher_cfg);
         }
         all_states.push(Tensor::stack(&states, 1));
         texts.push(text);

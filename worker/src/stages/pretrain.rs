@@ -102,6 +102,7 @@ impl TrainingStage for PretrainStage {
             step,
             p.shift,
             p.cfg_dropout,
+            &ctx.null_prompt,
             &self.all_blocks,
         );
         self.window.0 += loss;

@@ -15,6 +15,7 @@ use crate::checkpoint::Loaded;
 use crate::collective::{all_reduce_mean, Collective};
 use crate::data::{DataSet, Loader};
 use crate::flow;
+use crate::flow::NullPrompt;
 use crate::shard::ShardedDit;
 use crate::train::{
     active_blocks, batch_tensors, check_same_blocks, draws, flow_inputs, next_batch_with_draws,
@@ -53,10 +54,11 @@ pub fn pruning_backward(
     d: &Draws,
     shift: f64,
     cfg_dropout: f64,
+    null: &NullPrompt,
     alpha: f64,
     active: &[usize],
 ) -> PruningLosses {
-    let f = flow_inputs(x0, text, d, shift, cfg_dropout);
+    let f = flow_inputs(x0, text, d, shift, cfg_dropout, null);
     let all = model.block_ids.clone();
     // U is a target (stop-gradient): no tape.
     let u = target
@@ -115,7 +117,7 @@ pub fn removed_gap(
         &x0.size()[1..],
         model.device,
     );
-    let f = flow_inputs(&x0, &text, &d, shift, 0.0);
+    let f = flow_inputs(&x0, &text, &d, shift, 0.0, &NullPrompt::zeros());
     let u = target
         .unwrap_or(model)
         .output(comm, &f.xt, &f.t, &f.text, &model.block_ids.clone());
@@ -268,6 +270,7 @@ impl TrainingStage for PruningStage {
             &d,
             p.shift,
             p.cfg_dropout,
+            &ctx.null_prompt,
             p.alpha,
             &active,
         );
@@ -358,14 +361,24 @@ mod tests {
         let active = [0usize, 1, 3];
         let mut run = |target: Option<&ShardedDit>| {
             let l = pruning_backward(
-                &mut live, target, &Solo, &x0, &text, &d, 1.0, 0.0, 1.0, &active,
+                &mut live,
+                target,
+                &Solo,
+                &x0,
+                &text,
+                &d,
+                1.0,
+                0.0,
+                &NullPrompt::zeros(),
+                1.0,
+                &active,
             );
             live.zero_grad();
             l
         };
         let with_frozen = run(Some(&frozen));
         let with_self = run(None);
-        let f = flow_inputs(&x0, &text, &d, 1.0, 0.0);
+        let f = flow_inputs(&x0, &text, &d, 1.0, 0.0, &NullPrompt::zeros());
         let all = [0usize, 1, 2, 3];
         let p = live.output(&Solo, &f.xt, &f.t, &f.text, &active);
         let u_teacher = frozen.output(&Solo, &f.xt, &f.t, &f.text, &all);

@@ -177,9 +177,9 @@ pub struct SampleArgs {
     /// Timestep shift of the sampler's grid.
     #[arg(long, default_value_t = 1.0)]
     pub shift: f64,
-    /// Number of videos.
-    #[arg(long, default_value_t = 16)]
-    pub num: usize,
+    /// Number of videos [default: 16; with --text-embeddings, one per row].
+    #[arg(long)]
+    pub num: Option<usize>,
     /// Class labels to cycle through, e.g. "0,5"; default all 8 classes in turn.
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<i64>,
@@ -194,6 +194,23 @@ pub struct SampleArgs {
     /// Also score the videos (writes eval.json, as `fastlightgen eval`).
     #[arg(long)]
     pub eval: bool,
+    /// Prompt embeddings for a latent model (e.g. Wan): a safetensors file whose `text`
+    /// tensor is [N, L, D] (`fastlightgen data encode --prompts` writes one). One video per
+    /// row (cycled up to --num when --num is given); writes OUT/latents.safetensors
+    /// (`latents` [N, C, T, H, W], `text`) for tools/wan_decode.py instead of pixels.
+    #[arg(long)]
+    pub text_embeddings: Option<PathBuf>,
+    /// The null prompt CFG contrasts with (a safetensors file with `text` [L, D], e.g. the
+    /// data encoder's null_text.safetensors) [default: zeros].
+    #[arg(long)]
+    pub null_text: Option<PathBuf>,
+    /// Latent shape C,T,H,W of each video with --text-embeddings [default: the model's
+    /// channels with 21,60,104: Wan 2.1's 81 frames at 480x832].
+    #[arg(long, value_delimiter = ',')]
+    pub latent: Vec<i64>,
+    /// Where to run: cpu or cuda (bf16 is not used here: sampling runs in f32).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args)]

@@ -78,10 +78,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
     std::fs::write(run_dir.config(), cfg.to_toml())?;
     let data = Arc::new(data::open_or_generate(&cfg, &run_dir)?);
     let solo = flg_worker::collective::Solo;
+    let null_prompt = flg_worker::context::null_prompt(&cfg, &data)?;
     let ctx = flg_worker::stages::StageCtx {
         cfg: &cfg,
         run_dir: run_dir.clone(),
         data,
+        null_prompt,
         comm: &solo,
         device: tch::Device::Cpu,
         kind: tch::Kind::Float,
@@ -111,22 +113,73 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         batch,
         out,
         eval,
+        text_embeddings,
+        null_text,
+        latent,
+        device,
     } = a;
-    let (m, meta) = load_model(&model, preset.as_deref())?;
-    let prompts = match (&prompts_from, meta.as_ref().and_then(|m| m.prompts.clone())) {
-        (Some(dir), _) => prompts_of(dir)?,
-        (None, Some(p)) => p,
-        (None, None) => bail!(
-            "{}: records no prompt table; give the moving-shapes data it was trained on with --prompts-from DIR",
-            model.display()
-        ),
+    anyhow::ensure!(num != Some(0), "--num: must be at least 1");
+    anyhow::ensure!(batch >= 1, "--batch: must be at least 1");
+    let device = match device.as_str() {
+        "cpu" => tch::Device::Cpu,
+        "cuda" => {
+            flg_worker::device::load_torch_cuda()
+                .map_err(|e| anyhow::anyhow!("--device cuda: {e}"))?;
+            anyhow::ensure!(
+                tch::Cuda::is_available(),
+                "--device cuda: no CUDA device found"
+            );
+            tch::Device::Cuda(0)
+        }
+        d => bail!("--device {d:?}: expected cpu or cuda"),
     };
+    let (m, meta) = load_model(&model, preset.as_deref())?;
+    let m = m.to(device, tch::Kind::Float);
     let recorded = meta.as_ref().and_then(|m| m.sampler.clone());
     let times = match (steps, &recorded) {
         (None, Some(r)) => r.timesteps.iter().copied().chain([0.0]).collect(),
         _ => flg_worker::flow::euler_times(steps.unwrap_or(50), shift),
     };
     let cfg = cfg.or(recorded.as_ref().map(|r| r.cfg)).unwrap_or(4.0);
+    let kind = sampler
+        .or(recorded.as_ref().map(|r| r.kind))
+        .unwrap_or_default();
+    if let Some(file) = text_embeddings {
+        return sample_latents(SampleLatents {
+            m: &m,
+            model: &model,
+            file: &file,
+            null_text: null_text.as_deref(),
+            latent: &latent,
+            num,
+            how: sample::Sampling {
+                times,
+                cfg,
+                null: flg_worker::flow::NullPrompt::zeros(),
+                kind,
+                seed,
+            },
+            batch,
+            out: &out,
+            device,
+        });
+    }
+    anyhow::ensure!(
+        null_text.is_none() && latent.is_empty(),
+        "--null-text and --latent are for latent models, with --text-embeddings"
+    );
+    let num = num.unwrap_or(16);
+    if let Some(bad) = labels.iter().find(|&&l| !(0..8).contains(&l)) {
+        bail!("--labels: {bad} is not a moving-shapes class (0 to 7)");
+    }
+    let prompts = match (&prompts_from, meta.as_ref().and_then(|m| m.prompts.clone())) {
+        (Some(dir), _) => prompts_of(dir)?,
+        (None, Some(p)) => p,
+        (None, None) => bail!(
+            "{}: records no prompt table; give the moving-shapes data it was trained on with --prompts-from DIR, or prompt embeddings for a latent model with --text-embeddings FILE",
+            model.display()
+        ),
+    };
     let labels = sample::labels_for(num, &labels);
     let text = sample::class_text(&prompts, &labels);
     let shape = [
@@ -135,17 +188,17 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         prompts.shapes.size,
         prompts.shapes.size,
     ];
-    let kind = sampler
-        .or(recorded.as_ref().map(|r| r.kind))
-        .unwrap_or_default();
-    let noise = sample::initial_noise(num, shape, seed);
+    let noise = sample::initial_noise(num, shape, seed).to_device(device);
     let how = sample::Sampling {
         times: times.clone(),
         cfg,
+        null: flg_worker::flow::NullPrompt::zeros(),
         kind,
         seed,
     };
-    let (latents, seconds) = sample::generate(&m, &noise, &text, &how, 0, batch.max(1));
+    let text = text.to_device(device);
+    let (latents, seconds) = sample::generate(&m, &noise, &text, &how, 0, batch);
+    let latents = latents.to_device(tch::Device::Cpu);
     let (pixels, vshape) = sample::to_pixels(&latents);
     sample::write_samples(&out, &pixels, vshape, &labels)?;
     let nfe = flg_worker::flow::nfe(times.len() - 1, cfg);
@@ -176,6 +229,103 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let run_dir = cfg.run_dir();
     let info = flg_worker::stages::export::export(&run_dir)?;
     println!("{}", info.summary(&run_dir));
+    Ok(())
+}
+
+/// What `sample --text-embeddings` needs.
+struct SampleLatents<'a> {
+    m: &'a flg_worker::model::Dit,
+    model: &'a std::path::Path,
+    file: &'a std::path::Path,
+    null_text: Option<&'a std::path::Path>,
+    latent: &'a [i64],
+    num: Option<usize>,
+    how: sample::Sampling,
+    batch: usize,
+    out: &'a std::path::Path,
+    device: tch::Device,
+}
+
+/// Samples a latent model from prompt embeddings; writes OUT/latents.safetensors.
+fn sample_latents(a: SampleLatents) -> Result<()> {
+    use tch::Tensor;
+    let dims = &a.m.dims;
+    let named = Tensor::read_safetensors(a.file)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", a.file.display()))?;
+    let text = named
+        .into_iter()
+        .find(|(k, _)| k == "text")
+        .map(|(_, t)| t.to_kind(tch::Kind::Float))
+        .ok_or_else(|| anyhow::anyhow!("{}: has no `text` tensor [N, L, D]", a.file.display()))?;
+    let ts = text.size();
+    anyhow::ensure!(
+        ts.len() == 3 && ts[0] >= 1 && ts[2] == dims.text_dim,
+        "{}: `text` is {ts:?}; the model takes [N, L, {}]",
+        a.file.display(),
+        dims.text_dim
+    );
+    let rows = ts[0] as usize;
+    let n = a.num.unwrap_or(rows);
+    let idx: Vec<i64> = (0..n).map(|i| (i % rows) as i64).collect();
+    let text = text.index_select(0, &Tensor::from_slice(&idx));
+    let shape: [i64; 4] = match a.latent {
+        [] => [dims.in_channels, 21, 60, 104],
+        &[c, t, h, w] => [c, t, h, w],
+        other => bail!("--latent {other:?}: expected C,T,H,W"),
+    };
+    anyhow::ensure!(
+        shape[0] == dims.in_channels && shape.iter().all(|&d| d > 0),
+        "--latent {shape:?}: the model takes {} channels",
+        dims.in_channels
+    );
+    for (k, name) in [(1, "T"), (2, "H"), (3, "W")] {
+        anyhow::ensure!(
+            shape[k] % dims.patch[k - 1] == 0,
+            "--latent: {name} = {} is not a multiple of the patch {:?}",
+            shape[k],
+            dims.patch
+        );
+    }
+    let mut how = a.how;
+    if let Some(p) = a.null_text {
+        how.null = flg_worker::flow::NullPrompt::load(p, [ts[1], ts[2]])?;
+    }
+    let noise = sample::initial_noise(n, shape, how.seed).to_device(a.device);
+    let (latents, seconds) =
+        sample::generate(a.m, &noise, &text.to_device(a.device), &how, 0, a.batch);
+    std::fs::create_dir_all(a.out)?;
+    let path = a.out.join("latents.safetensors");
+    let named = [
+        ("latents".to_string(), latents.to_device(tch::Device::Cpu)),
+        ("text".to_string(), text),
+    ];
+    let meta = std::collections::HashMap::from([(
+        "fastlightgen".to_string(),
+        serde_json::json!({"model": a.model, "timesteps": how.times, "cfg": how.cfg,
+            "sampler": how.kind.name(), "seed": how.seed})
+        .to_string(),
+    )]);
+    std::fs::write(
+        &path,
+        flg_worker::model::file::safetensors_bytes(&named, meta)?,
+    )?;
+    let nfe = flg_worker::flow::nfe(how.times.len() - 1, how.cfg);
+    let info = serde_json::json!({
+        "model": a.model, "text_embeddings": a.file, "steps": how.times.len() - 1,
+        "timesteps": how.times, "cfg": how.cfg, "sampler": how.kind.name(), "nfe": nfe,
+        "num": n, "latent": shape, "seed": how.seed, "seconds": seconds,
+    });
+    std::fs::write(
+        a.out.join("sample.json"),
+        serde_json::to_string_pretty(&info)?,
+    )?;
+    println!(
+        "{n} latent videos {shape:?} ({} {} steps, cfg {}, {nfe} NFE) in {seconds:.2}s -> {} (decode: tools/wan_decode.py)",
+        how.times.len() - 1,
+        how.kind.name(),
+        how.cfg,
+        path.display()
+    );
     Ok(())
 }
 
