@@ -27,6 +27,10 @@ pub struct DatasetManifest {
     /// How a moving-shapes data set was generated (absent for encoded latents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving_shapes: Option<MovingShapesParams>,
+    /// How encoded latents were made (tools/wan_encode.py: the clips, the VAE and text
+    /// encoder, the normalisation, the null prompt file, the clips it skipped), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -336,6 +336,7 @@ fn latents_data_is_checked_against_the_model() {
             num_samples: 4,
         }],
         moving_shapes: None,
+        source: None,
     };
     m.write(dir.path()).unwrap();
     let e = error_with(&format!(

@@ -5,6 +5,48 @@ use super::*;
 use crate::dataset::DatasetManifest;
 
 pub(super) fn check_data(c: &Config, dims: Option<&ModelDims>, files: bool, issues: &mut Issues) {
+    check_data_kind(c, dims, files, issues);
+    if let Some(p) = c.data.null_text.as_ref().filter(|_| files) {
+        let text_shape = match c.data.kind {
+            DataKind::MovingShapes => Some([c.data.text_len, c.data.text_dim]),
+            DataKind::Latents => c
+                .data
+                .path
+                .as_ref()
+                .and_then(|d| DatasetManifest::read(d).ok())
+                .map(|m| m.text_shape),
+        };
+        check_null_text(p, text_shape, issues);
+    }
+}
+
+/// `data.null_text` holds a `text` tensor shaped like one of the data's prompts.
+fn check_null_text(p: &std::path::Path, text_shape: Option<[i64; 2]>, issues: &mut Issues) {
+    let (tensors, _) = match crate::weights::source::read_header(p) {
+        Ok(h) => h,
+        Err(e) => return issues.push("data.null_text", e.to_string()),
+    };
+    match tensors.iter().find(|(k, _, _)| k == "text") {
+        None => issues.push(
+            "data.null_text",
+            format!("{}: has no `text` tensor (the null prompt's embedding [L, D])", p.display()),
+        ),
+        Some((_, _, shape)) => {
+            let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            if let Some(want) = text_shape.filter(|w| shape != w.to_vec()) {
+                issues.push(
+                    "data.null_text",
+                    format!(
+                        "{}: `text` is {shape:?}, the data's prompts are {want:?}",
+                        p.display()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_data_kind(c: &Config, dims: Option<&ModelDims>, files: bool, issues: &mut Issues) {
     let d = &c.data;
     match d.kind {
         DataKind::MovingShapes => {

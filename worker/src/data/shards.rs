@@ -167,6 +167,7 @@ impl ShardWriter {
             has_labels: self.has_labels,
             shards: self.shards.clone(),
             moving_shapes,
+            source: None,
         };
         manifest.write(&self.dir)?;
         Ok(manifest)

@@ -93,6 +93,26 @@ pub enum DataCommand {
     Inspect(DataInspectArgs),
     /// Like inspect, and also print the sha256 of every shard (reads every byte).
     Verify(DataVerifyArgs),
+    /// Encode videos and captions for a Wan model into a latent data set, or prompts into
+    /// embeddings for `sample --text-embeddings` (runs tools/wan_encode.py with the project's
+    /// Python: diffusers' AutoencoderKLWan, transformers' UMT5EncoderModel).
+    ///
+    ///   fastlightgen data encode data --captions clips/captions.jsonl \
+    ///       --pipeline Wan2.1-T2V-1.3B-Diffusers --out data/wan [--frames 81 --height 480 --width 832]
+    ///   fastlightgen data encode prompts --prompts prompts.txt --pipeline DIR --out text.safetensors
+    ///
+    /// `data` also writes DIR/null_text.safetensors (the negative prompt's embedding: set
+    /// data.null_text to it) and is resumable; the result is verified as `data verify` does.
+    /// `fastlightgen data encode data --help` lists every option.
+    #[command(disable_help_flag = true)]
+    Encode(DataEncodeArgs),
+}
+
+#[derive(Args)]
+pub struct DataEncodeArgs {
+    /// Passed to tools/wan_encode.py.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Subcommand)]
@@ -197,7 +217,8 @@ pub struct SampleArgs {
     /// Prompt embeddings for a latent model (e.g. Wan): a safetensors file whose `text`
     /// tensor is [N, L, D] (`fastlightgen data encode --prompts` writes one). One video per
     /// row (cycled up to --num when --num is given); writes OUT/latents.safetensors
-    /// (`latents` [N, C, T, H, W], `text`) for tools/wan_decode.py instead of pixels.
+    /// (`latents` [N, C, T, H, W], the initial `noise`, `text`) for tools/wan_decode.py
+    /// instead of pixels.
     #[arg(long)]
     pub text_embeddings: Option<PathBuf>,
     /// The null prompt CFG contrasts with (a safetensors file with `text` [L, D], e.g. the

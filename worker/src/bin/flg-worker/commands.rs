@@ -61,6 +61,52 @@ pub fn data_verify(a: DataVerifyArgs) -> Result<()> {
     Ok(())
 }
 
+/// The project's Python (FLG_PYTHON, else the `.venv` of the checkout this binary was built
+/// in, else python3) and one of its tools/ scripts (FLG_TOOLS names the folder otherwise).
+fn python_tool(script: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let exe = std::env::current_exe()?;
+    let up: Vec<&std::path::Path> = exe.ancestors().skip(1).take(4).collect();
+    let python = std::env::var_os("FLG_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| up.iter().map(|d| d.join(".venv/bin/python")).find(|p| p.is_file()))
+        .unwrap_or_else(|| "python3".into());
+    let tools = std::env::var_os("FLG_TOOLS")
+        .map(std::path::PathBuf::from)
+        .or_else(|| up.iter().map(|d| d.join("tools")).find(|p| p.join(script).is_file()))
+        .with_context(|| {
+            format!("tools/{script} not found beside {} (set FLG_TOOLS to the tools folder)", exe.display())
+        })?;
+    Ok((python, tools.join(script)))
+}
+
+pub fn data_encode(a: DataEncodeArgs) -> Result<()> {
+    let (python, script) = python_tool("wan_encode.py")?;
+    let status = std::process::Command::new(&python)
+        .arg(&script)
+        .args(&a.args)
+        .status()
+        .with_context(|| format!("cannot start {} (run `make setup`)", python.display()))?;
+    if !status.success() {
+        bail!("{} {} failed ({status})", python.display(), script.display());
+    }
+    // What the encoder wrote must open as a data set, shard by shard.
+    let is_data = a.args.first().is_some_and(|s| s == "data");
+    let out = a
+        .args
+        .iter()
+        .position(|s| s == "--out")
+        .and_then(|i| a.args.get(i + 1));
+    if let (true, Some(out)) = (is_data, out) {
+        let ds = DataSet::open(std::path::Path::new(out))?;
+        print_summary(&ds);
+        println!(
+            "  null prompt: {}/null_text.safetensors (set data.null_text to it)",
+            std::path::Path::new(out).display()
+        );
+    }
+    Ok(())
+}
+
 pub fn train(a: TrainArgs) -> Result<()> {
     let TrainArgs {
         config,
@@ -295,8 +341,11 @@ fn sample_latents(a: SampleLatents) -> Result<()> {
         sample::generate(a.m, &noise, &text.to_device(a.device), &how, 0, a.batch);
     std::fs::create_dir_all(a.out)?;
     let path = a.out.join("latents.safetensors");
+    // The initial noise too, so that another sampler (tools/wan_student_pipeline.py
+    // --noise-from) can start from the same point.
     let named = [
         ("latents".to_string(), latents.to_device(tch::Device::Cpu)),
+        ("noise".to_string(), noise.to_device(tch::Device::Cpu)),
         ("text".to_string(), text),
     ];
     let meta = std::collections::HashMap::from([(

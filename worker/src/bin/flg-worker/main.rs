@@ -27,6 +27,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Data(DataCommand::Shapes(a)) => commands::data_shapes(a),
         Command::Data(DataCommand::Inspect(a)) => commands::data_inspect(a),
         Command::Data(DataCommand::Verify(a)) => commands::data_verify(a),
+        Command::Data(DataCommand::Encode(a)) => commands::data_encode(a),
         Command::Env => commands::env(),
         Command::Sample(a) => commands::sample(a),
         Command::Eval(a) => commands::eval(a),
