@@ -7,8 +7,9 @@ VENV  := $(CURDIR)/.venv
 TORCH_VERSION := 2.13.0
 # The Python side of Wan interop (tests/python, tools/): diffusers' WanTransformer3DModel,
 # AutoencoderKLWan and WanPipeline, transformers' UMT5EncoderModel; accelerate because
-# diffusers' from_pretrained needs it for Wan's f32-kept modules. Pinned; CPU is enough.
-PY_PKGS := diffusers==0.42.1 transformers==5.23.0 accelerate==1.15.0
+# diffusers' from_pretrained needs it for Wan's f32-kept modules; PyAV (with its own FFmpeg)
+# to read and write mp4 clips. Pinned; CPU is enough.
+PY_PKGS := diffusers==0.42.1 transformers==5.23.0 accelerate==1.15.0 av==18.1.0
 DEBS  := libopenmpi-dev openmpi-bin libclang-dev clang pkg-config build-essential fonts-dejavu-core unzip
 
 # libtorch comes from the torch wheel in the project's virtual environment; torch-sys finds it

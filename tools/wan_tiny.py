@@ -6,7 +6,7 @@ OUT gets what `WanPipeline.from_pretrained(OUT)` loads, at toy size and with ran
   vae/           AutoencoderKLWan (z_dim channels, 4x spatial and 2x temporal compression)
   text_encoder/  UMT5EncoderModel (width --text-dim, two layers)
   tokenizer/     a word-level tokenizer over a small vocabulary (no download)
-  transformer/   WanTransformer3DModel (2 heads x 16, 4 blocks) that fits the VAE and encoder
+  transformer/   WanTransformer3DModel (2 heads x 16, --blocks blocks) that fits the VAE and encoder
   scheduler/     FlowMatchEulerDiscreteScheduler
   model_index.json
 With --clips N also OUT/clips/: N short clips of a coloured square moving over a dark
@@ -89,6 +89,7 @@ def main():
     ap.add_argument("--text-dim", type=int, default=32)
     ap.add_argument("--z-dim", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--blocks", type=int, default=6)
     ap.add_argument("--clips", type=int, default=0)
     ap.add_argument("--clip-frames", type=int, default=13)
     ap.add_argument("--clip-size", type=int, nargs=2, default=[40, 56], metavar=("H", "W"))
@@ -117,7 +118,7 @@ def main():
     vae.save_pretrained(a.out / "vae")
     tr = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=a.z_dim,
-        out_channels=a.z_dim, text_dim=a.text_dim, freq_dim=32, ffn_dim=64, num_layers=4,
+        out_channels=a.z_dim, text_dim=a.text_dim, freq_dim=32, ffn_dim=64, num_layers=a.blocks,
     ).eval()
     tr.save_pretrained(a.out / "transformer")
     FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(a.out / "scheduler")

@@ -238,6 +238,31 @@ mod tests {
     }
 
     #[test]
+    fn guidance_contrasts_with_the_null_prompt_it_is_given() {
+        // v = mean of the prompt: one Euler step from t = 1 to 0 moves x by -v_guided, where
+        // v_guided = v_null + cfg (v_cond - v_null).
+        let x1 = Tensor::zeros([1, 1, 1, 1, 1], (Kind::Float, tch::Device::Cpu));
+        let text = Tensor::full([1, 2, 3], 1.0, (Kind::Float, tch::Device::Cpu));
+        let v = |x: &Tensor, _: &Tensor, c: &Tensor| {
+            x.zeros_like()
+                + c.mean_dim([1i64, 2].as_slice(), true, Kind::Float)
+                    .view([-1, 1, 1, 1, 1])
+        };
+        let run = |null: &NullPrompt| {
+            euler_sample(&v, &x1, &text, null, &[1.0, 0.0], 4.0).double_value(&[0, 0, 0, 0, 0])
+        };
+        assert!((run(&NullPrompt::zeros()) - -4.0).abs() < 1e-6);
+        let neg = NullPrompt::embedding(Tensor::full([2, 3], 0.5, (Kind::Float, tch::Device::Cpu)));
+        // 0.5 + 4 (1 - 0.5) = 2.5
+        assert!((run(&neg) - -2.5).abs() < 1e-6);
+        // Prompt dropout substitutes the same embedding.
+        assert_eq!(neg.like(&text).size(), vec![1, 2, 3]);
+        assert!(neg
+            .like(&text)
+            .allclose(&(text.ones_like() * 0.5), 0.0, 0.0, false));
+    }
+
+    #[test]
     fn renoising_puts_fresh_noise_on_each_prediction() {
         // A model that always predicts x0 = 0.5 (v = (x - 0.5) / t): Euler lands on 0.5 and
         // keeps none of the fresh noise; re-noising lands on 0.5 too, and each intermediate

@@ -257,6 +257,32 @@ fn teacher_weights_are_checked_by_their_headers() {
 }
 
 #[test]
+fn the_null_prompt_file_must_hold_one_prompt_of_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("null_text.safetensors");
+    let cfg = format!(
+        "[experiment]\nname = \"t\"\nstages = [\"pretrain\"]\n[model]\npreset = \"tiny\"\n[data]\nnull_text = {:?}\n",
+        f.display().to_string()
+    );
+    crate::weights::tests::write(&f, &[("text".into(), vec![4, 32])], safetensors::Dtype::F32);
+    parse(&cfg).unwrap();
+    crate::weights::tests::write(&f, &[("text".into(), vec![3, 32])], safetensors::Dtype::F32);
+    let e = parse(&cfg).unwrap_err();
+    assert!(issue(&e, "data.null_text")
+        .message
+        .contains("the data's prompts are [4, 32]"));
+    crate::weights::tests::write(
+        &f,
+        &[("other".into(), vec![4, 32])],
+        safetensors::Dtype::F32,
+    );
+    let e = parse(&cfg).unwrap_err();
+    assert!(issue(&e, "data.null_text")
+        .message
+        .contains("has no `text` tensor"));
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let e = parse(
         r#"

@@ -29,7 +29,10 @@ fn check_null_text(p: &std::path::Path, text_shape: Option<[i64; 2]>, issues: &m
     match tensors.iter().find(|(k, _, _)| k == "text") {
         None => issues.push(
             "data.null_text",
-            format!("{}: has no `text` tensor (the null prompt's embedding [L, D])", p.display()),
+            format!(
+                "{}: has no `text` tensor (the null prompt's embedding [L, D])",
+                p.display()
+            ),
         ),
         Some((_, _, shape)) => {
             let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();

@@ -200,3 +200,65 @@ fn a_sharded_diffusers_transformer_loads_computes_the_same_and_exports_back_bit_
     assert_eq!(reloaded.block_ids, vec![0, 1]);
     assert!(velocity(&reloaded, &io).equal(&pruned.forward(&io["x"], &io["t"], &io["text"], None)));
 }
+
+/// bench/wan-tiny.sh in a fresh directory: tiny random Wan components -> `data encode` ->
+/// validate -> Stage I-III + export on 2 ranks under the coordinator, the teacher read from
+/// diffusers' folder and the negative prompt's embedding as the null prompt -> the student
+/// sampled by fastlightgen and by WanPipeline from the same noise (they must agree) -> mp4.
+#[test]
+fn the_wan_path_at_toy_size_runs_from_clips_to_a_diffusers_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(repo().join("bench/wan-tiny.sh"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "bench/wan-tiny.sh failed:\n{log}");
+    let last = text(&out.stdout).lines().last().unwrap_or("").to_string();
+    let summary: serde_json::Value =
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    let rel = summary["pipeline_check"]["relative_l2"].as_f64().unwrap();
+    assert!(rel < 1e-4, "WanPipeline and fastlightgen differ by {rel:e}");
+    let run = dir.path().join("runs/wan-tiny");
+    // The data set the encoder wrote: 11 of 12 clips (one too short), bf16 shards, its null prompt.
+    let data = DataSet::open(&dir.path().join("runs/wan-tiny-inputs/data")).unwrap();
+    assert_eq!(
+        (data.len(), data.latent_shape(), data.text_shape()),
+        (11, [4, 5, 8, 12], [16, 32])
+    );
+    // The student: 4 of the 6 blocks, in diffusers form with its sampler.
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("export/diffusers/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["num_layers"].as_i64(), Some(4));
+    let sampler: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("export/diffusers/sampler.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sampler["kind"], "euler");
+    assert_eq!(
+        sampler["transformer_timesteps"],
+        serde_json::json!([1000.0, 750.0, 500.0, 250.0])
+    );
+    let (student, _) = file::load(&run.join("export/diffusers"), None).unwrap();
+    assert_eq!(student.block_ids.len(), 4);
+    for f in [
+        "videos/video-0000.mp4",
+        "videos/video-0001.mp4",
+        "videos/pipeline.gif",
+    ] {
+        assert!(
+            std::fs::metadata(run.join(f)).unwrap().len() > 0,
+            "{f} empty"
+        );
+    }
+    // A rerun resumes: nothing re-encoded, the finished run shown, the same check.
+    let again = Command::new("bash")
+        .arg(repo().join("bench/wan-tiny.sh"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", text(&again.stderr));
+}

@@ -68,13 +68,24 @@ fn python_tool(script: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)>
     let up: Vec<&std::path::Path> = exe.ancestors().skip(1).take(4).collect();
     let python = std::env::var_os("FLG_PYTHON")
         .map(std::path::PathBuf::from)
-        .or_else(|| up.iter().map(|d| d.join(".venv/bin/python")).find(|p| p.is_file()))
+        .or_else(|| {
+            up.iter()
+                .map(|d| d.join(".venv/bin/python"))
+                .find(|p| p.is_file())
+        })
         .unwrap_or_else(|| "python3".into());
     let tools = std::env::var_os("FLG_TOOLS")
         .map(std::path::PathBuf::from)
-        .or_else(|| up.iter().map(|d| d.join("tools")).find(|p| p.join(script).is_file()))
+        .or_else(|| {
+            up.iter()
+                .map(|d| d.join("tools"))
+                .find(|p| p.join(script).is_file())
+        })
         .with_context(|| {
-            format!("tools/{script} not found beside {} (set FLG_TOOLS to the tools folder)", exe.display())
+            format!(
+                "tools/{script} not found beside {} (set FLG_TOOLS to the tools folder)",
+                exe.display()
+            )
         })?;
     Ok((python, tools.join(script)))
 }
@@ -87,7 +98,11 @@ pub fn data_encode(a: DataEncodeArgs) -> Result<()> {
         .status()
         .with_context(|| format!("cannot start {} (run `make setup`)", python.display()))?;
     if !status.success() {
-        bail!("{} {} failed ({status})", python.display(), script.display());
+        bail!(
+            "{} {} failed ({status})",
+            python.display(),
+            script.display()
+        );
     }
     // What the encoder wrote must open as a data set, shard by shard.
     let is_data = a.args.first().is_some_and(|s| s == "data");
