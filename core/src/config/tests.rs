@@ -91,7 +91,11 @@ fn shipped_wan_config_validates_and_names_its_missing_files() {
             .contains("no such data directory"),
         "{e}"
     );
-    assert_eq!(e.issues.len(), 2, "{e}");
+    assert!(
+        issue(&e, "data.null_text").message.contains("no such file"),
+        "{e}"
+    );
+    assert_eq!(e.issues.len(), 3, "{e}");
 }
 
 #[test]

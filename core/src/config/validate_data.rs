@@ -22,6 +22,9 @@ pub(super) fn check_data(c: &Config, dims: Option<&ModelDims>, files: bool, issu
 
 /// `data.null_text` holds a `text` tensor shaped like one of the data's prompts.
 fn check_null_text(p: &std::path::Path, text_shape: Option<[i64; 2]>, issues: &mut Issues) {
+    if !p.is_file() {
+        return issues.push("data.null_text", format!("no such file: {}", p.display()));
+    }
     let (tensors, _) = match crate::weights::source::read_header(p) {
         Ok(h) => h,
         Err(e) => return issues.push("data.null_text", e.to_string()),
