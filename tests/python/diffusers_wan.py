@@ -1,7 +1,8 @@
 """The diffusers side of fastlightgen's interop tests (tests/tests/integration/interop.rs).
 
-    diffusers_wan.py make DIR      a tiny random WanTransformer3DModel saved sharded in DIR/model,
-                                   inputs and diffusers' output in DIR/io.safetensors
+    diffusers_wan.py make DIR      a tiny random WanTransformer3DModel saved sharded in DIR/model
+                                   (and in fp16 in DIR/model16), inputs and diffusers' output in
+                                   DIR/io.safetensors
     diffusers_wan.py check OUT REF [--dtype f32|bf16] [--keep 0,2]
                                    OUT (a folder fastlightgen wrote) loads strictly in diffusers;
                                    every tensor equals REF's (blocks --keep of REF, renumbered),
@@ -10,6 +11,7 @@
 
 Nothing is downloaded; CPU, float32. Exits 1 with the reason on any mismatch.
 """
+import copy
 import json
 import sys
 from pathlib import Path
@@ -73,6 +75,7 @@ def make(out):
     randomise(model)
     # Small shards so that the folder has several files and an index, as Wan-AI's have.
     model.save_pretrained(out / "model", max_shard_size="40KB", safe_serialization=True)
+    copy.deepcopy(model).to(torch.float16).save_pretrained(out / "model16", safe_serialization=True)
     shards = sorted((out / "model").glob("*.safetensors"))
     if len(shards) < 2 or not list((out / "model").glob("*.index.json")):
         fail(f"expected a sharded folder, got {[s.name for s in shards]}")

@@ -161,6 +161,12 @@ fn a_sharded_diffusers_transformer_loads_computes_the_same_and_exports_back_bit_
     let e16 = rel_l2(&velocity(&from_bf16, &io), &io["out"]);
     assert!(e16 > 0.0 && e16 < 5e-2, "bf16 weights: relative L2 {e16:e}");
 
+    // fp16 files load into f32 masters too, within fp16's rounding.
+    let (from_f16, _) = file::load(&folder.with_file_name("model16"), None).unwrap();
+    let e16 = rel_l2(&velocity(&from_f16, &io), &io["out"]);
+    assert!(e16 > 0.0 && e16 < 1e-2, "fp16 weights: relative L2 {e16:e}");
+
+    // The original Wan layout, sharded: Wan's config.json, an index, Wan key names.
     let wan = d.join("wan");
     conv(&[
         flg.to_str().unwrap(),
@@ -168,7 +174,12 @@ fn a_sharded_diffusers_transformer_loads_computes_the_same_and_exports_back_bit_
         wan.to_str().unwrap(),
         "--format",
         "wan",
+        "--max-shard-size",
+        "30KB",
     ]);
+    assert!(wan
+        .join("diffusion_pytorch_model.safetensors.index.json")
+        .is_file());
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(wan.join("config.json")).unwrap()).unwrap();
     assert_eq!(
