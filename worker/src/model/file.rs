@@ -64,12 +64,12 @@ fn tensor_bytes(t: &Tensor, dtype: SaveDtype) -> (Dtype, Vec<i64>, Vec<u8>) {
     }
 }
 
-/// Named tensors in `dtype` with string metadata as safetensors bytes.
-pub fn safetensors_bytes_as(
+/// Calls `f` with safetensors views of `named` in `dtype` (one buffer per tensor).
+fn with_views<R>(
     named: &[(String, Tensor)],
-    info: Option<HashMap<String, String>>,
     dtype: SaveDtype,
-) -> anyhow::Result<Vec<u8>> {
+    f: impl FnOnce(Vec<(String, TensorView)>) -> R,
+) -> R {
     let bufs: Vec<(String, Dtype, Vec<i64>, Vec<u8>)> = named
         .iter()
         .map(|(n, t)| {
@@ -87,7 +87,80 @@ pub fn safetensors_bytes_as(
             )
         })
         .collect();
-    safetensors::serialize(views, info).map_err(|e| anyhow::anyhow!("serialising: {e:?}"))
+    f(views)
+}
+
+/// Named tensors in `dtype` with string metadata as safetensors bytes.
+pub fn safetensors_bytes_as(
+    named: &[(String, Tensor)],
+    info: Option<HashMap<String, String>>,
+    dtype: SaveDtype,
+) -> anyhow::Result<Vec<u8>> {
+    with_views(named, dtype, |views| {
+        safetensors::serialize(views, info).map_err(|e| anyhow::anyhow!("serialising: {e:?}"))
+    })
+}
+
+/// A tensor that becomes safetensors bytes only when the writer asks for them, one tensor at
+/// a time: writing a model costs one tensor's buffer beyond the model, not a second model.
+struct LazyView<'a> {
+    tensor: &'a Tensor,
+    dtype: SaveDtype,
+    shape: Vec<usize>,
+}
+
+impl safetensors::View for LazyView<'_> {
+    fn dtype(&self) -> Dtype {
+        match self.dtype {
+            SaveDtype::F32 => Dtype::F32,
+            SaveDtype::Bf16 => Dtype::BF16,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Owned(tensor_bytes(self.tensor, self.dtype).2)
+    }
+    fn data_len(&self) -> usize {
+        let elem = match self.dtype {
+            SaveDtype::F32 => 4,
+            SaveDtype::Bf16 => 2,
+        };
+        self.shape.iter().product::<usize>() * elem
+    }
+}
+
+/// Writes named tensors in `dtype` as a safetensors file, streamed tensor by tensor to a
+/// temporary file beside `path`, fsynced, then renamed into place.
+fn write_safetensors(
+    path: &Path,
+    named: &[(String, Tensor)],
+    info: Option<HashMap<String, String>>,
+    dtype: SaveDtype,
+) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = tmp_beside(path);
+    let views = named.iter().map(|(n, t)| {
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        (n.as_str(), LazyView { tensor: t, dtype, shape })
+    });
+    safetensors::serialize_to_file(views, info, &tmp)
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| anyhow::anyhow!("{}: cannot sync: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn tmp_beside(path: &Path) -> std::path::PathBuf {
+    path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ))
 }
 
 /// Named tensors (as f32) and string metadata as safetensors bytes (also the format of
@@ -105,10 +178,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = tmp_beside(path);
     let mut f = std::fs::File::create(&tmp)
         .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;
     f.write_all(bytes)
@@ -121,7 +191,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// Writes named tensors (as f32) with `meta`, atomically (fsynced temporary file, then rename).
 pub fn save(path: &Path, named: &[(String, Tensor)], meta: &ModelMeta) -> anyhow::Result<()> {
     let info = HashMap::from([(META_KEY.to_string(), serde_json::to_string(meta)?)]);
-    write_atomic(path, &safetensors_bytes(named, info)?)
+    write_safetensors(path, named, Some(info), SaveDtype::F32)
 }
 
 /// The string metadata entry `key` of a safetensors file (the header only is read, through
@@ -274,7 +344,7 @@ pub fn save_folder(
             .map(|&i| (named[i].0.clone(), named[i].1.shallow_clone()))
             .collect();
         let info = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let bytes = safetensors_bytes_as(&part, Some(info), dtype)?;
+
         total += part
             .iter()
             .map(|(_, t)| t.numel() as u64 * elem)
@@ -283,7 +353,7 @@ pub fn save_folder(
             weight_map.insert(key.clone(), name.clone().into());
         }
         let path = dir.join(&name);
-        write_atomic(&path, &bytes)?;
+        write_safetensors(&path, &part, Some(info), dtype)?;
         written.push(path);
     }
     // Remove what an earlier write left that this one does not have (other shard counts).

@@ -422,12 +422,13 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     };
     let files = file::save_folder(&a.out, &m, form, a.dtype, a.max_shard_size)?;
     println!(
-        "wrote {} ({:?} form, {:?}, {} blocks renumbered 0..{}, {} files)",
+        "wrote {} ({:?} form, {:?}, {} blocks numbered 0..={} (originally {:?}), {} files)",
         a.out.display(),
         form,
         a.dtype,
         m.block_ids.len(),
-        m.block_ids.len(),
+        m.block_ids.len().saturating_sub(1),
+        m.block_ids,
         files.len()
     );
     if let Some(s) = &meta.sampler {
