@@ -255,6 +255,42 @@ fn the_wan_path_at_toy_size_runs_from_clips_to_a_diffusers_student() {
     );
     let (student, _) = file::load(&run.join("export/diffusers"), None).unwrap();
     assert_eq!(student.block_ids.len(), 4);
+    // Sampled from its diffusers folder, the student follows the sampler.json beside it and
+    // makes the same videos as from fastlightgen's file.
+    let again = run.join("samples-from-diffusers");
+    let out = fastlightgen(&[
+        "sample",
+        "--model",
+        run.join("export/diffusers").to_str().unwrap(),
+        "--text-embeddings",
+        dir.path()
+            .join("runs/wan-tiny-inputs/prompts.safetensors")
+            .to_str()
+            .unwrap(),
+        "--latent",
+        "4,5,8,12",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("4 euler steps, cfg 1"),
+        "{}",
+        text(&out.stdout)
+    );
+    let latents = |p: PathBuf| -> tch::Tensor {
+        tch::Tensor::read_safetensors(p.join("latents.safetensors"))
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k == "latents")
+            .unwrap()
+            .1
+    };
+    let diff = (latents(again) - latents(run.join("samples-latent")))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff < 1e-5, "the two forms sample {diff} apart");
     for f in [
         "videos/video-0000.mp4",
         "videos/video-0001.mp4",

@@ -145,7 +145,14 @@ fn write_safetensors(
     let tmp = tmp_beside(path);
     let views = named.iter().map(|(n, t)| {
         let shape = t.size().iter().map(|&d| d as usize).collect();
-        (n.as_str(), LazyView { tensor: t, dtype, shape })
+        (
+            n.as_str(),
+            LazyView {
+                tensor: t,
+                dtype,
+                shape,
+            },
+        )
     });
     safetensors::serialize_to_file(views, info, &tmp)
         .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;

@@ -196,7 +196,11 @@ pub fn sample(a: SampleArgs) -> Result<()> {
     };
     let (m, meta) = load_model(&model, preset.as_deref())?;
     let m = m.to(device, tch::Kind::Float);
-    let recorded = meta.as_ref().and_then(|m| m.sampler.clone());
+    // A student in diffusers or Wan form keeps its sampler in sampler.json beside the weights.
+    let recorded = meta
+        .as_ref()
+        .and_then(|m| m.sampler.clone())
+        .or(portable_sampler(&model)?);
     let times = match (steps, &recorded) {
         (None, Some(r)) => r.timesteps.iter().copied().chain([0.0]).collect(),
         _ => flg_worker::flow::euler_times(steps.unwrap_or(50), shift),
@@ -291,6 +295,26 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let info = flg_worker::stages::export::export(&run_dir)?;
     println!("{}", info.summary(&run_dir));
     Ok(())
+}
+
+/// The sampler.json of a student folder (export/diffusers, `convert --format diffusers|wan`).
+fn portable_sampler(
+    model: &std::path::Path,
+) -> Result<Option<flg_worker::model::file::SamplerSettings>> {
+    let path = model.join("sampler.json");
+    if !model.is_dir() || !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)?;
+    let p: flg_core::formats::student::PortableSampler = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a sampler.json", path.display()))?;
+    Ok(Some(flg_worker::model::file::SamplerSettings {
+        timesteps: p.timesteps,
+        cfg: p.guidance_scale,
+        kind: p.kind,
+        steps: Some(p.steps),
+        shift: p.shift,
+    }))
 }
 
 /// What `sample --text-embeddings` needs.
