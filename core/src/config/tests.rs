@@ -261,6 +261,24 @@ fn teacher_weights_are_checked_by_their_headers() {
 }
 
 #[test]
+fn the_tiny_teacher_does_not_pass_as_the_1_3b_model() {
+    let tiny = configs_dir().join("../teacher/tiny-teacher.safetensors");
+    let cfg = format!(
+        "[experiment]\nname = \"t\"\nstages = [\"importance\"]\n[model]\npreset = \"wan2.1-t2v-1.3b\"\nweights = {:?}\n",
+        tiny.display().to_string()
+    );
+    let e = parse(&cfg).unwrap_err();
+    let m = &issue(&e, "model.weights").message;
+    assert!(
+        m.contains("a model of other dimensions")
+            && m.contains("dim = 96 in the file, 1536 configured"),
+        "{m}"
+    );
+    // As the tiny model it is, it passes.
+    parse(&cfg.replace("wan2.1-t2v-1.3b", "tiny")).unwrap();
+}
+
+#[test]
 fn the_null_prompt_file_must_hold_one_prompt_of_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("null_text.safetensors");
