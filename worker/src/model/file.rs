@@ -213,11 +213,6 @@ pub fn metadata_entry(path: &Path, key: &str) -> anyhow::Result<Option<String>> 
     Ok(meta.metadata().as_ref().and_then(|m| m.get(key)).cloned())
 }
 
-/// The fastlightgen metadata of a weights file or folder, if it has any.
-pub fn read_meta(path: &Path) -> anyhow::Result<Option<ModelMeta>> {
-    Ok(WeightSource::open(path)?.meta)
-}
-
 /// Reads every tensor of `src` that is a model parameter, as f32, under its Wan name.
 fn read_tensors(src: &WeightSource) -> anyhow::Result<Vec<(String, Tensor)>> {
     let mut out = Vec::with_capacity(src.tensors.len());
