@@ -126,6 +126,29 @@ def fit(frames, height, width):
     return x[:, :, top:top + height, left:left + width].permute(1, 0, 2, 3).clamp(-1, 1)
 
 
+def lines(path):
+    """(line number, line) for every non-empty line of a text file."""
+    if not path.is_file():
+        fail(f"{path}: no such file")
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            yield n, line
+
+
+def records(path, keys):
+    """(line number, the string values of `keys`) for every JSONL record of `path`."""
+    want = ", ".join(f'"{k}": TEXT' for k in keys)
+    for n, line in lines(path):
+        try:
+            r = json.loads(line)
+            values = tuple(r[k] for k in keys)
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            fail(f"{path}:{n}: expected {{{want}}}: {e}")
+        if not all(isinstance(v, str) for v in values):
+            fail(f"{path}:{n}: {' and '.join(keys)} must be strings")
+        yield n, values
+
+
 def settings_hash(d):
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -135,19 +158,8 @@ def cmd_data(a):
     from tqdm import tqdm
 
     cap_path = Path(a.captions)
-    if not cap_path.is_file():
-        fail(f"{cap_path}: no such file")
     rows = []
-    for n, line in enumerate(cap_path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-            video, caption = r["video"], r["caption"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            fail(f"{cap_path}:{n}: expected {{\"video\": PATH, \"caption\": TEXT}}: {e}")
-        if not isinstance(caption, str) or not isinstance(video, str):
-            fail(f"{cap_path}:{n}: video and caption must be strings")
+    for n, (video, caption) in records(cap_path, ("video", "caption")):
         vp = Path(video) if os.path.isabs(video) else cap_path.parent / video
         if not vp.exists():
             fail(f"{cap_path}:{n}: video {vp}: no such file or folder")
@@ -249,19 +261,10 @@ def cmd_data(a):
 
 def cmd_prompts(a):
     src = Path(a.prompts)
-    if not src.is_file():
-        fail(f"{src}: no such file")
-    prompts = []
-    for n, line in enumerate(src.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        if src.suffix == ".jsonl":
-            try:
-                prompts.append(json.loads(line)["caption"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                fail(f"{src}:{n}: expected {{\"caption\": TEXT}}: {e}")
-        else:
-            prompts.append(line.strip())
+    if src.suffix == ".jsonl":
+        prompts = [caption for _, (caption,) in records(src, ("caption",))]
+    else:
+        prompts = [line.strip() for _, line in lines(src)]
     if not prompts:
         fail(f"{src}: no prompts")
     _, enc_path, tok_path = parts(a)

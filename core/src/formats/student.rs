@@ -126,4 +126,15 @@ impl PortableSampler {
             shift: s.shift,
         }
     }
+
+    /// The settings fastlightgen's samplers take (`sample --model` on a student folder).
+    pub fn settings(&self) -> SamplerSettings {
+        SamplerSettings {
+            timesteps: self.timesteps.clone(),
+            cfg: self.guidance_scale,
+            kind: self.kind,
+            steps: Some(self.steps),
+            shift: self.shift,
+        }
+    }
 }

@@ -162,14 +162,13 @@ pub fn read_header(
     // SAFETY: a read-only map of a file this process does not modify.
     let map = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| anyhow::anyhow!("{}: cannot map: {e}", path.display()))?;
-    let st = SafeTensors::deserialize(&map[..])
-        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    // read_metadata also checks every offset against the file's size.
     let (_, meta) = SafeTensors::read_metadata(&map[..])
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
-    let mut out: Vec<(String, Dtype, Vec<usize>)> = st
+    let mut out: Vec<(String, Dtype, Vec<usize>)> = meta
         .tensors()
         .into_iter()
-        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec()))
+        .map(|(k, v)| (k, v.dtype, v.shape.clone()))
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((out, meta.metadata().clone()))

@@ -15,7 +15,7 @@ pub use flg_core::formats::student::SamplerSettings;
 pub use flg_core::weights::meta::{ModelMeta, Prompts, META_KEY};
 use flg_core::weights::naming;
 use flg_core::weights::source::WeightSource;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -25,6 +25,22 @@ use tch::{Kind, Tensor};
 pub enum SaveDtype {
     F32,
     Bf16,
+}
+
+impl SaveDtype {
+    fn dtype(self) -> Dtype {
+        match self {
+            SaveDtype::F32 => Dtype::F32,
+            SaveDtype::Bf16 => Dtype::BF16,
+        }
+    }
+
+    fn bytes_per_element(self) -> u64 {
+        match self {
+            SaveDtype::F32 => 4,
+            SaveDtype::Bf16 => 2,
+        }
+    }
 }
 
 impl std::str::FromStr for SaveDtype {
@@ -39,66 +55,20 @@ impl std::str::FromStr for SaveDtype {
 }
 
 /// One tensor's little-endian bytes in `dtype`.
-fn tensor_bytes(t: &Tensor, dtype: SaveDtype) -> (Dtype, Vec<i64>, Vec<u8>) {
+fn tensor_bytes(t: &Tensor, dtype: SaveDtype) -> Vec<u8> {
     let t = t.detach().to_device(tch::Device::Cpu).contiguous();
-    let size = t.size();
     match dtype {
         SaveDtype::F32 => {
             let v = Vec::<f32>::try_from(t.to_kind(Kind::Float).view(-1)).expect("f32 tensor");
-            (
-                Dtype::F32,
-                size,
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
         SaveDtype::Bf16 => {
             // bf16 bits through an int16 view (round to nearest even by libtorch's cast).
             let bits = t.to_kind(Kind::BFloat16).view(-1).view_dtype(Kind::Int16);
             let v = Vec::<i16>::try_from(bits).expect("int16 view");
-            (
-                Dtype::BF16,
-                size,
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
     }
-}
-
-/// Calls `f` with safetensors views of `named` in `dtype` (one buffer per tensor).
-fn with_views<R>(
-    named: &[(String, Tensor)],
-    dtype: SaveDtype,
-    f: impl FnOnce(Vec<(String, TensorView)>) -> R,
-) -> R {
-    let bufs: Vec<(String, Dtype, Vec<i64>, Vec<u8>)> = named
-        .iter()
-        .map(|(n, t)| {
-            let (d, s, b) = tensor_bytes(t, dtype);
-            (n.clone(), d, s, b)
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = bufs
-        .iter()
-        .map(|(n, d, s, b)| {
-            let shape = s.iter().map(|&d| d as usize).collect();
-            (
-                n.clone(),
-                TensorView::new(*d, shape, b).expect("sizes match"),
-            )
-        })
-        .collect();
-    f(views)
-}
-
-/// Named tensors in `dtype` with string metadata as safetensors bytes.
-pub fn safetensors_bytes_as(
-    named: &[(String, Tensor)],
-    info: Option<HashMap<String, String>>,
-    dtype: SaveDtype,
-) -> anyhow::Result<Vec<u8>> {
-    with_views(named, dtype, |views| {
-        safetensors::serialize(views, info).map_err(|e| anyhow::anyhow!("serialising: {e:?}"))
-    })
 }
 
 /// A tensor that becomes safetensors bytes only when the writer asks for them, one tensor at
@@ -111,24 +81,35 @@ struct LazyView<'a> {
 
 impl safetensors::View for LazyView<'_> {
     fn dtype(&self) -> Dtype {
-        match self.dtype {
-            SaveDtype::F32 => Dtype::F32,
-            SaveDtype::Bf16 => Dtype::BF16,
-        }
+        self.dtype.dtype()
     }
     fn shape(&self) -> &[usize] {
         &self.shape
     }
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Owned(tensor_bytes(self.tensor, self.dtype).2)
+        std::borrow::Cow::Owned(tensor_bytes(self.tensor, self.dtype))
     }
     fn data_len(&self) -> usize {
-        let elem = match self.dtype {
-            SaveDtype::F32 => 4,
-            SaveDtype::Bf16 => 2,
-        };
-        self.shape.iter().product::<usize>() * elem
+        self.shape.iter().product::<usize>() * self.dtype.bytes_per_element() as usize
     }
+}
+
+/// Lazy views of `named` in `dtype`, for safetensors' writers.
+fn lazy_views(
+    named: &[(String, Tensor)],
+    dtype: SaveDtype,
+) -> impl Iterator<Item = (&str, LazyView<'_>)> {
+    named.iter().map(move |(n, t)| {
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        (
+            n.as_str(),
+            LazyView {
+                tensor: t,
+                dtype,
+                shape,
+            },
+        )
+    })
 }
 
 /// Writes named tensors in `dtype` as a safetensors file, streamed tensor by tensor to a
@@ -143,18 +124,7 @@ fn write_safetensors(
         std::fs::create_dir_all(dir)?;
     }
     let tmp = tmp_beside(path);
-    let views = named.iter().map(|(n, t)| {
-        let shape = t.size().iter().map(|&d| d as usize).collect();
-        (
-            n.as_str(),
-            LazyView {
-                tensor: t,
-                dtype,
-                shape,
-            },
-        )
-    });
-    safetensors::serialize_to_file(views, info, &tmp)
+    safetensors::serialize_to_file(lazy_views(named, dtype), info, &tmp)
         .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
@@ -176,7 +146,8 @@ pub fn safetensors_bytes(
     named: &[(String, Tensor)],
     info: HashMap<String, String>,
 ) -> anyhow::Result<Vec<u8>> {
-    safetensors_bytes_as(named, Some(info), SaveDtype::F32)
+    safetensors::serialize(lazy_views(named, SaveDtype::F32), Some(info))
+        .map_err(|e| anyhow::anyhow!("serialising: {e:?}"))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, fsynced, then renamed.
@@ -204,13 +175,8 @@ pub fn save(path: &Path, named: &[(String, Tensor)], meta: &ModelMeta) -> anyhow
 /// The string metadata entry `key` of a safetensors file (the header only is read, through
 /// a memory map), if it has one.
 pub fn metadata_entry(path: &Path, key: &str) -> anyhow::Result<Option<String>> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", path.display()))?;
-    // SAFETY: read-only map of a file we do not modify.
-    let map = unsafe { memmap2::Mmap::map(&file) }?;
-    let (_, meta) = SafeTensors::read_metadata(&map[..])
-        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e:?}", path.display()))?;
-    Ok(meta.metadata().as_ref().and_then(|m| m.get(key)).cloned())
+    let (_, meta) = flg_core::weights::source::read_header(path)?;
+    Ok(meta.and_then(|mut m| m.remove(key)))
 }
 
 /// Reads every tensor of `src` that is a model parameter, as f32, under its Wan name.
@@ -313,10 +279,7 @@ pub fn save_folder(
             (n, t)
         })
         .collect();
-    let elem = match dtype {
-        SaveDtype::F32 => 4,
-        SaveDtype::Bf16 => 2,
-    };
+    let elem = dtype.bytes_per_element();
     // Greedy shards in parameter order (stem first, then blocks), as diffusers does.
     let mut shards: Vec<Vec<usize>> = vec![vec![]];
     let mut size = 0u64;
@@ -334,7 +297,7 @@ pub fn save_folder(
     let n = shards.len();
     let mut written = Vec::new();
     let mut weight_map = serde_json::Map::new();
-    let mut total = 0u64;
+    let total: u64 = named.iter().map(|(_, t)| t.numel() as u64 * elem).sum();
     for (k, idx) in shards.iter().enumerate() {
         let name = if n == 1 {
             format!("{base}.safetensors")
@@ -346,11 +309,6 @@ pub fn save_folder(
             .map(|&i| (named[i].0.clone(), named[i].1.shallow_clone()))
             .collect();
         let info = HashMap::from([("format".to_string(), "pt".to_string())]);
-
-        total += part
-            .iter()
-            .map(|(_, t)| t.numel() as u64 * elem)
-            .sum::<u64>();
         for (key, _) in &part {
             weight_map.insert(key.clone(), name.clone().into());
         }

@@ -308,13 +308,7 @@ fn portable_sampler(
     let text = std::fs::read_to_string(&path)?;
     let p: flg_core::formats::student::PortableSampler = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a sampler.json", path.display()))?;
-    Ok(Some(flg_worker::model::file::SamplerSettings {
-        timesteps: p.timesteps,
-        cfg: p.guidance_scale,
-        kind: p.kind,
-        steps: Some(p.steps),
-        shift: p.shift,
-    }))
+    Ok(Some(p.settings()))
 }
 
 /// What `sample --text-embeddings` needs.
