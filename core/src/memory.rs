@@ -21,7 +21,7 @@
 use crate::config::{ActivationCheckpoint, Config, DataKind, Device, ModelDims, Precision};
 use crate::stage::Stage;
 
-const GIB: f64 = (1u64 << 30) as f64;
+pub const GIB: f64 = (1u64 << 30) as f64;
 
 /// Resident memory of a worker process before it builds any model: libtorch's CPU libraries,
 /// OpenMPI after MPI_Init and the binary (`start_rss_bytes` of `flg-worker bench memory`:
@@ -480,4 +480,17 @@ mod tests {
         assert!(none.activations_bytes > 5.0 * one.activations_bytes);
         assert!(none.gathered_bytes > one.gathered_bytes);
     }
+}
+
+/// This machine's memory (`MemTotal` of /proc/meminfo), `None` where it cannot be read.
+pub fn host_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }

@@ -182,9 +182,11 @@ impl Config {
         // rest of the file's problems, nor produce complaints about the defaults.
         let mut checked = Issues::default();
         validate::check(&config, options, &mut checked);
+        // A key already reported as NaN or infinite needs no second message from its range.
+        let non_finite: Vec<String> = issues.0.iter().map(|i| i.key.clone()).collect();
         issues.0.extend(checked.0.into_iter().filter(|i| {
             let section = i.key.split('.').next().unwrap_or("");
-            !broken.contains(&section)
+            !broken.contains(&section) && !non_finite.contains(&i.key)
         }));
         if issues.0.is_empty() {
             Ok(config)
@@ -269,6 +271,7 @@ fn parse_sections(text: &str, issues: &mut Issues) -> Option<(Config, Vec<&'stat
             );
         }
     }
+    non_finite(&toml::Value::Table(table.clone()), "", issues);
     let mut broken = Vec::new();
     for required in ["experiment", "model"] {
         if !table.contains_key(required) {
@@ -290,6 +293,32 @@ fn parse_sections(text: &str, issues: &mut Issues) -> Option<(Config, Vec<&'stat
         eval: section(take("eval"), "eval", issues, &mut broken),
     };
     Some((config, broken))
+}
+
+/// TOML allows `nan` and `inf`; no setting of fastlightgen means either (a NaN timeout, for
+/// one, would turn hang detection off). Every such number is reported by its key.
+fn non_finite(value: &toml::Value, key: &str, issues: &mut Issues) {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => {
+            issues.push(key, format!("must be a finite number, got {f}"));
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let path = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                non_finite(v, &path, issues);
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                non_finite(v, &format!("{key}[{i}]"), issues);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Deserialises one section (its defaults when absent). On failure it records the issue by

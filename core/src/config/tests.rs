@@ -175,7 +175,7 @@ fn cross_field_problems_are_named() {
     let e = error_with("[model]\npreset = \"tiny\"\nnum_heads = 5");
     assert!(issue(&e, "model.num_heads")
         .message
-        .contains("divide model.dim (96)"));
+        .contains("must divide dim (96)"));
     // The global batch must split over the ranks.
     let e = error_with("[cluster]\nworld_size = 3\n[pretrain]\nbatch_size = 32");
     assert!(issue(&e, "pretrain.batch_size")
@@ -460,4 +460,66 @@ fn anti_collapse_keys_are_checked_and_named() {
         "unnamed keys keep their defaults"
     );
     assert_eq!(c.pruning.target, PruningTarget::Frozen);
+}
+
+#[test]
+fn non_finite_and_out_of_range_numbers_are_named_once() {
+    for (extra, key, says) in [
+        (
+            "[cluster]\nheartbeat_timeout_s = nan",
+            "cluster.heartbeat_timeout_s",
+            "finite",
+        ),
+        (
+            "[cluster]\nheartbeat_timeout_s = inf",
+            "cluster.heartbeat_timeout_s",
+            "finite",
+        ),
+        (
+            "[cluster]\nheartbeat_timeout_s = 1e20",
+            "cluster.heartbeat_timeout_s",
+            "3600",
+        ),
+        (
+            "[distill]\nb1_range = [0.0, inf]",
+            "distill.b1_range[1]",
+            "finite",
+        ),
+        ("[data]\nsize = 1048576", "data.size", "at most 4096"),
+        (
+            "[distill]\nsteps = 9223372036854775807",
+            "distill.steps",
+            "at most",
+        ),
+    ] {
+        let e = error_with(extra);
+        let found: Vec<_> = e.issues.iter().filter(|i| i.key == key).collect();
+        assert_eq!(found.len(), 1, "{extra}: {e}");
+        assert!(found[0].message.contains(says), "{extra}: {e}");
+    }
+}
+
+#[test]
+fn a_run_name_cannot_leave_the_output_directory() {
+    for name in ["..", ".", ".hidden"] {
+        let text = with("").replace("name = \"t\"", &format!("name = {name:?}"));
+        let e = parse(&text).expect_err(name);
+        issue(&e, "experiment.name");
+    }
+}
+
+#[test]
+fn impossible_model_dimensions_are_named_by_field() {
+    let mut d = preset("tiny").unwrap();
+    assert!(d.problems().is_empty());
+    d.num_heads = 0;
+    d.dim = 1_000_000_000;
+    d.eps = f64::NAN;
+    let fields: Vec<_> = d.problems().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(fields, ["dim", "num_heads", "eps"]);
+    let mut d = preset("tiny").unwrap();
+    d.num_heads = 48; // head width 2: fine; 96 / 64 is not whole
+    assert!(d.problems().is_empty());
+    d.num_heads = 64;
+    assert_eq!(d.problems()[0].0, "num_heads");
 }

@@ -20,6 +20,45 @@ pub(super) fn check(c: &Config, options: LoadOptions, issues: &mut Issues) {
     };
     super::validate_data::check_data(c, dims.as_ref(), files, issues);
     check_training(c, issues);
+    if issues.0.is_empty() && c.cluster.device == Device::Cpu {
+        check_host_memory(c, issues);
+    }
+}
+
+/// A CPU run's peak memory (the estimate of `validate --estimate-memory`, for every rank this
+/// machine runs) against this machine's memory: an impossible size is refused here, with the
+/// numbers, instead of aborting in an allocation on every rank and every restart.
+fn check_host_memory(c: &Config, issues: &mut Issues) {
+    use crate::memory;
+    let Some(have) = memory::host_memory_bytes() else {
+        return;
+    };
+    let ((latent, text_len), source) = memory::latent_shape(c, ([16, 21, 60, 104], 512));
+    let e = memory::estimate(c, c.cluster.world_size, latent, text_len, source);
+    let Some(peak) = e.peak() else { return };
+    // Without a hostfile every rank runs here.
+    let ranks_here = if c.cluster.hostfile.is_none() {
+        c.cluster.world_size
+    } else {
+        1
+    };
+    let need = peak.total() * f64::from(ranks_here);
+    if need > have as f64 {
+        let key = format!("{}.batch_size", peak.stage.name());
+        issues.push(
+            key,
+            format!(
+                "the {} stage needs about {:.1} GiB per rank ({:.1} GiB for the {ranks_here} rank(s) on this \
+                 machine; videos {latent:?} from {}), more than this machine's {:.1} GiB: lower the batch \
+                 size, data.size or data.frames (`fastlightgen validate --estimate-memory` shows the parts)",
+                peak.stage.name(),
+                peak.total() / memory::GIB,
+                need / memory::GIB,
+                e.latent_source,
+                have as f64 / memory::GIB
+            ),
+        );
+    }
 }
 
 fn check_experiment(c: &Config, issues: &mut Issues) {
@@ -38,6 +77,16 @@ fn check_experiment(c: &Config, issues: &mut Issues) {
             "experiment.name",
             format!(
                 "{:?} is used as a directory name: use only letters, digits, '.', '_', '-'",
+                e.name
+            ),
+        );
+    }
+    if e.name.starts_with('.') || e.name.len() > 128 {
+        issues.push(
+            "experiment.name",
+            format!(
+                "{:?}: a run directory's name must not start with '.' (\"..\" would be the parent of \
+                 experiment.output_dir) and has at most 128 characters",
                 e.name
             ),
         );
@@ -119,11 +168,32 @@ fn check_cluster(k: &Cluster, files: bool, issues: &mut Issues) {
     if let Err(msg) = check_host_port(&k.coordinator_addr) {
         issues.push("cluster.coordinator_addr", msg);
     }
-    positive(
+    within(
         issues,
         "cluster.heartbeat_interval_s",
         k.heartbeat_interval_s,
+        0.01,
+        600.0,
     );
+    within(
+        issues,
+        "cluster.heartbeat_timeout_s",
+        k.heartbeat_timeout_s,
+        0.02,
+        MAX_HEARTBEAT_TIMEOUT_S,
+    );
+    if k.world_size > MAX_WORLD_SIZE {
+        issues.push(
+            "cluster.world_size",
+            format!("must be at most {MAX_WORLD_SIZE}, got {}", k.world_size),
+        );
+    }
+    if k.max_restarts > 1000 {
+        issues.push(
+            "cluster.max_restarts",
+            format!("must be at most 1000, got {}", k.max_restarts),
+        );
+    }
     if k.heartbeat_timeout_s <= k.heartbeat_interval_s {
         issues.push(
             "cluster.heartbeat_timeout_s",
@@ -248,30 +318,14 @@ pub(super) fn resolve_model(m: &Model) -> Result<ModelDims, Issues> {
 }
 
 fn check_model(m: &Model, d: &ModelDims, files: bool, issues: &mut Issues) {
-    if d.dim % d.num_heads != 0 {
-        issues.push(
-            "model.num_heads",
-            format!("must divide model.dim ({}), got {}", d.dim, d.num_heads),
-        );
-    } else if (d.dim / d.num_heads) % 2 != 0 {
-        issues.push(
-            "model.num_heads",
-            format!(
-                "the head width model.dim / model.num_heads = {} must be even for rotary embeddings",
-                d.dim / d.num_heads
-            ),
-        );
+    for (field, message) in d.problems() {
+        issues.push(format!("model.{field}"), message);
     }
-    if d.freq_dim % 2 != 0 {
-        issues.push(
-            "model.freq_dim",
-            format!("must be even (sine and cosine halves), got {}", d.freq_dim),
-        );
-    }
-    if !(d.eps > 0.0) {
-        issues.push("model.eps", format!("must be positive, got {}", d.eps));
-    }
-    if let Some(w) = m.weights.as_ref().filter(|_| files) {
+    if let Some(w) = m
+        .weights
+        .as_ref()
+        .filter(|_| files && d.problems().is_empty())
+    {
         check_weights(w, d, issues);
     }
 }
@@ -465,7 +519,13 @@ fn check_training(c: &Config, issues: &mut Issues) {
         if r.weight > 0.0 {
             at_least_one(issues, "distill.regression.pairs", r.pairs);
             at_least_one(issues, "distill.regression.teacher_steps", r.teacher_steps);
-            non_negative(issues, "distill.regression.teacher_cfg", r.teacher_cfg);
+            within(
+                issues,
+                "distill.regression.teacher_cfg",
+                r.teacher_cfg,
+                0.0,
+                100.0,
+            );
         }
         non_negative(issues, "distill.data_forcing", d.data_forcing);
         if d.monitor_every > 0 {
@@ -483,20 +543,16 @@ fn check_training(c: &Config, issues: &mut Issues) {
         let e = &c.eval;
         at_least_one(issues, "eval.num_samples", e.num_samples);
         at_least_one(issues, "eval.teacher_steps", e.teacher_steps);
-        if !(e.teacher_cfg >= 0.0) {
-            issues.push(
-                "eval.teacher_cfg",
-                format!("must be at least 0, got {}", e.teacher_cfg),
-            );
-        }
+        within(issues, "eval.teacher_cfg", e.teacher_cfg, 0.0, 100.0);
         positive(issues, "eval.shift", e.shift);
         at_least_one(issues, "eval.batch_size", e.batch_size);
-        if !(e.min_timed_seconds >= 0.0) {
-            issues.push(
-                "eval.min_timed_seconds",
-                format!("must be at least 0, got {}", e.min_timed_seconds),
-            );
-        }
+        within(
+            issues,
+            "eval.min_timed_seconds",
+            e.min_timed_seconds,
+            0.0,
+            3600.0,
+        );
     }
 }
 
@@ -512,12 +568,37 @@ fn check_optim(issues: &mut Issues, key: &str, o: &Optim) {
         }
     }
     for (name, v) in [("weight_decay", o.weight_decay), ("grad_clip", o.grad_clip)] {
-        if !(v >= 0.0) {
-            issues.push(
-                format!("{key}.{name}"),
-                format!("must be at least 0, got {v}"),
-            );
-        }
+        non_negative(issues, &format!("{key}.{name}"), v);
+    }
+    if o.lr > 1.0 {
+        issues.push(
+            format!("{key}.lr"),
+            format!("must be at most 1, got {}", o.lr),
+        );
+    }
+    if o.warmup_steps > MAX_COUNT {
+        issues.push(
+            format!("{key}.warmup_steps"),
+            format!("must be at most {MAX_COUNT}, got {}", o.warmup_steps),
+        );
+    }
+}
+
+/// Longest silence before a rank is declared lost: an hour covers any checkpoint write or
+/// collective timeout; beyond it a hung run would hold its nodes for good.
+pub const MAX_HEARTBEAT_TIMEOUT_S: f64 = 3600.0;
+
+/// More ranks than any cluster this tool targets; also bounds per-rank arrays.
+pub const MAX_WORLD_SIZE: u32 = 65536;
+
+/// Largest value of a step count, sample count or batch size: far above any real run, and
+/// low enough that step and sample arithmetic cannot overflow.
+pub const MAX_COUNT: u64 = 1 << 40;
+
+/// A finite number in `[lo, hi]`.
+fn within(issues: &mut Issues, key: &str, v: f64, lo: f64, hi: f64) {
+    if !(v.is_finite() && v >= lo && v <= hi) {
+        issues.push(key, format!("must be a number in [{lo}, {hi}], got {v}"));
     }
 }
 
@@ -536,6 +617,8 @@ fn non_negative(issues: &mut Issues, key: &str, v: f64) {
 fn at_least_one(issues: &mut Issues, key: &str, v: u64) {
     if v == 0 {
         issues.push(key, "must be at least 1, got 0");
+    } else if v > MAX_COUNT {
+        issues.push(key, format!("must be at most {MAX_COUNT}, got {v}"));
     }
 }
 
@@ -548,10 +631,10 @@ fn unit_open_right(issues: &mut Issues, key: &str, v: f64) {
 
 /// `[lo, hi]` with lo <= hi inside [min, max].
 fn range(issues: &mut Issues, key: &str, r: [f64; 2], min: f64, max: f64) {
-    if !(r[0] <= r[1] && r[0] >= min && r[1] <= max) {
+    if !(r[0] <= r[1] && r[0] >= min && r[1] <= max && r.iter().all(|v| v.is_finite())) {
         issues.push(
             key,
-            format!("expected [low, high] with {min} <= low <= high <= {max}, got {r:?}"),
+            format!("expected finite [low, high] with {min} <= low <= high <= {max}, got {r:?}"),
         );
     }
 }

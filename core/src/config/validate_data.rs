@@ -60,15 +60,32 @@ fn check_data_kind(c: &Config, dims: Option<&ModelDims>, files: bool, issues: &m
                 issues.push(format!("data.{key}"), message);
             }
             for (key, v) in [("data.text_len", d.text_len), ("data.text_dim", d.text_dim)] {
-                if v < 1 {
-                    issues.push(key, format!("must be at least 1, got {v}"));
+                if !(1..=65536).contains(&v) {
+                    issues.push(key, format!("must be in 1..=65536, got {v}"));
                 }
             }
-            if d.num_samples == 0 {
-                issues.push("data.num_samples", "must be at least 1");
+            for (key, v) in [
+                ("data.num_samples", d.num_samples),
+                ("data.shard_size", d.shard_size),
+            ] {
+                if !(1..=MAX_SAMPLES).contains(&v) {
+                    issues.push(key, format!("must be in 1..={MAX_SAMPLES}, got {v}"));
+                }
             }
-            if d.shard_size == 0 {
-                issues.push("data.shard_size", "must be at least 1");
+            let bytes = 4.0 * 3.0 * d.frames as f64 * (d.size as f64).powi(2);
+            let data_bytes = bytes * d.num_samples as f64;
+            if data_bytes > MAX_DATA_BYTES {
+                issues.push(
+                    "data.num_samples",
+                    format!(
+                        "{} videos of {:.1} MiB make a {:.0} GiB data set, more than the {:.0} GiB \
+                         moving-shapes generates; use fewer or smaller videos",
+                        d.num_samples,
+                        bytes / (1u64 << 20) as f64,
+                        data_bytes / (1u64 << 30) as f64,
+                        MAX_DATA_BYTES / (1u64 << 30) as f64
+                    ),
+                );
             }
             if let Some(dims) = dims {
                 check_data_fits_model(
@@ -128,6 +145,16 @@ fn check_data_kind(c: &Config, dims: Option<&ModelDims>, files: bool, issues: &m
     }
 }
 
+/// Most videos a moving-shapes data set has.
+const MAX_SAMPLES: u64 = 10_000_000;
+
+/// Largest moving-shapes data set (it is generated on every run's first start).
+const MAX_DATA_BYTES: f64 = 256.0 * (1u64 << 30) as f64;
+
+/// Largest moving-shapes frame side and frame count.
+const MAX_SIZE: i64 = 4096;
+const MAX_FRAMES: i64 = 1024;
+
 /// Problems with a moving-shapes geometry, as (`frames` | `size`, message): the object is
 /// `size/4` wide and moves `max(1, size/16)` px per frame, and must stay inside the frame.
 pub fn moving_shapes_geometry(frames: i64, size: i64) -> Vec<(&'static str, String)> {
@@ -137,6 +164,17 @@ pub fn moving_shapes_geometry(frames: i64, size: i64) -> Vec<(&'static str, Stri
             "frames",
             format!("must be at least 2 (the shapes move), got {frames}"),
         ));
+    }
+    if frames > MAX_FRAMES {
+        problems.push((
+            "frames",
+            format!("must be at most {MAX_FRAMES}, got {frames}"),
+        ));
+        return problems;
+    }
+    if size > MAX_SIZE {
+        problems.push(("size", format!("must be at most {MAX_SIZE}, got {size}")));
+        return problems;
     }
     if size < 8 || size % 4 != 0 {
         problems.push((

@@ -239,6 +239,16 @@ impl WeightSource {
     /// else `configured` with every block.
     pub fn dims(&self, configured: Option<&ModelDims>) -> anyhow::Result<(ModelDims, Vec<usize>)> {
         if let Some(m) = &self.meta {
+            let what = format!("{}: metadata {META_KEY}", self.path.display());
+            m.dims.check(&what)?;
+            let n = m.dims.num_blocks as usize;
+            anyhow::ensure!(
+                !m.block_ids.is_empty()
+                    && m.block_ids.windows(2).all(|w| w[0] < w[1])
+                    && m.block_ids.iter().all(|&b| b < n),
+                "{what}: block_ids must be distinct increasing block numbers below num_blocks ({n}), got {:?}",
+                m.block_ids
+            );
             return Ok((m.dims.clone(), m.block_ids.clone()));
         }
         let dims = match (&self.config, configured) {
@@ -263,6 +273,11 @@ impl WeightSource {
                 self.path.display()
             ),
         };
+        let source = match &self.config {
+            Some((c, _)) => c.display().to_string(),
+            None => self.path.display().to_string(),
+        };
+        dims.check(&source)?;
         let blocks = (0..dims.num_blocks as usize).collect();
         Ok((dims, blocks))
     }

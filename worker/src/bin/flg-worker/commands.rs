@@ -179,8 +179,29 @@ pub fn sample(a: SampleArgs) -> Result<()> {
         latent,
         device,
     } = a;
-    anyhow::ensure!(num != Some(0), "--num: must be at least 1");
-    anyhow::ensure!(batch >= 1, "--batch: must be at least 1");
+    anyhow::ensure!(
+        num.map_or(true, |n| (1..=MAX_SAMPLE_VIDEOS).contains(&n)),
+        "--num: must be in 1..={MAX_SAMPLE_VIDEOS}, got {}",
+        num.unwrap_or(0)
+    );
+    anyhow::ensure!(
+        (1..=4096).contains(&batch),
+        "--batch: must be in 1..=4096, got {batch}"
+    );
+    anyhow::ensure!(
+        steps.map_or(true, |s| (1..=1000).contains(&s)),
+        "--steps: must be in 1..=1000, got {}",
+        steps.unwrap_or(0)
+    );
+    anyhow::ensure!(
+        cfg.map_or(true, |c| c.is_finite() && (0.0..=100.0).contains(&c)),
+        "--cfg: must be a number in [0, 100], got {}",
+        cfg.unwrap_or(f64::NAN)
+    );
+    anyhow::ensure!(
+        shift.is_finite() && shift > 0.0 && shift <= 100.0,
+        "--shift: must be a number in (0, 100], got {shift}"
+    );
     let device = match device.as_str() {
         "cpu" => tch::Device::Cpu,
         "cuda" => {
@@ -245,6 +266,9 @@ pub fn sample(a: SampleArgs) -> Result<()> {
             model.display()
         ),
     };
+    let video_bytes =
+        4 * m.dims.in_channels * prompts.shapes.frames * prompts.shapes.size * prompts.shapes.size;
+    check_sample_memory(num, video_bytes)?;
     let labels = sample::labels_for(num, &labels);
     let text = sample::class_text(&prompts, &labels);
     let shape = [
@@ -294,6 +318,24 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let run_dir = cfg.run_dir();
     let info = flg_worker::stages::export::export(&run_dir)?;
     println!("{}", info.summary(&run_dir));
+    Ok(())
+}
+
+/// Most videos one `sample` call makes (they are held in memory together).
+const MAX_SAMPLE_VIDEOS: usize = 100_000;
+
+/// Refuses a sampling job whose videos (noise, latents and pixels together, about three
+/// copies) would not fit in this machine's memory, before anything is allocated.
+fn check_sample_memory(num: usize, video_bytes: i64) -> Result<()> {
+    let need = 3.0 * num as f64 * video_bytes as f64;
+    if let Some(have) = flg_core::memory::host_memory_bytes() {
+        anyhow::ensure!(
+            need <= 0.8 * have as f64,
+            "--num {num}: the videos need about {:.1} GiB together, more than this machine's {:.1} GiB; sample fewer at a time",
+            need / flg_core::memory::GIB,
+            have as f64 / flg_core::memory::GIB
+        );
+    }
     Ok(())
 }
 
@@ -365,6 +407,11 @@ fn sample_latents(a: SampleLatents) -> Result<()> {
             dims.patch
         );
     }
+    anyhow::ensure!(
+        shape.iter().all(|&d| d <= 4096),
+        "--latent {shape:?}: every dimension must be at most 4096"
+    );
+    check_sample_memory(n, 4 * shape.iter().product::<i64>())?;
     let mut how = a.how;
     if let Some(p) = a.null_text {
         how.null = flg_worker::flow::NullPrompt::load(p, [ts[1], ts[2]])?;
