@@ -2,8 +2,10 @@
 //! workers. The `fastlightgen` command is its binary.
 
 pub mod client;
+pub mod processes;
 pub mod progress;
 pub mod run;
+pub mod run_lock;
 pub mod supervise;
 
 pub use flg_core::init_logging;

@@ -457,6 +457,7 @@ fn workers(path: PathBuf, stages: Vec<String>) -> ExitCode {
         np: cfg.cluster.world_size,
         hostfile: cfg.cluster.hostfile.clone(),
         extra_args: cfg.cluster.mpirun_args.clone(),
+        env: Vec::new(),
     };
     let mut args: Vec<OsString> = vec!["run".into(), "--config".into(), path.into()];
     for s in stages {

@@ -1,7 +1,9 @@
 //! `fastlightgen run` and `fastlightgen coordinator`: start the coordinator (gRPC server over
 //! the run's state), and for `run` also the workers under `mpirun`, restarting them from the
 //! last committed checkpoint when a rank dies or goes silent, up to `cluster.max_restarts`.
-//! Ctrl-C asks the ranks to stop with a final checkpoint; a second Ctrl-C ends them at once.
+//! Ctrl-C, SIGTERM or SIGUSR1 asks the ranks to stop with a final checkpoint; a second one
+//! ends them at once. One coordinator per run directory (a lock); each launch gets a secret
+//! of its own, and only the launcher's own processes are ever signalled.
 
 use crate::progress::EventView;
 use crate::run::{random_hex, Phase, RunHub};
@@ -16,6 +18,7 @@ use std::process::{Child, ExitCode};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Whether the workers are started here (`run`) or by someone else (`coordinator`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -35,22 +38,37 @@ fn control_token(cfg: &Config) -> Result<(String, bool), String> {
             return Ok((t, false));
         }
     }
-    let t = random_hex(16);
+    let t = random_hex(16).map_err(|e| format!("making a control token: {e}"))?;
     let run_dir = cfg.run_dir();
-    let path = run_dir.control_token();
     std::fs::create_dir_all(run_dir.path())
         .map_err(|e| format!("{}: {e}", run_dir.path().display()))?;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    use std::io::Write;
-    writeln!(f, "{t}").map_err(|e| format!("{}: {e}", path.display()))?;
+    write_secret(&run_dir.control_token(), &t)?;
     Ok((t, true))
+}
+
+/// Writes a secret readable by its owner only: into a new file (never an existing one, never
+/// through a link), mode 0600, fsynced, then renamed over `path`. Whatever was at `path`
+/// before (a file of another mode, a symlink planted there) is replaced, not written through.
+pub(crate) fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        writeln!(f, "{secret}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", path.display())
+    })
 }
 
 pub fn main(config_path: &Path, mode: Mode) -> ExitCode {
@@ -66,6 +84,11 @@ pub fn main(config_path: &Path, mode: Mode) -> ExitCode {
 fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
     let cfg = Config::load(config_path).map_err(|e| e.to_string().trim_end().to_string())?;
     let run_dir = cfg.run_dir();
+    std::fs::create_dir_all(run_dir.path())
+        .map_err(|e| format!("{}: {e}", run_dir.path().display()))?;
+    // Held until this process ends: a second coordinator of the same run is refused here,
+    // before it touches anything.
+    let _lock = crate::run_lock::RunLock::take(&run_dir.lock())?;
     let (token, generated) = control_token(&cfg)?;
     let hub = Arc::new(
         RunHub::open(cfg.clone(), token.clone())
@@ -132,18 +155,34 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
     }
     println!("  watch it: fastlightgen watch --coordinator {url}");
 
+    // Ctrl-C, SIGTERM (what schedulers send before preemption or at the time limit) and
+    // SIGUSR1 (slurm's `--signal`) all ask for a checkpoint and a stop; a second one ends
+    // the ranks at once.
     let interrupts = Arc::new(AtomicU32::new(0));
-    let counter = interrupts.clone();
-    rt.spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    for kind in [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::user_defined1(),
+    ] {
+        let counter = interrupts.clone();
+        let mut stream = rt
+            .block_on(async { signal(kind) })
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+        rt.spawn(async move {
+            while stream.recv().await.is_some() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
     let view = EventView::follow(hub.subscribe());
 
     let code = match mode {
         Mode::LaunchWorkers => launch_and_supervise(&hub, config_path, &url, &interrupts),
         Mode::CoordinatorOnly => {
+            // Workers started by hand read the secret from the run directory (owner-only).
+            let secret = random_hex(16).map_err(|e| format!("making a launch secret: {e}"))?;
+            write_secret(&run_dir.launch_secret(), &secret)?;
+            hub.expect_launch(secret);
             let bin = worker_binary().unwrap_or_else(|_| "flg-worker".into());
             println!(
                 "  start the workers: mpirun -np {} [--hostfile H] {} run --config {} --coordinator {url}",
@@ -184,7 +223,7 @@ fn write_report(run_dir: &flg_core::RunDir) {
     }
 }
 
-/// Ctrl-C presses so far; the first asks the run to stop (once, recorded in `stop_asked`).
+/// Interrupts (Ctrl-C, SIGTERM, SIGUSR1) so far; the first asks the run to stop (once, recorded in `stop_asked`).
 /// `second` says what another press does.
 fn ctrl_c_presses(
     interrupts: &AtomicU32,
@@ -195,9 +234,9 @@ fn ctrl_c_presses(
     let n = interrupts.load(Ordering::SeqCst);
     if n >= 1 && !*stop_asked {
         *stop_asked = true;
-        hub.stop("Ctrl-C");
+        hub.stop("interrupted (Ctrl-C, SIGTERM or SIGUSR1)");
         eprintln!(
-            "stopping: the ranks write a final checkpoint and exit (Ctrl-C again to {second})"
+            "stopping: the ranks write a final checkpoint and exit (interrupt again to {second})"
         );
     }
     n
@@ -225,12 +264,22 @@ fn exit_for(phase: Phase) -> ExitCode {
     }
 }
 
-fn spawn_workers(cfg: &Config, config_path: &Path, url: &str) -> Result<Child, String> {
+/// Starts a launch's ranks under mpirun, handing them `secret` in their environment.
+fn spawn_workers(
+    cfg: &Config,
+    config_path: &Path,
+    url: &str,
+    secret: &str,
+) -> Result<Child, String> {
     let bin = worker_binary()?;
     let launch = MpiLaunch {
         np: cfg.cluster.world_size,
         hostfile: cfg.cluster.hostfile.clone(),
         extra_args: cfg.cluster.mpirun_args.clone(),
+        env: vec![(
+            flg_core::launch::LAUNCH_SECRET_ENV.to_string(),
+            secret.to_string(),
+        )],
     };
     let args: Vec<OsString> = vec![
         "run".into(),
@@ -256,20 +305,20 @@ fn spawn_workers(cfg: &Config, config_path: &Path, url: &str) -> Result<Child, S
     })
 }
 
-/// Ends a launch: SIGKILL to every rank this host knows (a stopped rank too), then to
-/// mpirun's process group.
-fn end_workers(child: &mut Child, hub: &RunHub) {
-    for pid in hub.local_pids() {
-        // SAFETY: signalling a process id a rank of this run registered.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-    }
+/// Ends a launch: SIGKILL to mpirun's process group, then to every descendant of the
+/// launcher (a rank re-parented here after mpirun died, a stopped rank), then reaps them.
+/// Only processes the kernel says are the launcher's own are signalled.
+fn end_workers(child: &mut Child) {
     // SAFETY: the group was created for mpirun by `process_group(0)`.
     unsafe {
         libc::killpg(child.id() as i32, libc::SIGKILL);
     }
+    let left = crate::processes::kill_descendants(std::process::id());
+    if !left.is_empty() {
+        eprintln!("warning: processes {left:?} of the launch did not end after SIGKILL");
+    }
     let _ = child.wait();
+    crate::processes::reap_orphans();
 }
 
 fn launch_and_supervise(
@@ -281,8 +330,19 @@ fn launch_and_supervise(
     let cfg = &hub.cfg;
     let mut restarts = 0;
     let mut stop_asked = false;
+    crate::processes::become_subreaper();
     loop {
-        let mut child = match spawn_workers(cfg, config_path, url) {
+        // A new secret per launch: every process of an earlier launch is shut out.
+        let secret = match random_hex(16) {
+            Ok(s) => s,
+            Err(e) => {
+                let e = format!("making a launch secret: {e}");
+                eprintln!("error: {e}");
+                hub.fail(&e);
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut child = match spawn_workers(cfg, config_path, url, &secret) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -293,12 +353,12 @@ fn launch_and_supervise(
         // The hub decides when this launch is lost (silence, or not every rank registered
         // within the window from now); the launcher only acts on it.
         let lost_before = hub.lost_launches();
-        hub.workers_started(Instant::now());
+        hub.workers_started(Instant::now(), secret);
         let reason = loop {
             std::thread::sleep(Duration::from_millis(100));
             if ctrl_c_presses(interrupts, &mut stop_asked, hub, "kill them") >= 2 {
-                end_workers(&mut child, hub);
-                hub.fail("killed by a second Ctrl-C");
+                end_workers(&mut child);
+                hub.fail("killed by a second interrupt");
                 return ExitCode::FAILURE;
             }
             match child.try_wait() {
@@ -317,7 +377,7 @@ fn launch_and_supervise(
                 break "a rank was lost".to_string();
             }
         };
-        end_workers(&mut child, hub);
+        end_workers(&mut child);
         if stop_asked || hub.phase().ended() {
             let phase = hub.phase();
             return exit_for(phase);

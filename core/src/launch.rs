@@ -10,6 +10,13 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The environment variable the launcher hands each launch's secret to the ranks in (never a
+/// command-line argument: those are world-readable in /proc; a process's environment is not).
+pub const LAUNCH_SECRET_ENV: &str = "FLG_LAUNCH_SECRET";
+
+/// The gRPC metadata key the ranks send the launch secret in.
+pub const LAUNCH_SECRET_HEADER: &str = "x-flg-launch-secret";
+
 /// Name of the worker binary, installed next to `fastlightgen`.
 pub const WORKER_BIN: &str = "flg-worker";
 
@@ -51,6 +58,9 @@ pub struct MpiLaunch {
     pub hostfile: Option<PathBuf>,
     /// Extra `mpirun` arguments from the config, passed as they are.
     pub extra_args: Vec<String>,
+    /// Variables set for the ranks, on every node (`mpirun -x NAME` carries the name only;
+    /// the value travels in mpirun's environment).
+    pub env: Vec<(String, String)>,
 }
 
 impl MpiLaunch {
@@ -86,6 +96,10 @@ impl MpiLaunch {
         // A value the user exported wins (e.g. `cma` where the container allows it).
         if std::env::var_os("OMPI_MCA_btl_vader_single_copy_mechanism").is_none() {
             cmd.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+        }
+        for (name, value) in &self.env {
+            cmd.env(name, value);
+            cmd.arg("-x").arg(name);
         }
         cmd.args(&self.extra_args);
         cmd.arg(program).args(args);

@@ -43,6 +43,18 @@ impl RunDir {
         self.0.join("control-token")
     }
 
+    /// The launch secret for workers started by hand (`fastlightgen coordinator`; mode 0600).
+    /// The launcher of `run` hands its ranks the secret in their environment instead.
+    pub fn launch_secret(&self) -> PathBuf {
+        self.0.join("launch-secret")
+    }
+
+    /// The lock a coordinator holds on the run directory while it serves the run; it
+    /// names the holder (pid, host).
+    pub fn lock(&self) -> PathBuf {
+        self.0.join("coordinator.lock")
+    }
+
     /// Committed checkpoints `step-<N>/`, the `latest` link and uncommitted `tmp-*`.
     pub fn checkpoints(&self) -> PathBuf {
         self.0.join("checkpoints")

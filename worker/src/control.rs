@@ -145,10 +145,49 @@ pub struct Control {
     pub resume: Option<ResumeFrom>,
     progress: Arc<Progress>,
     beating: Arc<AtomicBool>,
+    secret: String,
 }
 
 fn rpc_error(what: &str, url: &str, e: tonic::Status) -> anyhow::Error {
     anyhow!("{what} (coordinator {url}): {}", e.message())
+}
+
+/// The coordinator refused this process as not of its current launch (no or a stale
+/// secret, an earlier generation): the process must stop, not carry on beside the new one.
+fn refused(e: &tonic::Status) -> bool {
+    matches!(
+        e.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
+}
+
+/// The current launch's secret: from the launcher, in the environment; else, for workers
+/// started by hand beside `fastlightgen coordinator`, from `<run dir>/launch-secret`.
+fn launch_secret(cfg: &Config) -> Result<String> {
+    if let Ok(s) = std::env::var(flg_core::launch::LAUNCH_SECRET_ENV) {
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let path = cfg.run_dir().launch_secret();
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no launch secret: {} is not set and {} cannot be read (the coordinator writes it when it starts; the ranks need the same run directory)",
+            flg_core::launch::LAUNCH_SECRET_ENV,
+            path.display()
+        )
+    })?;
+    Ok(text.trim().to_string())
+}
+
+/// A request carrying the launch secret.
+fn signed<T>(secret: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Ok(v) = secret.parse() {
+        r.metadata_mut()
+            .insert(flg_core::launch::LAUNCH_SECRET_HEADER, v);
+    }
+    r
 }
 
 impl Control {
@@ -174,6 +213,7 @@ impl Control {
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         };
+        let secret = launch_secret(cfg)?;
         let settings = flg_core::settings::run_settings(cfg);
         let request = pb::RegisterRequest {
             run_id: String::new(),
@@ -184,7 +224,7 @@ impl Control {
             config_hash: flg_core::settings::settings_hash(&settings),
         };
         let reply = rt
-            .block_on(WorkerHubClient::new(channel.clone()).register(request))
+            .block_on(WorkerHubClient::new(channel.clone()).register(signed(&secret, request)))
             .map_err(|e| rpc_error(&format!("rank {rank} cannot register"), url, e))?
             .into_inner();
         let resume = (!reply.resume_from.is_empty()).then(|| ResumeFrom {
@@ -203,6 +243,7 @@ impl Control {
             resume,
             progress: Arc::new(Progress::default()),
             beating: Arc::new(AtomicBool::new(true)),
+            secret,
         };
         control.start_heartbeats(cfg.cluster.heartbeat_interval_s);
         Ok(control)
@@ -219,6 +260,7 @@ impl Control {
         let (progress, beating) = (self.progress.clone(), self.beating.clone());
         let (run_id, rank, generation) = (self.run_id.clone(), self.rank, self.generation);
         let url = self.url.clone();
+        let secret = self.secret.clone();
         std::thread::Builder::new()
             .name("flg-heartbeat".into())
             .spawn(move || {
@@ -243,7 +285,16 @@ impl Control {
                         stage: progress.stage.lock().map(|s| s.clone()).unwrap_or_default(),
                         step: progress.step.load(Ordering::Relaxed),
                     };
-                    if let Err(e) = rt.block_on(client.heartbeat(beat)) {
+                    if let Err(e) = rt.block_on(client.heartbeat(signed(&secret, beat))) {
+                        if refused(&e) {
+                            // Another launch owns the run now (or this process was never
+                            // part of it): end at once, before it touches a checkpoint.
+                            eprintln!(
+                                "rank {rank}: the coordinator refused this process ({}); exiting",
+                                e.message()
+                            );
+                            std::process::exit(3);
+                        }
                         if !warned {
                             eprintln!("rank {rank}: heartbeat to {url} failed: {}", e.message());
                             warned = true;
@@ -279,12 +330,13 @@ impl Control {
         let req = pb::NextCommandRequest {
             run_id: self.run_id.clone(),
             rank: self.rank,
+            generation: self.generation,
             stage: stage.into(),
             step,
         };
         let c = self
             .rt
-            .block_on(self.client().next_command(req))
+            .block_on(self.client().next_command(signed(&self.secret, req)))
             .map_err(|e| rpc_error("fetching the next command", &self.url, e))?
             .into_inner();
         Command::from_proto(&c)
@@ -300,6 +352,7 @@ impl Control {
         let req = pb::MetricsReport {
             run_id: self.run_id.clone(),
             rank: self.rank,
+            generation: self.generation,
             stage: stage.into(),
             step,
             total_steps,
@@ -310,7 +363,7 @@ impl Control {
                 .collect(),
         };
         self.rt
-            .block_on(self.client().report_metrics(req))
+            .block_on(self.client().report_metrics(signed(&self.secret, req)))
             .map_err(|e| rpc_error("reporting metrics", &self.url, e))?;
         Ok(())
     }
@@ -326,13 +379,14 @@ impl Control {
         let req = pb::StageReport {
             run_id: self.run_id.clone(),
             rank: self.rank,
+            generation: self.generation,
             stage: stage.into(),
             event: event as i32,
             seconds,
             message: message.into(),
         };
         self.rt
-            .block_on(self.client().report_stage(req))
+            .block_on(self.client().report_stage(signed(&self.secret, req)))
             .map_err(|e| {
                 rpc_error(
                     &format!("reporting stage {stage} {}", event.as_str_name()),
@@ -355,6 +409,7 @@ impl Control {
         let req = pb::ShardCommit {
             run_id: self.run_id.clone(),
             rank: self.rank,
+            generation: self.generation,
             stage: stage.into(),
             step,
             files,
@@ -362,7 +417,7 @@ impl Control {
             tmp_dir: tmp_dir.into(),
         };
         self.rt
-            .block_on(self.client().commit_shard(req))
+            .block_on(self.client().commit_shard(signed(&self.secret, req)))
             .map_err(|e| rpc_error("committing a checkpoint shard", &self.url, e))?;
         Ok(())
     }

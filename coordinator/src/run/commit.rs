@@ -16,7 +16,7 @@ impl RunHub {
     /// A rank's files of a checkpoint; the last of the W reports commits it.
     pub fn commit_shard(&self, c: &pb::ShardCommit) -> Result<Option<PathBuf>, Status> {
         let mut inner = self.lock();
-        self.check_rank(&inner, &c.run_id, c.rank)?;
+        self.check_rank(&inner, &c.run_id, c.rank, c.generation)?;
         let stage = run_stage(&self.cfg, &c.stage)?;
         if !inner.expected.contains(&(stage, c.step)) {
             return Err(Status::failed_precondition(format!(

@@ -102,7 +102,7 @@ impl RunHub {
     pub fn next_command(&self, c: &pb::NextCommandRequest) -> Result<pb::Command, Status> {
         use pb::command::Kind;
         let mut inner = self.lock();
-        self.check_rank(&inner, &c.run_id, c.rank)?;
+        self.check_rank(&inner, &c.run_id, c.rank, c.generation)?;
         if c.rank != 0 {
             return Err(Status::invalid_argument(format!(
                 "rank {} asked for a command: only rank 0 fetches commands (it broadcasts them to the others)",

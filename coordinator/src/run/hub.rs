@@ -124,6 +124,11 @@ pub(super) struct Inner {
     pub restarts: u32,
     /// Launches lost so far (the launcher compares it with its value at spawn time).
     pub lost_launches: u32,
+    /// The secret every WorkerHub call of the current launch carries (`None`: no launch is
+    /// expected, and every call is refused).
+    pub launch_secret: Option<String>,
+    /// When the liveness monitor last ran (to tell a stalled coordinator from silent ranks).
+    pub last_tick: Option<Instant>,
 }
 
 pub struct RunHub {
@@ -139,20 +144,46 @@ pub struct RunHub {
     inner: Mutex<Inner>,
 }
 
-/// A short random hex string (run ids, generated tokens).
-pub fn random_hex(bytes: usize) -> String {
+/// Equality that takes the same time wherever the first difference is (secrets, tokens).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A random hex string from the OS generator (`getrandom(2)`): run ids, control tokens,
+/// launch secrets. A failure is an error, never a predictable value.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
     let mut buf = vec![0u8; bytes];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut buf);
+    let mut filled = 0;
+    while filled < bytes {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), bytes - filled, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("reading the OS random generator: {e}"),
+            ));
+        }
+        filled += n as usize;
     }
-    flg_core::settings::hex(&buf)
+    Ok(flg_core::settings::hex(&buf))
 }
 
 pub(super) fn bad_rank(rank: u32, world: u32) -> Status {
     Status::not_found(format!(
         "unknown rank {rank}: this run has ranks 0..{} (cluster.world_size = {world})",
         world.saturating_sub(1)
+    ))
+}
+
+/// The refusal of a call from another launch than the current one.
+pub(super) fn stale(rank: u32, generation: u32, current: Option<u32>) -> Status {
+    Status::permission_denied(format!(
+        "rank {rank} belongs to launch {generation}, the current one is {}: a stale process should exit",
+        current.map_or("none".to_string(), |g| g.to_string())
     ))
 }
 
@@ -203,10 +234,14 @@ impl RunHub {
                 }
             }
         }
-        let run_id = history
-            .run_id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", cfg.experiment.name, random_hex(4)));
+        let run_id = match history.run_id.clone() {
+            Some(id) => id,
+            None => format!(
+                "{}-{}",
+                cfg.experiment.name,
+                random_hex(4).map_err(|e| e.to_string())?
+            ),
+        };
         let (live, _) = broadcast::channel(4096);
         let phase = if history.finished {
             Phase::Finished
@@ -248,6 +283,8 @@ impl RunHub {
                 last_committed,
                 restarts: history.restarts,
                 lost_launches: 0,
+                launch_secret: None,
+                last_tick: None,
             }),
             settings: settings.clone(),
             cfg,
@@ -266,6 +303,21 @@ impl RunHub {
             });
         }
         Ok(hub)
+    }
+
+    /// Whether `given` is the current launch's secret (compared in constant time).
+    pub fn launch_secret_matches(&self, given: &str) -> bool {
+        match &self.lock().launch_secret {
+            Some(s) => constant_time_eq(s.as_bytes(), given.as_bytes()),
+            None => false,
+        }
+    }
+
+    /// From now on WorkerHub calls must carry `secret` (workers started by someone else:
+    /// one secret for the coordinator's life; the launcher sets a new one per launch with
+    /// `workers_started`).
+    pub fn expect_launch(&self, secret: String) {
+        self.lock().launch_secret = Some(secret);
     }
 
     /// The token mutating control calls must carry.
@@ -312,11 +364,22 @@ impl RunHub {
         Ok(())
     }
 
-    /// A call from a rank of the current launch.
-    pub(super) fn check_rank(&self, inner: &Inner, run_id: &str, rank: u32) -> Result<(), Status> {
+    /// A call from a rank of the current launch: its run, a rank of the run, registered, and
+    /// of the current generation (a stale process of an earlier launch is refused with
+    /// `PermissionDenied`, which tells it to exit).
+    pub(super) fn check_rank(
+        &self,
+        inner: &Inner,
+        run_id: &str,
+        rank: u32,
+        generation: u32,
+    ) -> Result<(), Status> {
         self.check_run_id(run_id)?;
         if rank >= self.world() {
             return Err(bad_rank(rank, self.world()));
+        }
+        if Some(generation) != inner.generation {
+            return Err(stale(rank, generation, inner.generation));
         }
         if !inner.ranks.contains_key(&rank) {
             return Err(Status::not_found(format!(

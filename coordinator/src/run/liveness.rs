@@ -12,10 +12,16 @@
 use super::checkpoints::Rejected;
 use super::hub::{bad_rank, Inner, Phase, RankInfo, RunHub};
 use flg_core::events::Event;
-use flg_core::hostname;
 use flg_proto as pb;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::Status;
+
+/// A monitor gap beyond its period that counts as the coordinator having stalled (a busy
+/// runtime delays a tick by milliseconds, not a second).
+const STALL_GRACE: Duration = Duration::from_secs(1);
+
+/// Linux's largest possible pid (`PID_MAX_LIMIT` on 64-bit).
+const PID_MAX_LIMIT: u32 = 1 << 22;
 
 /// Seconds the workers have to register after they were started: starting mpirun across
 /// nodes and loading libtorch and a large model take a while, so at least a minute, and
@@ -50,6 +56,14 @@ impl RunHub {
         }
         if r.rank >= self.world() {
             return Err(bad_rank(r.rank, self.world()));
+        }
+        // Only a display field (nothing signals a pid from an RPC), but a value no process
+        // can have is a forged or broken call.
+        if !(2..=PID_MAX_LIMIT).contains(&r.pid) {
+            return Err(Status::invalid_argument(format!(
+                "rank {} registered with pid {}, which no process can have (2..={PID_MAX_LIMIT})",
+                r.rank, r.pid
+            )));
         }
         let mut inner = self.lock();
         if inner.phase.ended() {
@@ -156,32 +170,54 @@ impl RunHub {
 
     pub fn heartbeat(&self, h: &pb::HeartbeatRequest, now: Instant) -> Result<(), Status> {
         let mut inner = self.lock();
-        self.check_rank(&inner, &h.run_id, h.rank)?;
-        if Some(h.generation) != inner.generation {
-            return Err(Status::failed_precondition(format!(
-                "rank {} belongs to launch {}, the current one is {:?}: a stale process should exit",
-                h.rank, h.generation, inner.generation
-            )));
-        }
+        self.check_rank(&inner, &h.run_id, h.rank, h.generation)?;
         if let Some(info) = inner.ranks.get_mut(&h.rank) {
             info.last_beat = now;
         }
         Ok(())
     }
 
-    /// The launcher started the workers at `now`: the registration window counts from here.
-    pub fn workers_started(&self, now: Instant) {
+    /// The launcher started the workers at `now`, handing them `secret`: the registration
+    /// window counts from here, and only calls carrying `secret` are accepted from now on
+    /// (every process of an earlier launch is shut out).
+    pub fn workers_started(&self, now: Instant, secret: String) {
         let mut inner = self.lock();
         inner.launch_started = Some(now);
-        if inner.lost.take().is_some() {
-            // The lost launch's ranks are gone; the next registration opens a new one, and
-            // until then the window decides whether this launch is lost too.
-            inner.generation = None;
+        inner.launch_secret = Some(secret);
+        inner.lost = None;
+        // The previous launch's ranks are gone (or shut out by the new secret); the next
+        // registration opens a new generation, and until then the window decides whether
+        // this launch is lost too.
+        if inner.generation.take().is_some() {
             inner.ranks.clear();
             if !inner.phase.ended() {
                 inner.phase = Phase::Starting;
             }
         }
+    }
+
+    /// The coordinator's monitor runs at `now`, meaning to run every `period`. A much
+    /// longer gap since its last run means this process itself was not running (SIGSTOP, a
+    /// suspended VM, swapped out): the ranks could not reach it, so the gap is not counted
+    /// as their silence. Returns the time credited, if any.
+    pub fn tick(&self, now: Instant, period: Duration) -> Option<Duration> {
+        let mut inner = self.lock();
+        let last = inner.last_tick.replace(now)?;
+        let stalled = now.saturating_duration_since(last).saturating_sub(period);
+        if stalled < STALL_GRACE {
+            return None;
+        }
+        for info in inner.ranks.values_mut() {
+            info.last_beat = (info.last_beat + stalled).min(now);
+        }
+        if let Some(started) = inner.launch_started.as_mut() {
+            *started = (*started + stalled).min(now);
+        }
+        tracing::warn!(
+            "the coordinator did not run for {:.1} s; that time does not count against the ranks' heartbeats",
+            stalled.as_secs_f64()
+        );
+        Some(stalled)
     }
 
     /// Whether the current launch is lost at `now`; says why (once). The only place that
@@ -253,17 +289,6 @@ impl RunHub {
     /// How many launches were lost so far.
     pub fn lost_launches(&self) -> u32 {
         self.lock().lost_launches
-    }
-
-    /// Pids of the current launch's ranks on this host (to end them on a restart).
-    pub fn local_pids(&self) -> Vec<u32> {
-        let host = hostname();
-        self.lock()
-            .ranks
-            .values()
-            .filter(|r| r.hostname == host)
-            .map(|r| r.pid)
-            .collect()
     }
 
     /// The run failed for a reason outside the ranks (e.g. out of restarts).

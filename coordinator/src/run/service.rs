@@ -1,6 +1,7 @@
 //! The gRPC services over a [`RunHub`]: `Control` for people and scripts, `WorkerHub` for the
 //! ranks. Thin: each call checks its caller and hands over to the hub.
 
+use super::hub::constant_time_eq;
 use super::RunHub;
 use flg_core::events::Record;
 use flg_proto as pb;
@@ -40,8 +41,28 @@ impl Services {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The metadata key of the launch secret on WorkerHub calls.
+pub const LAUNCH_SECRET_HEADER: &str = flg_core::launch::LAUNCH_SECRET_HEADER;
+
+impl Services {
+    /// Every WorkerHub call must come from the current launch: it carries that launch's
+    /// secret. Checked before anything else, so a refused call changes nothing.
+    fn check_launch<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let given = req
+            .metadata()
+            .get(LAUNCH_SECRET_HEADER)
+            .and_then(|v| v.to_str().ok());
+        match given {
+            Some(g) if self.hub.launch_secret_matches(g) => Ok(()),
+            Some(_) => Err(Status::unauthenticated(
+                "wrong launch secret: this call is not from the coordinator's current launch (a stale or foreign process should exit)",
+            )),
+            None => Err(Status::unauthenticated(format!(
+                "WorkerHub calls need the launch secret ({LAUNCH_SECRET_HEADER} header): ranks get it from the launcher in {}, or from <run dir>/launch-secret when the workers are started by hand",
+                flg_core::launch::LAUNCH_SECRET_ENV
+            ))),
+        }
+    }
 }
 
 /// The proto form of an event as written to `events.jsonl`.
@@ -155,6 +176,7 @@ impl pb::worker_hub_server::WorkerHub for Services {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
+        self.check_launch(&req)?;
         self.hub
             .register(req.get_ref(), Instant::now())
             .map(Response::new)
@@ -164,6 +186,7 @@ impl pb::worker_hub_server::WorkerHub for Services {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        self.check_launch(&req)?;
         self.hub.heartbeat(req.get_ref(), Instant::now())?;
         Ok(Response::new(pb::HeartbeatReply {}))
     }
@@ -172,6 +195,7 @@ impl pb::worker_hub_server::WorkerHub for Services {
         &self,
         req: Request<pb::MetricsReport>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.check_launch(&req)?;
         self.hub.report_metrics(req.get_ref(), Instant::now())?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -180,6 +204,7 @@ impl pb::worker_hub_server::WorkerHub for Services {
         &self,
         req: Request<pb::NextCommandRequest>,
     ) -> Result<Response<pb::Command>, Status> {
+        self.check_launch(&req)?;
         self.hub.next_command(req.get_ref()).map(Response::new)
     }
 
@@ -187,6 +212,7 @@ impl pb::worker_hub_server::WorkerHub for Services {
         &self,
         req: Request<pb::ShardCommit>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.check_launch(&req)?;
         // Committing hashes nothing but renames and fsyncs: keep it off the async workers.
         let hub = self.hub.clone();
         let c = req.into_inner();
@@ -200,6 +226,7 @@ impl pb::worker_hub_server::WorkerHub for Services {
         &self,
         req: Request<pb::StageReport>,
     ) -> Result<Response<pb::Ack>, Status> {
+        self.check_launch(&req)?;
         self.hub.report_stage(req.get_ref())?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -216,12 +243,16 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let services = Services { hub: hub.clone() };
     // The monitor: asks the hub, with the time, whether the launch is lost.
-    let period = (hub.cfg.cluster.heartbeat_interval_s / 2.0).clamp(0.05, 1.0);
+    let period = std::time::Duration::from_secs_f64(
+        (hub.cfg.cluster.heartbeat_interval_s / 2.0).clamp(0.05, 1.0),
+    );
     let monitor_hub = hub.clone();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs_f64(period)).await;
-            monitor_hub.check_liveness(Instant::now());
+            tokio::time::sleep(period).await;
+            let now = Instant::now();
+            monitor_hub.tick(now, period);
+            monitor_hub.check_liveness(now);
         }
     });
     let handle = tokio::spawn(async move {

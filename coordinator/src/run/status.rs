@@ -11,7 +11,7 @@ impl RunHub {
     /// Rank 0's losses after a step (`now` is when they arrived, for the step rate).
     pub fn report_metrics(&self, m: &pb::MetricsReport, now: Instant) -> Result<(), Status> {
         let mut inner = self.lock();
-        self.check_rank(&inner, &m.run_id, m.rank)?;
+        self.check_rank(&inner, &m.run_id, m.rank, m.generation)?;
         let stage = run_stage(&self.cfg, &m.stage)?;
         if let Some((t, s)) = inner.last_metric {
             let dt = now.saturating_duration_since(t).as_secs_f64();
@@ -41,7 +41,7 @@ impl RunHub {
     /// Rank 0: a stage started, finished, stopped or failed.
     pub fn report_stage(&self, s: &pb::StageReport) -> Result<(), Status> {
         let mut inner = self.lock();
-        self.check_rank(&inner, &s.run_id, s.rank)?;
+        self.check_rank(&inner, &s.run_id, s.rank, s.generation)?;
         if s.rank != 0 {
             return Err(Status::invalid_argument("only rank 0 reports stages"));
         }

@@ -2,7 +2,7 @@
 //! errors and change nothing; control calls need the token; heartbeats time out; a run
 //! directory of other settings is refused.
 
-use super::service::{serve, AUTH_HEADER};
+use super::service::{serve, AUTH_HEADER, LAUNCH_SECRET_HEADER};
 use super::RunHub;
 use flg_core::config::{Config, LoadOptions};
 use flg_core::settings::{run_settings, settings_hash};
@@ -16,6 +16,19 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 const TOKEN: &str = "test-token-123";
+const SECRET: &str = "launch-secret-0123456789";
+
+/// What the ranks of the current launch add to every call.
+type Signed = tonic::service::interceptor::InterceptedService<
+    Channel,
+    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+>;
+
+fn sign(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    r.metadata_mut()
+        .insert(LAUNCH_SECRET_HEADER, SECRET.parse().unwrap());
+    Ok(r)
+}
 
 fn config(dir: &Path, extra: &str) -> Config {
     let text = format!(
@@ -35,13 +48,17 @@ fn config(dir: &Path, extra: &str) -> Config {
 
 struct Server {
     hub: Arc<RunHub>,
-    hub_client: WorkerHubClient<Channel>,
+    /// A rank of the current launch (sends the secret).
+    hub_client: WorkerHubClient<Signed>,
+    /// Anyone who reaches the port (sends no secret unless told).
+    forger: WorkerHubClient<Channel>,
     control: ControlClient<Channel>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn start(cfg: Config) -> Server {
     let hub = Arc::new(RunHub::open(cfg, TOKEN.into()).unwrap());
+    hub.expect_launch(SECRET.into());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr, _) = serve(hub.clone(), "127.0.0.1:0".parse().unwrap(), async {
         let _ = rx.await;
@@ -55,7 +72,8 @@ async fn start(cfg: Config) -> Server {
         .unwrap();
     Server {
         hub,
-        hub_client: WorkerHubClient::new(channel.clone()),
+        hub_client: WorkerHubClient::with_interceptor(channel.clone(), sign as fn(_) -> _),
+        forger: WorkerHubClient::new(channel.clone()),
         control: ControlClient::new(channel),
         _stop: tx,
     }
@@ -85,6 +103,7 @@ fn next_command(run_id: &str, rank: u32, step: u64) -> pb::NextCommandRequest {
         rank,
         stage: "pruning".into(),
         step,
+        generation: 0,
     }
 }
 
@@ -101,6 +120,7 @@ fn commit(run_id: &str, rank: u32, stage: &str, step: u64, global: u64) -> pb::S
         }],
         global_step: global,
         tmp_dir: flg_core::checkpoint::tmp_dir_name(global, 0),
+        generation: 0,
     }
 }
 
@@ -377,7 +397,7 @@ fn a_launch_is_lost_when_its_ranks_do_not_register_in_time_or_fall_silent() {
     assert_eq!(hub.check_liveness(at(1000.0)), None);
 
     // Launch 1: the workers start at t0; one rank registers, the other never does.
-    hub.workers_started(t0);
+    hub.workers_started(t0, SECRET.into());
     let reg = |rank: u32| pb::RegisterRequest {
         run_id: String::new(),
         rank,
@@ -412,7 +432,7 @@ fn a_launch_is_lost_when_its_ranks_do_not_register_in_time_or_fall_silent() {
     // Launch 2: the launcher starts the workers again; until they register, the window
     // counts from the new start, not the old one.
     hub.restarting(&why);
-    hub.workers_started(at(100.0));
+    hub.workers_started(at(100.0), "second-launch".into());
     assert_eq!(hub.phase(), super::Phase::Starting);
     assert_eq!(hub.check_liveness(at(150.0)), None);
     let r0 = hub.register(&reg(0), at(150.0)).unwrap();
@@ -450,4 +470,243 @@ fn a_launch_is_lost_when_its_ranks_do_not_register_in_time_or_fall_silent() {
             "rank_lost"
         ]
     );
+}
+
+/// `msg` with `secret` (if any) in the launch-secret header.
+fn with_secret<T>(msg: T, secret: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(s) = secret {
+        r.metadata_mut()
+            .insert(LAUNCH_SECRET_HEADER, s.parse().unwrap());
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_worker_hub_calls_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "").with_heartbeat_timeout(30.0);
+    let mut s = start(cfg).await;
+    // No secret, a wrong one: even Register is refused, and nothing is recorded.
+    let events_before = s.hub.history().len();
+    for secret in [None, Some("wrong"), Some("")] {
+        let e = s
+            .forger
+            .register(with_secret(register(&s, 0), secret))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{secret:?}: {e:?}");
+    }
+    assert_eq!(s.hub.history().len(), events_before);
+    assert_eq!(s.hub.status(Instant::now()).ranks_alive, 0);
+    // Absurd pids, even with the secret: the launcher would never signal them (it ends only
+    // its own descendants), and Register refuses them outright.
+    for pid in [0, 1, u32::MAX, 1 << 23] {
+        let mut r = register(&s, 0);
+        r.pid = pid;
+        let e = s.hub_client.register(r).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "pid {pid}: {e:?}");
+        assert!(e.message().contains("pid"), "{}", e.message());
+    }
+    assert_eq!(s.hub.history().len(), events_before);
+
+    // The real launch registers; a checkpoint is asked for.
+    let run_id = s
+        .hub_client
+        .register(register(&s, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    s.hub_client.register(register(&s, 1)).await.unwrap();
+    s.hub_client
+        .report_stage(pb::StageReport {
+            run_id: run_id.clone(),
+            rank: 0,
+            stage: "pruning".into(),
+            event: pb::StageEvent::Started as i32,
+            seconds: 0.0,
+            message: String::new(),
+            generation: 0,
+        })
+        .await
+        .unwrap();
+    assert!(
+        s.control
+            .checkpoint(authed(pb::ControlRequest { reason: "t".into() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+    let before = s.hub.status(Instant::now());
+    let events_before = s.hub.history().len();
+
+    // Every call without the secret is refused: the checkpoint command is not consumed, no
+    // stage becomes done or failed, no shard is committed, no heartbeat counts.
+    let forged_stage = |event: pb::StageEvent| pb::StageReport {
+        run_id: run_id.clone(),
+        rank: 0,
+        stage: "pretrain".into(),
+        event: event as i32,
+        seconds: 1.0,
+        message: "forged".into(),
+        generation: 0,
+    };
+    let beat = pb::HeartbeatRequest {
+        run_id: run_id.clone(),
+        rank: 1,
+        generation: 0,
+        stage: String::new(),
+        step: 0,
+    };
+    let metrics = pb::MetricsReport {
+        run_id: run_id.clone(),
+        rank: 0,
+        stage: "pretrain".into(),
+        step: 9,
+        total_steps: 10,
+        values: [("loss".to_string(), 1.0)].into(),
+        generation: 0,
+    };
+    for secret in [None, Some("wrong")] {
+        let codes = [
+            s.forger
+                .next_command(with_secret(next_command(&run_id, 0, 3), secret))
+                .await
+                .unwrap_err()
+                .code(),
+            s.forger
+                .report_stage(with_secret(forged_stage(pb::StageEvent::Done), secret))
+                .await
+                .unwrap_err()
+                .code(),
+            s.forger
+                .report_stage(with_secret(forged_stage(pb::StageEvent::Failed), secret))
+                .await
+                .unwrap_err()
+                .code(),
+            s.forger
+                .commit_shard(with_secret(commit(&run_id, 0, "pruning", 5, 15), secret))
+                .await
+                .unwrap_err()
+                .code(),
+            s.forger
+                .heartbeat(with_secret(beat.clone(), secret))
+                .await
+                .unwrap_err()
+                .code(),
+            s.forger
+                .report_metrics(with_secret(metrics.clone(), secret))
+                .await
+                .unwrap_err()
+                .code(),
+        ];
+        assert!(
+            codes.iter().all(|c| *c == Code::Unauthenticated),
+            "{secret:?}: {codes:?}"
+        );
+    }
+    // A stale generation with the right secret (a process that kept the secret but belongs
+    // to an earlier launch) is refused too.
+    let mut stale_beat = beat.clone();
+    stale_beat.generation = 7;
+    let mut stale_stage = forged_stage(pb::StageEvent::Done);
+    stale_stage.generation = 7;
+    let mut stale_cmd = next_command(&run_id, 0, 3);
+    stale_cmd.generation = 7;
+    for e in [
+        s.hub_client.heartbeat(stale_beat).await.unwrap_err(),
+        s.hub_client.report_stage(stale_stage).await.unwrap_err(),
+        s.hub_client.next_command(stale_cmd).await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("stale"), "{}", e.message());
+    }
+    let after = s.hub.status(Instant::now());
+    assert_eq!(s.hub.history().len(), events_before, "nothing was recorded");
+    assert_eq!(
+        (after.step, after.stage.clone(), after.last_committed_step),
+        (
+            before.step,
+            before.stage.clone(),
+            before.last_committed_step
+        )
+    );
+    assert_eq!(s.hub.phase(), super::Phase::Running);
+    // The checkpoint is still there for rank 0 to fetch.
+    let cmd = s
+        .hub_client
+        .next_command(next_command(&run_id, 0, 3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cmd.kind, pb::command::Kind::Checkpoint as i32);
+
+    // A new launch gets a new secret: the old one no longer works for anything.
+    s.hub
+        .workers_started(Instant::now(), "the-next-launch".into());
+    let e = s.hub_client.heartbeat(beat).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = s.hub_client.register(register(&s, 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    s.forger
+        .register(with_secret(register(&s, 0), Some("the-next-launch")))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn a_stalled_coordinator_does_not_count_its_own_stall_as_the_ranks_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = RunHub::open(config(dir.path(), ""), TOKEN.into()).unwrap();
+    let t0 = Instant::now();
+    let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+    let period = Duration::from_millis(50);
+    hub.workers_started(t0, SECRET.into());
+    let reg = |rank: u32| pb::RegisterRequest {
+        run_id: String::new(),
+        rank,
+        world_size: 2,
+        hostname: "test".into(),
+        pid: 1000 + rank,
+        config_hash: hub.config_hash.clone(),
+    };
+    hub.register(&reg(0), at(0.1)).unwrap();
+    hub.register(&reg(1), at(0.1)).unwrap();
+    // The monitor runs every 50 ms up to 1 s, then the process is stopped for 10 s
+    // (SIGSTOP): nobody could beat, nobody is lost.
+    let beat = |rank: u32, t: f64| {
+        let b = pb::HeartbeatRequest {
+            run_id: hub.run_id.clone(),
+            rank,
+            generation: 0,
+            stage: String::new(),
+            step: 0,
+        };
+        hub.heartbeat(&b, at(t)).unwrap();
+    };
+    let mut t = 0.1;
+    while t < 1.0 {
+        beat(0, t);
+        beat(1, t);
+        assert_eq!(hub.tick(at(t), period), None);
+        assert_eq!(hub.check_liveness(at(t)), None);
+        t += 0.05;
+    }
+    let credited = hub.tick(at(11.0), period).expect("a stall");
+    assert!(credited.as_secs_f64() > 9.9, "{credited:?}");
+    assert_eq!(
+        hub.check_liveness(at(11.0)),
+        None,
+        "silence during the stall"
+    );
+    // Time after the stall counts again: ranks that stay silent past the timeout (0.5 s)
+    // are lost.
+    assert_eq!(hub.tick(at(11.05), period), None);
+    assert_eq!(hub.check_liveness(at(11.05)), None);
+    let why = hub
+        .check_liveness(at(11.7))
+        .expect("silent after the stall");
+    assert!(why.contains("sent no heartbeat"), "{why}");
 }
