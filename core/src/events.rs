@@ -113,6 +113,11 @@ pub enum Event {
     Finished {
         run_id: String,
     },
+    /// A finished stage's output is missing or unreadable: the stage is to be run again.
+    OutputLost {
+        stage: Stage,
+        reason: String,
+    },
     /// The run failed: in a stage (a rank's error) or outside the ranks (`stage` unset).
     Failed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +151,7 @@ impl Event {
             Event::RankLost { .. } => "rank_lost",
             Event::Restarting { .. } => "restarting",
             Event::Finished { .. } => "finished",
+            Event::OutputLost { .. } => "output_lost",
             Event::Failed { .. } => "failed",
         }
     }
@@ -159,7 +165,8 @@ impl Event {
             | Event::CheckpointCommitted { stage, .. }
             | Event::Paused { stage, .. }
             | Event::Resumed { stage, .. }
-            | Event::Stopped { stage, .. } => Some(*stage),
+            | Event::Stopped { stage, .. }
+            | Event::OutputLost { stage, .. } => Some(*stage),
             Event::Failed { stage, .. } => *stage,
             _ => None,
         }
@@ -213,14 +220,7 @@ impl EventLog {
     /// Appends one record (flushed and synced: it is the state a restart reads). After a torn
     /// last line (a crash mid-write) it starts a new line, so only the torn event is lost.
     pub fn append(&self, record: &Record) -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.path)?;
-        if ends_torn(&mut f)? {
-            writeln!(f)?;
-        }
+        let mut f = crate::durable::open_jsonl(&self.path)?;
         writeln!(f, "{}", record.to_json())?;
         f.sync_data()
     }
@@ -234,18 +234,6 @@ impl EventLog {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
-}
-
-/// Whether a non-empty file's last byte is not a newline (only that byte is read).
-fn ends_torn(f: &mut std::fs::File) -> std::io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    if f.metadata()?.len() == 0 {
-        return Ok(false);
-    }
-    f.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8];
-    f.read_exact(&mut last)?;
-    Ok(last[0] != b'\n')
 }
 
 /// What a run's history says about where it stands.
@@ -287,6 +275,10 @@ impl History {
                 Event::Restarting { .. } => h.restarts += 1,
                 Event::CheckpointCommitted { .. } => h.commits += 1,
                 Event::Finished { .. } => h.finished = true,
+                Event::OutputLost { stage, .. } => {
+                    h.completed_stages.retain(|s| s != stage);
+                    h.finished = false;
+                }
                 _ => {}
             }
         }

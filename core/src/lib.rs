@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
+pub mod durable;
 pub mod events;
 pub mod formats;
 pub mod launch;

@@ -121,6 +121,19 @@ impl RunDir {
         self.0.join("eval.json")
     }
 
+    /// The files a finished stage leaves for later stages and the report: if one is
+    /// missing or unreadable, the stage is not finished.
+    pub fn stage_outputs(&self, stage: Stage) -> Vec<PathBuf> {
+        match stage {
+            Stage::Pretrain => vec![self.pretrained_teacher()],
+            Stage::Importance => vec![self.importance()],
+            Stage::Pruning => vec![self.pruned_model()],
+            Stage::Distill => vec![self.generator()],
+            Stage::Export => vec![self.student(), self.student_info()],
+            Stage::Eval => vec![self.eval()],
+        }
+    }
+
     /// One eval row's samples (`videos.npy`, `labels.npy`, `grid.png`).
     pub fn samples(&self, row: &str) -> PathBuf {
         self.0.join("samples").join(row)

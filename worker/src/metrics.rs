@@ -1,7 +1,8 @@
 //! `metrics.jsonl`: one JSON object per line, appended and flushed as it is written, so a
-//! crash loses at most the line being written.
+//! crash loses at most the line being written; a line torn by a crash is closed when the log
+//! is opened again, so the next record is not glued onto it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
@@ -11,11 +12,8 @@ pub struct MetricsLog {
 
 impl MetricsLog {
     pub fn open(path: &Path) -> std::io::Result<MetricsLog> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         Ok(MetricsLog {
-            file: OpenOptions::new().create(true).append(true).open(path)?,
+            file: flg_core::durable::open_jsonl(path)?,
         })
     }
 

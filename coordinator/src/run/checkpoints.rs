@@ -169,8 +169,21 @@ impl CheckpointStore {
 
     /// The newest committed checkpoint that verifies, with every newer one that did not.
     pub fn resume_point(&self) -> (Option<ResumePoint>, Vec<Rejected>) {
+        self.resume_point_of(|_| true)
+    }
+
+    /// The newest committed checkpoint that verifies and whose manifest `wanted` accepts
+    /// (e.g. of the stage the next launch starts with); those that fail verification on the
+    /// way are rejected, those not wanted are passed over unread.
+    pub fn resume_point_of(
+        &self,
+        wanted: impl Fn(&Manifest) -> bool,
+    ) -> (Option<ResumePoint>, Vec<Rejected>) {
         let mut rejected = Vec::new();
         for (_, dir) in self.committed().into_iter().rev() {
+            if read_manifest(&dir).is_ok_and(|m| !wanted(&m)) {
+                continue;
+            }
             match Self::verify(&dir) {
                 Ok(manifest) => return (Some(ResumePoint { dir, manifest }), rejected),
                 Err(reason) => rejected.push(Rejected { dir, reason }),

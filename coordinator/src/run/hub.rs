@@ -302,7 +302,33 @@ impl RunHub {
                 completed_stages: history.completed_stages,
             });
         }
+        // A run that finished is finished only while its outputs are there.
+        hub.recheck_outputs(&mut hub.lock());
         Ok(hub)
+    }
+
+    /// A finished stage whose output is missing or unreadable is not finished: it is taken
+    /// off the completed list (recorded as `output_lost`), so the next launch runs it again
+    /// (from its last checkpoint when one is kept). Returns whether anything was lost.
+    pub(super) fn recheck_outputs(&self, inner: &mut Inner) -> bool {
+        let mut lost = false;
+        for stage in inner.completed.clone() {
+            let broken = self
+                .run_dir
+                .stage_outputs(stage)
+                .iter()
+                .find_map(|p| flg_core::durable::check_output(p).err());
+            if let Some(reason) = broken {
+                tracing::warn!("{stage} is to be run again: its output is lost ({reason})");
+                inner.completed.retain(|s| *s != stage);
+                self.emit(Event::OutputLost { stage, reason });
+                lost = true;
+            }
+        }
+        if lost && inner.phase == Phase::Finished {
+            inner.phase = Phase::Starting;
+        }
+        lost
     }
 
     /// Whether `given` is the current launch's secret (compared in constant time).

@@ -146,7 +146,17 @@ impl RunHub {
         if let Err(e) = self.store.clear_uncommitted() {
             tracing::warn!("cannot remove uncommitted checkpoint directories: {e}");
         }
-        let (point, rejected) = self.store.resume_point();
+        self.recheck_outputs(inner);
+        // The workers start with the first stage not done; only a checkpoint of that stage
+        // is of use (a later stage's, when an earlier output was lost, is not).
+        let first_todo = self
+            .cfg
+            .stages()
+            .into_iter()
+            .find(|s| !inner.completed.contains(s));
+        let (point, rejected) = self
+            .store
+            .resume_point_of(|m| first_todo.is_some_and(|s| s.name() == m.stage));
         for Rejected { dir, reason } in rejected {
             tracing::warn!(checkpoint = %dir.display(), "not resuming from a bad checkpoint: {reason}");
             self.emit(Event::CheckpointRejected {
@@ -154,8 +164,6 @@ impl RunHub {
                 reason,
             });
         }
-        // A checkpoint of a stage that has since finished is of no use: its output is on disk.
-        let point = point.filter(|p| !inner.completed.iter().any(|s| s.name() == p.manifest.stage));
         inner.resume = point.as_ref().map(|p| (p.dir.clone(), p.manifest.clone()));
         self.emit(Event::GenerationStarted {
             generation,

@@ -130,15 +130,11 @@ fn write_safetensors(
         .and_then(|f| f.sync_all())
         .map_err(|e| anyhow::anyhow!("{}: cannot sync: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path)?;
+    flg_core::durable::sync_parent(path)?;
     Ok(())
 }
 
-fn tmp_beside(path: &Path) -> std::path::PathBuf {
-    path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ))
-}
+use flg_core::durable::tmp_beside;
 
 /// Named tensors (as f32) and string metadata as safetensors bytes (also the format of
 /// checkpoint shards).
@@ -163,6 +159,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .and_then(|_| f.sync_all())
         .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path)?;
+    flg_core::durable::sync_parent(path)?;
     Ok(())
 }
 

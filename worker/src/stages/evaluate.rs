@@ -244,7 +244,7 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
         speedup_theoretical,
     };
     let path = ctx.run_dir.eval();
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+    flg_core::durable::write_file(&path, serde_json::to_string_pretty(&report)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     if let (Some(m), Some(t)) = (speedup_measured, speedup_theoretical) {
         println!("student speedup over the teacher: {m:.2}x measured, {t:.2}x theoretical");

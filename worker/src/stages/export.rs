@@ -65,10 +65,13 @@ pub fn export(run_dir: &RunDir) -> Result<StudentInfo> {
     .with_context(|| format!("writing {}", folder.display()))?;
     let portable = PortableSampler::new(&info.sampler);
     let sampler_path = folder.join("sampler.json");
-    std::fs::write(&sampler_path, serde_json::to_string_pretty(&portable)?)
-        .with_context(|| format!("writing {}", sampler_path.display()))?;
+    flg_core::durable::write_file(
+        &sampler_path,
+        serde_json::to_string_pretty(&portable)?.as_bytes(),
+    )
+    .with_context(|| format!("writing {}", sampler_path.display()))?;
     let info_path = run_dir.student_info();
-    std::fs::write(&info_path, serde_json::to_string_pretty(&info)?)
+    flg_core::durable::write_file(&info_path, serde_json::to_string_pretty(&info)?.as_bytes())
         .with_context(|| format!("writing {}", info_path.display()))?;
     Ok(info)
 }

@@ -145,9 +145,9 @@ pub fn measure(
 
 /// Writes `importance.json` and the bar chart `importance.png` into the run directory.
 pub fn write(report: &ImportanceReport, run_dir: &RunDir) -> anyhow::Result<()> {
-    std::fs::write(
-        run_dir.importance(),
-        serde_json::to_string_pretty(report)? + "\n",
+    flg_core::durable::write_file(
+        &run_dir.importance(),
+        (serde_json::to_string_pretty(report)? + "\n").as_bytes(),
     )?;
     let bars: Vec<flg_media::plot::Bar> = report
         .blocks
