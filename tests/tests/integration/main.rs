@@ -12,6 +12,7 @@ mod control;
 mod equivalence;
 mod faults;
 mod interop;
+mod recovery;
 mod report;
 mod stages;
 mod util;
