@@ -59,6 +59,13 @@ pub struct DatasetError {
     pub message: String,
 }
 
+/// Largest side of a sample's latent or text shape.
+const MAX_SIDE: i64 = 1 << 20;
+/// Most values in one sample's latents or text (4 GiB of f32).
+const MAX_SAMPLE_ELEMENTS: f64 = (1u64 << 30) as f64;
+/// Most samples a data set lists.
+const MAX_SAMPLES: u64 = 1 << 40;
+
 impl DatasetManifest {
     pub fn path_in(dir: &Path) -> PathBuf {
         dir.join("dataset.json")
@@ -105,6 +112,25 @@ impl DatasetManifest {
             return Err(err(format!(
                 "shapes must be positive: latent_shape {:?}, text_shape {:?}",
                 m.latent_shape, m.text_shape
+            )));
+        }
+        let numel = |d: &[i64]| d.iter().map(|&x| x as f64).product::<f64>();
+        if m.latent_shape
+            .iter()
+            .chain(m.text_shape.iter())
+            .any(|&d| d > MAX_SIDE)
+            || numel(&m.latent_shape) > MAX_SAMPLE_ELEMENTS
+            || numel(&m.text_shape) > MAX_SAMPLE_ELEMENTS
+        {
+            return Err(err(format!(
+                "latent_shape {:?} / text_shape {:?}: larger than any video model takes (each side at most {MAX_SIDE}, at most {MAX_SAMPLE_ELEMENTS:e} values per sample)",
+                m.latent_shape, m.text_shape
+            )));
+        }
+        if m.num_samples > MAX_SAMPLES {
+            return Err(err(format!(
+                "num_samples {} is more than {MAX_SAMPLES}",
+                m.num_samples
             )));
         }
         for s in &m.shards {

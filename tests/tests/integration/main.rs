@@ -11,6 +11,7 @@ mod cli;
 mod control;
 mod equivalence;
 mod faults;
+mod hostile;
 mod interop;
 mod recovery;
 mod report;
