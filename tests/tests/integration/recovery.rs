@@ -99,6 +99,33 @@ fn a_stopped_launcher_is_not_a_lost_launch_and_sigterm_checkpoints_and_stops() {
         "{err}"
     );
 
+    // Ranks started by someone else with a forged secret are refused at Register and exit;
+    // the run goes on.
+    let url = json_file::<serde_json::Value>(&run.join("coordinator.json"))["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forged = MpiLaunch {
+        env: vec![("FLG_LAUNCH_SECRET".into(), "forged".into())],
+        ..MpiLaunch::single_node(2)
+    }
+    .command(
+        &bin_dir().join("flg-worker"),
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--coordinator",
+            &url,
+        ]
+        .map(std::ffi::OsString::from),
+    )
+    .output()
+    .unwrap();
+    assert!(!forged.status.success());
+    let err = text(&forged.stderr) + &text(&forged.stdout);
+    assert!(err.contains("wrong launch secret"), "{err}");
+
     // The launcher stops for 10 s (2.5 heartbeat timeouts), then goes on: no launch is lost.
     signal(pid, libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(10));
