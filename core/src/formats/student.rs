@@ -56,6 +56,33 @@ pub struct SamplerSettings {
     pub shift: Option<f64>,
 }
 
+impl SamplerSettings {
+    /// What makes this sampler unusable (from a file, so anything): times in (0, 1] going
+    /// strictly down, at most 1000 of them, guidance finite in [0, 100].
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let t = &self.timesteps;
+        if t.is_empty() || t.len() > 1000 {
+            out.push(format!(
+                "sampler.timesteps: 1 to 1000 times, got {}",
+                t.len()
+            ));
+        }
+        if t.iter().any(|&x| !(x > 0.0 && x <= 1.0)) || t.windows(2).any(|w| w[1] >= w[0]) {
+            out.push(format!(
+                "sampler.timesteps: times in (0, 1] going strictly down, got {t:?}"
+            ));
+        }
+        if !(self.cfg.is_finite() && (0.0..=100.0).contains(&self.cfg)) {
+            out.push(format!(
+                "sampler.cfg: a number in [0, 100], got {}",
+                self.cfg
+            ));
+        }
+        out
+    }
+}
+
 /// `export/student.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StudentInfo {

@@ -239,15 +239,12 @@ impl WeightSource {
     /// else `configured` with every block.
     pub fn dims(&self, configured: Option<&ModelDims>) -> anyhow::Result<(ModelDims, Vec<usize>)> {
         if let Some(m) = &self.meta {
-            let what = format!("{}: metadata {META_KEY}", self.path.display());
-            m.dims.check(&what)?;
-            let n = m.dims.num_blocks as usize;
+            let problems = m.problems();
             anyhow::ensure!(
-                !m.block_ids.is_empty()
-                    && m.block_ids.windows(2).all(|w| w[0] < w[1])
-                    && m.block_ids.iter().all(|&b| b < n),
-                "{what}: block_ids must be distinct increasing block numbers below num_blocks ({n}), got {:?}",
-                m.block_ids
+                problems.is_empty(),
+                "{}: metadata {META_KEY} describes no usable model:\n  {}",
+                self.path.display(),
+                problems.join("\n  ")
             );
             return Ok((m.dims.clone(), m.block_ids.clone()));
         }

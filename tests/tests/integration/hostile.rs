@@ -546,6 +546,41 @@ fn hostile_configs_data_and_model_files_are_refused_by_name_without_a_panic() {
             "safetensors",
         ),
         ("empty", Vec::new(), "safetensors"),
+        // The prompt table and the sampler of a model file are inputs too.
+        (
+            "prompts-size-18",
+            with_meta(|m| m["prompts"]["shapes"]["size"] = 18.into()),
+            "prompts.shapes",
+        ),
+        (
+            "prompts-size-negative",
+            with_meta(|m| m["prompts"]["shapes"]["size"] = (-16).into()),
+            "prompts.shapes.size",
+        ),
+        (
+            "prompts-frames-zero",
+            with_meta(|m| m["prompts"]["shapes"]["frames"] = 0.into()),
+            "prompts.shapes.frames",
+        ),
+        (
+            "prompts-text-len-zero",
+            with_meta(|m| m["prompts"]["text_len"] = 0.into()),
+            "prompts.text_len",
+        ),
+        (
+            "sampler-times-outside",
+            with_meta(|m| {
+                m["sampler"] = serde_json::json!({"timesteps": [2.0, -1.0], "cfg": 1.0});
+            }),
+            "sampler.timesteps",
+        ),
+        (
+            "sampler-cfg-huge",
+            with_meta(|m| {
+                m["sampler"] = serde_json::json!({"timesteps": [1.0, 0.5], "cfg": 1e300});
+            }),
+            "sampler.cfg",
+        ),
     ];
     for (name, bytes, says) in &model_cases {
         let f = dir.join(format!("model-{name}.safetensors"));

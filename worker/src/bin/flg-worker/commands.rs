@@ -350,7 +350,15 @@ fn portable_sampler(
     let text = std::fs::read_to_string(&path)?;
     let p: flg_core::formats::student::PortableSampler = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a sampler.json", path.display()))?;
-    Ok(Some(p.settings()))
+    let settings = p.settings();
+    let problems = settings.problems();
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{}: {}",
+        path.display(),
+        problems.join("; ")
+    );
+    Ok(Some(settings))
 }
 
 /// What `sample --text-embeddings` needs.
