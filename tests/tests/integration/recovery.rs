@@ -173,3 +173,51 @@ fn a_stopped_launcher_is_not_a_lost_launch_and_sigterm_checkpoints_and_stops() {
     signal(again.0.id(), libc::SIGTERM);
     assert!(again.0.wait().unwrap().success());
 }
+
+#[test]
+fn workers_started_by_hand_find_the_launch_secret_in_the_run_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = teacher_data(tmp.path(), 64);
+    let cfg = run_config(tmp.path(), "byhand", 2, 4, 4, &data_dir);
+    let run = tmp.path().join("runs/byhand");
+    let log = std::fs::File::create(tmp.path().join("coordinator.log")).unwrap();
+    let coordinator = Background(
+        Command::new(bin_dir().join("fastlightgen"))
+            .arg("coordinator")
+            .arg(&cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the coordinator", 60.0, || {
+        run.join("coordinator.json").is_file()
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let secret = run.join("launch-secret");
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let url = json_file::<serde_json::Value>(&run.join("coordinator.json"))["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cmd = MpiLaunch::single_node(2).command(
+        &bin_dir().join("flg-worker"),
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--coordinator",
+            &url,
+        ]
+        .map(std::ffi::OsString::from),
+    );
+    cmd.env_remove("FLG_LAUNCH_SECRET");
+    let res = cmd.output().unwrap();
+    assert_ok(&res);
+    let mut coordinator = coordinator;
+    assert!(coordinator.0.wait().unwrap().success());
+    assert_eq!(of_kind(&events(&run), "finished").len(), 1);
+}
