@@ -90,6 +90,19 @@ fn register(s: &Server, rank: u32) -> pb::RegisterRequest {
     }
 }
 
+/// Ranks 0 and 1 of the current launch register; returns the run id.
+async fn register_both(s: &mut Server) -> String {
+    let id = s
+        .hub_client
+        .register(register(s, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    s.hub_client.register(register(s, 1)).await.unwrap();
+    id
+}
+
 fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
@@ -299,14 +312,7 @@ async fn control_calls_need_the_token_and_a_silent_rank_is_lost() {
 
     // Both ranks register; rank 0 beats, rank 1 never does: lost once it has been silent for
     // longer than the timeout (the hub is asked with a later clock: no sleeping).
-    let id = s
-        .hub_client
-        .register(register(&s, 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .run_id;
-    s.hub_client.register(register(&s, 1)).await.unwrap();
+    let id = register_both(&mut s).await;
     let mut watch = s
         .control
         .watch(pb::WatchRequest { from_start: false })
@@ -511,14 +517,7 @@ async fn forged_worker_hub_calls_are_refused_and_change_nothing() {
     assert_eq!(s.hub.history().len(), events_before);
 
     // The real launch registers; a checkpoint is asked for.
-    let run_id = s
-        .hub_client
-        .register(register(&s, 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .run_id;
-    s.hub_client.register(register(&s, 1)).await.unwrap();
+    let run_id = register_both(&mut s).await;
     s.hub_client
         .report_stage(pb::StageReport {
             run_id: run_id.clone(),

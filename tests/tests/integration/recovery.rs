@@ -26,6 +26,33 @@ fn kinds(run: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// Two ranks started by hand (`mpirun flg-worker run`) against the coordinator at `url`,
+/// with `secret` in their environment, or none (then they read the run directory's).
+fn hand_started_workers(cfg: &Path, url: &str, secret: Option<&str>) -> Output {
+    let env = secret
+        .map(|s| vec![("FLG_LAUNCH_SECRET".to_string(), s.to_string())])
+        .unwrap_or_default();
+    let mut cmd = MpiLaunch {
+        env,
+        ..MpiLaunch::single_node(2)
+    }
+    .command(
+        &bin_dir().join("flg-worker"),
+        &[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--coordinator",
+            url,
+        ]
+        .map(std::ffi::OsString::from),
+    );
+    if secret.is_none() {
+        cmd.env_remove("FLG_LAUNCH_SECRET");
+    }
+    cmd.output().unwrap()
+}
+
 #[test]
 fn a_lost_stage_output_is_made_again_from_its_checkpoint_and_the_run_finishes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -105,23 +132,7 @@ fn a_stopped_launcher_is_not_a_lost_launch_and_sigterm_checkpoints_and_stops() {
         .as_str()
         .unwrap()
         .to_string();
-    let forged = MpiLaunch {
-        env: vec![("FLG_LAUNCH_SECRET".into(), "forged".into())],
-        ..MpiLaunch::single_node(2)
-    }
-    .command(
-        &bin_dir().join("flg-worker"),
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--coordinator",
-            &url,
-        ]
-        .map(std::ffi::OsString::from),
-    )
-    .output()
-    .unwrap();
+    let forged = hand_started_workers(&cfg, &url, Some("forged"));
     assert!(!forged.status.success());
     let err = text(&forged.stderr) + &text(&forged.stdout);
     assert!(err.contains("wrong launch secret"), "{err}");
@@ -203,19 +214,7 @@ fn workers_started_by_hand_find_the_launch_secret_in_the_run_directory() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut cmd = MpiLaunch::single_node(2).command(
-        &bin_dir().join("flg-worker"),
-        &[
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--coordinator",
-            &url,
-        ]
-        .map(std::ffi::OsString::from),
-    );
-    cmd.env_remove("FLG_LAUNCH_SECRET");
-    let res = cmd.output().unwrap();
+    let res = hand_started_workers(&cfg, &url, None);
     assert_ok(&res);
     let mut coordinator = coordinator;
     assert!(coordinator.0.wait().unwrap().success());
