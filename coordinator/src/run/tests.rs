@@ -80,13 +80,18 @@ async fn start(cfg: Config) -> Server {
 }
 
 fn register(s: &Server, rank: u32) -> pb::RegisterRequest {
+    registration(&s.hub, rank)
+}
+
+/// Rank `rank`'s Register call for `hub`'s run (pid 1000 + rank on host "test").
+fn registration(hub: &RunHub, rank: u32) -> pb::RegisterRequest {
     pb::RegisterRequest {
         run_id: String::new(),
         rank,
         world_size: 2,
         hostname: "test".into(),
         pid: 1000 + rank,
-        config_hash: settings_hash(&run_settings(&s.hub.cfg)),
+        config_hash: settings_hash(&run_settings(&hub.cfg)),
     }
 }
 
@@ -404,14 +409,7 @@ fn a_launch_is_lost_when_its_ranks_do_not_register_in_time_or_fall_silent() {
 
     // Launch 1: the workers start at t0; one rank registers, the other never does.
     hub.workers_started(t0, SECRET.into());
-    let reg = |rank: u32| pb::RegisterRequest {
-        run_id: String::new(),
-        rank,
-        world_size: 2,
-        hostname: "test".into(),
-        pid: 1000 + rank,
-        config_hash: hub.config_hash.clone(),
-    };
+    let reg = |rank: u32| registration(&hub, rank);
     hub.register(&reg(0), at(5.0)).unwrap();
     let beat = |rank: u32, generation: u32| pb::HeartbeatRequest {
         run_id: hub.run_id.clone(),
@@ -663,14 +661,7 @@ fn a_stalled_coordinator_does_not_count_its_own_stall_as_the_ranks_silence() {
     let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
     let period = Duration::from_millis(50);
     hub.workers_started(t0, SECRET.into());
-    let reg = |rank: u32| pb::RegisterRequest {
-        run_id: String::new(),
-        rank,
-        world_size: 2,
-        hostname: "test".into(),
-        pid: 1000 + rank,
-        config_hash: hub.config_hash.clone(),
-    };
+    let reg = |rank: u32| registration(&hub, rank);
     hub.register(&reg(0), at(0.1)).unwrap();
     hub.register(&reg(1), at(0.1)).unwrap();
     // The monitor runs every 50 ms up to 1 s, then the process is stopped for 10 s
