@@ -4,8 +4,10 @@
 //! `make test` builds the release binaries first; these tests find them next to this test
 //! executable's directory (target/release/).
 //!
-//! Topic modules: `cli`, `equivalence`, `stages`, `faults`, `control`, `report`, `interop`
-//! (diffusers, through the project's Python); helpers in `util`.
+//! Topic modules: `cli`, `equivalence`, `stages`, `faults`, `control`, `recovery` (lost outputs,
+//! a stopped launcher, SIGTERM, the run lock, hand-started workers), `hostile` (the table of
+//! hostile inputs), `report`, `interop` (diffusers, through the project's Python); helpers in
+//! `util`.
 
 mod cli;
 mod control;
