@@ -14,53 +14,69 @@ pub fn become_subreaper() {
     }
 }
 
-/// (pid, parent pid) of every process in /proc.
-fn process_table() -> Vec<(u32, u32)> {
+/// A process as /proc/<pid>/stat describes it.
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    /// Ended but not yet reaped (state `Z`): nothing left to signal.
+    zombie: bool,
+}
+
+fn read_proc(pid: u32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let zombie = rest.next()? == "Z";
+    let ppid = rest.next()?.parse().ok()?;
+    Some(Proc { pid, ppid, zombie })
+}
+
+/// Every process in /proc.
+fn process_table() -> Vec<Proc> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    dir.filter_map(|e| {
-        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')'
-        // ends it.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-        Some((pid, ppid))
-    })
-    .collect()
+    dir.filter_map(|e| read_proc(e.ok()?.file_name().to_str()?.parse().ok()?))
+        .collect()
 }
 
-/// Every descendant of `root` (not `root` itself), children before grandchildren.
-pub fn descendants(root: u32) -> Vec<u32> {
-    let table = process_table();
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        for &(pid, ppid) in &table {
-            if ppid == parent && pid != root && !found.contains(&pid) {
-                found.push(pid);
+/// Every descendant of `root` (not `root` itself) in `table`, children before grandchildren.
+fn descendants_in(table: &[Proc], root: u32) -> Vec<&Proc> {
+    let mut found: Vec<&Proc> = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for p in table {
+            if p.ppid == parent && p.pid != root && !found.iter().any(|f| f.pid == p.pid) {
+                found.push(p);
+                parents.push(p.pid);
             }
         }
-        i += 1;
     }
-    found.remove(0);
     found
+}
+
+/// Every descendant of `root` (not `root` itself).
+pub fn descendants(root: u32) -> Vec<u32> {
+    descendants_in(&process_table(), root)
+        .iter()
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// SIGKILLs every descendant of `root` (a stopped one too: SIGKILL needs no SIGCONT) until
 /// none is left, reaping those re-parented to this process. Gives up after about 5 s
 /// (a process in uninterruptible sleep cannot be killed sooner), returning what is left.
 pub fn kill_descendants(root: u32) -> Vec<u32> {
+    let mut alive = Vec::new();
     for _ in 0..100 {
-        let alive: Vec<u32> = descendants(root)
+        let table = process_table();
+        alive = descendants_in(&table, root)
             .into_iter()
-            .filter(|&p| !is_zombie(p))
+            .filter(|p| !p.zombie)
+            .map(|p| p.pid)
             .collect();
         if alive.is_empty() {
-            reap_orphans();
-            return Vec::new();
+            break;
         }
         for &pid in &alive {
             // SAFETY: `pid` is a descendant of `root`, found in the process table just now.
@@ -71,17 +87,8 @@ pub fn kill_descendants(root: u32) -> Vec<u32> {
         reap_orphans();
         std::thread::sleep(Duration::from_millis(50));
     }
-    descendants(root)
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s[s.rfind(')')? + 1..].to_string();
-            rest.split_whitespace().next().map(|st| st == "Z")
-        })
-        .unwrap_or(true)
+    reap_orphans();
+    alive
 }
 
 /// Collects the exit status of every ended child of this process without blocking
@@ -102,9 +109,9 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    fn alive(pid: u32) -> bool {
-        // SAFETY: signal 0 only checks that the process exists.
-        unsafe { libc::kill(pid as i32, 0) == 0 }
+    /// Exists and has not ended.
+    fn running(pid: u32) -> bool {
+        read_proc(pid).is_some_and(|p| !p.zombie)
     }
 
     #[test]
@@ -133,14 +140,11 @@ mod tests {
         }
         assert!(kill_descendants(root).is_empty());
         for pid in &found {
-            assert!(!alive(*pid) || is_zombie(*pid), "{pid} survived");
+            assert!(!running(*pid), "{pid} survived");
         }
+        assert!(running(root), "the root itself is not signalled");
         assert!(
-            alive(root) && !is_zombie(root),
-            "the root itself is not signalled"
-        );
-        assert!(
-            alive(bystander.id()) && !is_zombie(bystander.id()),
+            running(bystander.id()),
             "a process outside the tree was signalled"
         );
         let _ = tree.kill();

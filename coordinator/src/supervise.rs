@@ -46,29 +46,10 @@ fn control_token(cfg: &Config) -> Result<(String, bool), String> {
     Ok((t, true))
 }
 
-/// Writes a secret readable by its owner only: into a new file (never an existing one, never
-/// through a link), mode 0600, fsynced, then renamed over `path`. Whatever was at `path`
-/// before (a file of another mode, a symlink planted there) is replaced, not written through.
+/// Writes a secret owner-only, never through a link (`flg_core::durable::write_private`).
 pub(crate) fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        writeln!(f, "{secret}")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("{}: {e}", path.display())
-    })
+    flg_core::durable::write_private(path, format!("{secret}\n").as_bytes())
+        .map_err(|e| e.to_string())
 }
 
 pub fn main(config_path: &Path, mode: Mode) -> ExitCode {

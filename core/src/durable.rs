@@ -30,14 +30,35 @@ pub fn sync_parent(path: &Path) -> std::io::Result<()> {
 /// Writes `bytes` to `path` durably: a temporary file beside it, fsynced, renamed into
 /// place, the directory fsynced. A crash leaves the old file or the new one, never a part.
 pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with_mode(path, bytes, 0o666)
+}
+
+/// `write_file` for a secret: readable by its owner only (0600). Whatever was at `path`
+/// before (a file of another mode, a symlink planted there) is replaced, not written
+/// through.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with_mode(path, bytes, 0o600)
+}
+
+/// The temporary file is always new (a stale one from a crash is removed first) and never
+/// opened through a link, so its mode is `mode` (less the umask) and nobody else's file is
+/// written.
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let with_path =
         |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(with_path)?;
     }
     let tmp = tmp_beside(path);
+    let _ = std::fs::remove_file(&tmp);
     let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

@@ -164,23 +164,29 @@ fn refused(e: &tonic::Status) -> bool {
 /// The current launch's secret: from the launcher, in the environment; else, for workers
 /// started by hand beside `fastlightgen coordinator`, from `<run dir>/launch-secret`.
 fn launch_secret(cfg: &Config) -> Result<String> {
-    if let Ok(s) = std::env::var(flg_core::launch::LAUNCH_SECRET_ENV) {
-        if !s.is_empty() {
-            return Ok(s);
+    let env = flg_core::launch::LAUNCH_SECRET_ENV;
+    let (secret, from) = match std::env::var(env).ok().filter(|s| !s.is_empty()) {
+        Some(s) => (s, env.to_string()),
+        None => {
+            let path = cfg.run_dir().launch_secret();
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "no launch secret: {env} is not set and {} cannot be read (the coordinator writes it when it starts; the ranks need the same run directory)",
+                    path.display()
+                )
+            })?;
+            (text.trim().to_string(), path.display().to_string())
         }
-    }
-    let path = cfg.run_dir().launch_secret();
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no launch secret: {} is not set and {} cannot be read (the coordinator writes it when it starts; the ranks need the same run directory)",
-            flg_core::launch::LAUNCH_SECRET_ENV,
-            path.display()
-        )
-    })?;
-    Ok(text.trim().to_string())
+    };
+    anyhow::ensure!(
+        !secret.is_empty() && secret.chars().all(|c| c.is_ascii_graphic()),
+        "{from}: the launch secret must be printable ASCII (it travels in a gRPC header)"
+    );
+    Ok(secret)
 }
 
-/// A request carrying the launch secret.
+/// A request carrying the launch secret (printable ASCII, checked when it was read; a
+/// secret that is not would be left out, and the coordinator would say the call has none).
 fn signed<T>(secret: &str, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     if let Ok(v) = secret.parse() {

@@ -309,8 +309,8 @@ impl RunHub {
 
     /// A finished stage whose output is missing or unreadable is not finished: it is taken
     /// off the completed list (recorded as `output_lost`), so the next launch runs it again
-    /// (from its last checkpoint when one is kept). Returns whether anything was lost.
-    pub(super) fn recheck_outputs(&self, inner: &mut Inner) -> bool {
+    /// (from its last checkpoint when one is kept).
+    pub(super) fn recheck_outputs(&self, inner: &mut Inner) {
         let mut lost = false;
         for stage in inner.completed.clone() {
             let broken = self
@@ -328,7 +328,6 @@ impl RunHub {
         if lost && inner.phase == Phase::Finished {
             inner.phase = Phase::Starting;
         }
-        lost
     }
 
     /// Whether `given` is the current launch's secret (compared in constant time).

@@ -42,7 +42,7 @@ impl Services {
 }
 
 /// The metadata key of the launch secret on WorkerHub calls.
-pub const LAUNCH_SECRET_HEADER: &str = flg_core::launch::LAUNCH_SECRET_HEADER;
+pub use flg_core::launch::LAUNCH_SECRET_HEADER;
 
 impl Services {
     /// Every WorkerHub call must come from the current launch: it carries that launch's

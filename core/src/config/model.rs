@@ -78,40 +78,10 @@ pub fn preset(name: &str) -> Option<ModelDims> {
     }
 }
 
-/// Largest value of each dimension fastlightgen accepts: far above any released video DiT
-/// (Wan 2.1 14B has dim 5120, 40 blocks, ffn 13824), low enough that a hostile file cannot
-/// make a loader allocate without bound or overflow a shape product.
-pub const DIM_LIMITS: [(&str, i64); 9] = [
-    ("dim", 1 << 16),
-    ("num_blocks", 1024),
-    ("num_heads", 1024),
-    ("ffn_dim", 1 << 18),
-    ("freq_dim", 1 << 14),
-    ("text_dim", 1 << 16),
-    ("text_len", 1 << 16),
-    ("in_channels", 1024),
-    ("out_channels", 1024),
-];
-
 /// Largest patch size along any axis.
 pub const PATCH_LIMIT: i64 = 64;
 
 impl ModelDims {
-    fn field(&self, name: &str) -> i64 {
-        match name {
-            "dim" => self.dim,
-            "num_blocks" => self.num_blocks,
-            "num_heads" => self.num_heads,
-            "ffn_dim" => self.ffn_dim,
-            "freq_dim" => self.freq_dim,
-            "text_dim" => self.text_dim,
-            "text_len" => self.text_len,
-            "in_channels" => self.in_channels,
-            "out_channels" => self.out_channels,
-            _ => unreachable!("not a dimension: {name}"),
-        }
-    }
-
     /// Everything that makes these dimensions unbuildable, as (field, message): each in
     /// 1..=its limit, the heads dividing the width into even head widths (rotary pairs),
     /// an even frequency width, patches in 1..=64, a positive finite eps. Checked before a
@@ -119,8 +89,21 @@ impl ModelDims {
     /// allocates a shape no model has.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        for (name, max) in DIM_LIMITS {
-            let v = self.field(name);
+        // Limits far above any released video DiT (Wan 2.1 14B has dim 5120, 40 blocks, ffn
+        // 13824), low enough that a hostile file cannot make a loader allocate without bound
+        // or overflow a shape product.
+        let limits = [
+            ("dim", self.dim, 1 << 16),
+            ("num_blocks", self.num_blocks, 1024),
+            ("num_heads", self.num_heads, 1024),
+            ("ffn_dim", self.ffn_dim, 1 << 18),
+            ("freq_dim", self.freq_dim, 1 << 14),
+            ("text_dim", self.text_dim, 1 << 16),
+            ("text_len", self.text_len, 1 << 16),
+            ("in_channels", self.in_channels, 1024),
+            ("out_channels", self.out_channels, 1024),
+        ];
+        for (name, v, max) in limits {
             if !(1..=max).contains(&v) {
                 out.push((name, format!("must be in 1..={max}, got {v}")));
             }
