@@ -151,7 +151,7 @@ pub fn last_checkpoint(s: &pb::RunStatus) -> String {
 }
 
 /// Follows the event stream with progress bars until the run ends.
-pub fn watch(t: &Target, from_start: bool) -> ExitCode {
+pub fn watch(t: &Target, from_start: bool, log_every: std::time::Duration) -> ExitCode {
     let result: Result<(), String> = runtime().block_on(async {
         let mut c = connect(&t.url).await?;
         let mut stream = c
@@ -159,12 +159,20 @@ pub fn watch(t: &Target, from_start: bool) -> ExitCode {
             .await
             .map_err(|e| e.message().to_string())?
             .into_inner();
-        let mut bars = Bars::new();
-        while let Some(e) = stream
-            .message()
-            .await
-            .map_err(|e| e.message().to_string())?
-        {
+        let mut bars = Bars::new(log_every);
+        loop {
+            // Woken now and then without events, for the plain lines of a quiet stage.
+            let next = tokio::time::timeout(std::time::Duration::from_millis(500), stream.message());
+            let e = match next.await {
+                Err(_) => {
+                    bars.tick(std::time::Instant::now());
+                    continue;
+                }
+                Ok(m) => match m.map_err(|e| e.message().to_string())? {
+                    Some(e) => e,
+                    None => break,
+                },
+            };
             // A kind this version does not know (a newer coordinator) is skipped.
             if let Ok(r) = serde_json::from_str::<Record>(&e.json) {
                 bars.handle(&r);

@@ -36,6 +36,30 @@ struct Target {
     coordinator: String,
 }
 
+/// What `run` and `coordinator` take besides the config.
+#[derive(clap::Args)]
+struct LaunchArgs {
+    /// Change one config key for this run, checked like the file and recorded at the top of
+    /// <run dir>/config.toml (repeatable; a later one wins), e.g. `--set distill.steps=600
+    /// --set cluster.world_size=16`. The value is TOML (numbers, true, "text", [1, 2]); a
+    /// bare word is a string. A run-defining setting that differs from the run directory's
+    /// is refused as with an edited file.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_override)]
+    set: Vec<flg_core::config::Override>,
+    /// Seconds between plain progress lines when stderr is not a terminal (a log file).
+    #[arg(long, env = "FLG_LOG_EVERY", default_value = "30", value_parser = log_period)]
+    log_every: std::time::Duration,
+}
+
+fn parse_override(arg: &str) -> Result<flg_core::config::Override, String> {
+    flg_core::config::Override::parse(arg)
+}
+
+fn log_period(arg: &str) -> Result<std::time::Duration, String> {
+    flg_core::logging::parse_period(arg)
+        .ok_or_else(|| format!("{arg:?}: expected seconds between 0.1 and 86400"))
+}
+
 /// Mutating control calls: the target and the token.
 #[derive(clap::Args)]
 struct Mutation {
@@ -66,9 +90,15 @@ enum Command {
     ///
     /// Ctrl-C stops cleanly with a final checkpoint; a second Ctrl-C kills the workers.
     /// Meanwhile: `fastlightgen status|watch|pause|resume|checkpoint|stop --coordinator URL`.
+    ///
+    /// Progress: bars on a terminal; in a log file (stderr not a terminal: sbatch, nohup,
+    /// `> log`) one plain line every --log-every seconds. The status page is served on
+    /// cluster.http_addr (its URL is printed at start); TensorBoard reads <run dir>/tensorboard.
     Run {
         /// The experiment file, e.g. cluster-configs/demo-cpu.toml.
         config: PathBuf,
+        #[command(flatten)]
+        launch: LaunchArgs,
     },
     /// Run only the coordinator, for clusters where the workers are started separately.
     ///
@@ -76,8 +106,11 @@ enum Command {
     /// --coordinator URL`). Lost ranks are reported; start the workers again (same line) and
     /// they resume from the last committed checkpoint. Ends when the run finishes or stops.
     Coordinator {
-        /// The experiment file; the workers must be started with the same one.
+        /// The experiment file; the workers must be started with the same one (and the same
+        /// --set, which the printed line repeats).
         config: PathBuf,
+        #[command(flatten)]
+        launch: LaunchArgs,
     },
     /// Show a running experiment: stage, step, losses, throughput, ETA, ranks, checkpoint.
     Status {
@@ -88,12 +121,18 @@ enum Command {
         json: bool,
     },
     /// Follow a running experiment with progress bars until it ends.
+    ///
+    /// The rate and ETA are the coordinator's (the ones `status` shows). On a terminal it
+    /// draws bars; otherwise it prints a plain line every --log-every seconds.
     Watch {
         #[command(flatten)]
         target: Target,
         /// Replay the run's history (events.jsonl) first.
         #[arg(long)]
         from_start: bool,
+        /// Seconds between plain progress lines when stderr is not a terminal.
+        #[arg(long, env = "FLG_LOG_EVERY", default_value = "30", value_parser = log_period)]
+        log_every: std::time::Duration,
     },
     /// Pause the ranks at the next step boundary (needs the control token).
     Pause(Mutation),
@@ -263,19 +302,31 @@ fn main() -> ExitCode {
             }),
             print_run_dir,
         ),
-        Command::Run { config } => flg_coordinator::supervise::main(
+        Command::Run { config, launch } => flg_coordinator::supervise::main(
             &config,
             flg_coordinator::supervise::Mode::LaunchWorkers,
+            &flg_coordinator::supervise::Options {
+                overrides: launch.set,
+                log_every: launch.log_every,
+            },
         ),
-        Command::Coordinator { config } => flg_coordinator::supervise::main(
+        Command::Coordinator { config, launch } => flg_coordinator::supervise::main(
             &config,
             flg_coordinator::supervise::Mode::CoordinatorOnly,
+            &flg_coordinator::supervise::Options {
+                overrides: launch.set,
+                log_every: launch.log_every,
+            },
         ),
         Command::Status { target, json } => with_target(&target.coordinator, None, |t| {
             flg_coordinator::client::status(t, json)
         }),
-        Command::Watch { target, from_start } => with_target(&target.coordinator, None, |t| {
-            flg_coordinator::client::watch(t, from_start)
+        Command::Watch {
+            target,
+            from_start,
+            log_every,
+        } => with_target(&target.coordinator, None, |t| {
+            flg_coordinator::client::watch(t, from_start, log_every)
         }),
         Command::Pause(m) => mutate("pause", m),
         Command::Resume(m) => mutate("resume", m),

@@ -7,7 +7,7 @@
 
 use crate::progress::EventView;
 use crate::run::{random_hex, Phase, RunHub};
-use flg_core::config::Config;
+use flg_core::config::{Config, LoadOptions, Override};
 use flg_core::launch::{worker_binary, MpiLaunch};
 use flg_core::Stage;
 use std::ffi::OsString;
@@ -52,8 +52,16 @@ pub(crate) fn write_secret(path: &Path, secret: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-pub fn main(config_path: &Path, mode: Mode) -> ExitCode {
-    match supervise(config_path, mode) {
+/// What `run` and `coordinator` take besides the config and the mode.
+pub struct Options {
+    /// `--set section.key=value`, applied to the file (and handed to every rank).
+    pub overrides: Vec<Override>,
+    /// The period of plain progress lines when stderr is not a terminal.
+    pub log_every: Duration,
+}
+
+pub fn main(config_path: &Path, mode: Mode, options: &Options) -> ExitCode {
+    match supervise(config_path, mode, options) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -62,8 +70,9 @@ pub fn main(config_path: &Path, mode: Mode) -> ExitCode {
     }
 }
 
-fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
-    let cfg = Config::load(config_path).map_err(|e| e.to_string().trim_end().to_string())?;
+fn supervise(config_path: &Path, mode: Mode, options: &Options) -> Result<ExitCode, String> {
+    let cfg = Config::load_overridden(config_path, LoadOptions::default(), &options.overrides)
+        .map_err(|e| e.to_string().trim_end().to_string())?;
     let run_dir = cfg.run_dir();
     std::fs::create_dir_all(run_dir.path())
         .map_err(|e| format!("{}: {e}", run_dir.path().display()))?;
@@ -155,18 +164,31 @@ fn supervise(config_path: &Path, mode: Mode) -> Result<ExitCode, String> {
             }
         });
     }
-    let view = EventView::follow(hub.subscribe());
+    let view = EventView::follow(hub.subscribe(), options.log_every);
 
     let code = match mode {
-        Mode::LaunchWorkers => launch_and_supervise(&hub, config_path, &url, &interrupts),
+        Mode::LaunchWorkers => launch_and_supervise(
+            &hub,
+            &WorkerCommand {
+                config: config_path,
+                overrides: &options.overrides,
+                url: &url,
+            },
+            &interrupts,
+        ),
         Mode::CoordinatorOnly => {
             // Workers started by hand read the secret from the run directory (owner-only).
             let secret = random_hex(16).map_err(|e| format!("making a launch secret: {e}"))?;
             write_secret(&run_dir.launch_secret(), &secret)?;
             hub.expect_launch(secret);
             let bin = worker_binary().unwrap_or_else(|_| "flg-worker".into());
+            let sets: String = options
+                .overrides
+                .iter()
+                .map(|o| format!(" --set '{}'", o.text))
+                .collect();
             println!(
-                "  start the workers: mpirun -np {} [--hostfile H] {} run --config {} --coordinator {url}",
+                "  start the workers: mpirun -np {} [--hostfile H] {} run --config {}{sets} --coordinator {url}",
                 cfg.cluster.world_size,
                 bin.display(),
                 config_path.display()
@@ -245,13 +267,15 @@ fn exit_for(phase: Phase) -> ExitCode {
     }
 }
 
+/// What every rank is started with: the config, its overrides, the coordinator's URL.
+struct WorkerCommand<'a> {
+    config: &'a Path,
+    overrides: &'a [Override],
+    url: &'a str,
+}
+
 /// Starts a launch's ranks under mpirun, handing them `secret` in their environment.
-fn spawn_workers(
-    cfg: &Config,
-    config_path: &Path,
-    url: &str,
-    secret: &str,
-) -> Result<Child, String> {
+fn spawn_workers(cfg: &Config, what: &WorkerCommand, secret: &str) -> Result<Child, String> {
     let bin = worker_binary()?;
     let launch = MpiLaunch {
         np: cfg.cluster.world_size,
@@ -262,13 +286,17 @@ fn spawn_workers(
             secret.to_string(),
         )],
     };
-    let args: Vec<OsString> = vec![
+    let mut args: Vec<OsString> = vec![
         "run".into(),
         "--config".into(),
-        config_path.into(),
+        what.config.into(),
         "--coordinator".into(),
-        url.into(),
+        what.url.into(),
     ];
+    for o in what.overrides {
+        args.push("--set".into());
+        args.push(o.text.clone().into());
+    }
     let mut cmd = launch.command(&bin, &args);
     // Its own process group: Ctrl-C in the terminal reaches the coordinator only, which stops
     // the ranks cleanly; and a restart can end the whole group.
@@ -302,12 +330,7 @@ fn end_workers(child: &mut Child) {
     crate::processes::reap_orphans();
 }
 
-fn launch_and_supervise(
-    hub: &RunHub,
-    config_path: &Path,
-    url: &str,
-    interrupts: &AtomicU32,
-) -> ExitCode {
+fn launch_and_supervise(hub: &RunHub, what: &WorkerCommand, interrupts: &AtomicU32) -> ExitCode {
     let cfg = &hub.cfg;
     let mut restarts = 0;
     let mut stop_asked = false;
@@ -323,7 +346,7 @@ fn launch_and_supervise(
                 return ExitCode::FAILURE;
             }
         };
-        let mut child = match spawn_workers(cfg, config_path, url, &secret) {
+        let mut child = match spawn_workers(cfg, what, &secret) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -53,12 +53,17 @@ pub enum Event {
         total_steps: u64,
         generation: Option<u32>,
     },
-    /// Rank 0's step progress (streamed only).
+    /// Rank 0's step progress (streamed only), with the coordinator's rate and ETA (the
+    /// ones `status` shows; absent until two reports of the stage have arrived).
     Step {
         stage: Stage,
         step: u64,
         total_steps: u64,
         values: BTreeMap<String, f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        samples_per_s: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eta_s: Option<f64>,
     },
     StageDone {
         stage: Stage,

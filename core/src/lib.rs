@@ -10,6 +10,7 @@
 //! - [`settings`]: which settings define a run, and their hash.
 //! - [`memory`]: the per-rank memory estimate of `fastlightgen validate --estimate-memory`.
 //! - [`launch`]: the worker binary and the `mpirun` command line.
+//! - [`logging`]: log lines for terminals and log files, with the rank.
 //! - [`weights`]: model weight files by their headers: names, forms, checks.
 
 pub mod checkpoint;
@@ -19,6 +20,7 @@ pub mod durable;
 pub mod events;
 pub mod formats;
 pub mod launch;
+pub mod logging;
 pub mod memory;
 pub mod run_dir;
 pub mod settings;
@@ -28,15 +30,7 @@ pub mod weights;
 pub use run_dir::RunDir;
 pub use stage::Stage;
 
-/// Sets up `tracing` output on stderr; `RUST_LOG` picks the level (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
+pub use logging::init_logging;
 
 /// This machine's host name (ranks report theirs when they register; the launcher ends only
 /// the pids on its own host).

@@ -71,12 +71,8 @@ impl StageCtx<'_> {
 
     /// A progress bar on rank 0, hidden elsewhere (and under a coordinator, whose launcher
     /// draws the bars from the event stream).
-    pub fn bar(&self, total: u64, what: &str) -> indicatif::ProgressBar {
-        if self.lead() && self.control.is_none() {
-            crate::progress::bar(total, what)
-        } else {
-            indicatif::ProgressBar::hidden()
-        }
+    pub fn bar(&self, total: u64, what: &str) -> crate::progress::Progress {
+        crate::progress::Progress::on_lead(self.lead() && self.control.is_none(), total, what)
     }
 
     /// Loads a whole model file that an earlier stage wrote, naming the stage to run when the

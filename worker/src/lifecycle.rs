@@ -18,7 +18,7 @@ use crate::ranks::Ranks;
 use crate::stages::{self, StageCtx};
 use crate::trainer::Stopped;
 use anyhow::{bail, Result};
-use flg_core::config::{Config, Precision};
+use flg_core::config::{Config, LoadOptions, Override, Precision};
 use flg_core::events::{Event, EventLog, Record};
 use flg_core::{RunDir, Stage};
 use flg_proto::StageEvent;
@@ -34,12 +34,15 @@ pub struct RankArgs<'a> {
     pub only: &'a [Stage],
     /// The coordinator's URL (`--coordinator`).
     pub coordinator: Option<&'a str>,
+    /// `--set section.key=value`, applied to the file.
+    pub overrides: &'a [Override],
 }
 
 /// One rank of an `mpirun` job, from start to end.
 pub fn run_rank(args: &RankArgs) -> Result<()> {
     let path = args.config;
-    let mut cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut cfg = Config::load_overridden(path, LoadOptions::default(), args.overrides)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let all_stages = cfg.stages();
     if !args.only.is_empty() {
         if let Some(s) = args.only.iter().find(|s| !cfg.runs_stage(**s)) {
@@ -76,6 +79,7 @@ pub fn run_rank(args: &RankArgs) -> Result<()> {
         &ranks,
         all_stages,
         args.snapshot_every,
+        args.overrides,
         control.clone(),
     ) {
         Ok(()) => {}
@@ -113,6 +117,7 @@ fn run_stages(
     ranks: &Ranks,
     all_stages: Vec<Stage>,
     snapshot_every: u64,
+    overrides: &[Override],
     control: Option<Arc<Control>>,
 ) -> Result<()> {
     let backend = device::select_backend(
@@ -121,11 +126,13 @@ fn run_stages(
         &device::GpuEnv::detect(),
     )
     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let local = collective::local_rank();
+    let place = collective::node_place(&ranks.universe);
+    tracing::info!(host = %flg_core::hostname(), "{place}");
+    let local = place.local_rank;
     let prefetch = cfg.cluster.prefetch.enabled(cfg.cluster.device);
     let comm = collective::connect(backend, &ranks.universe, local, prefetch)
         .map_err(anyhow::Error::msg)?;
-    collective::share_cores_among_local_ranks();
+    collective::share_cores_among_local_ranks(&place);
     let device = device::tch_device(cfg.cluster.device, local);
     let kind = if cfg.cluster.precision == Precision::Bf16 {
         tch::Kind::BFloat16
@@ -138,7 +145,9 @@ fn run_stages(
         // The run's config, with every stage it lists (also when `--stage` runs only some).
         let mut resolved = cfg.clone();
         resolved.experiment.stages = all_stages.iter().map(|s| s.name().to_string()).collect();
-        std::fs::write(run_dir.config(), resolved.to_toml())?;
+        // Keys set on the command line head it, so the file says how it came to differ.
+        let text = flg_core::config::record_overrides(overrides) + &resolved.to_toml();
+        std::fs::write(run_dir.config(), text)?;
         data::open_or_generate(cfg, &run_dir)?; // generated once, by rank 0
     }
     comm.barrier();

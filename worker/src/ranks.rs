@@ -22,8 +22,11 @@ pub enum RankError {
 /// Initialises MPI with full thread support where the library has it: the MPI backend's unit
 /// prefetch runs its all-gathers on a thread of its own (collective.rs). An MPI without it
 /// still works, without the overlap.
+/// From here on, this process's log lines carry its rank.
 pub fn init_mpi() -> Option<mpi::environment::Universe> {
-    mpi::initialize_with_threading(mpi::Threading::Multiple).map(|(u, _)| u)
+    let universe = mpi::initialize_with_threading(mpi::Threading::Multiple).map(|(u, _)| u)?;
+    flg_core::logging::set_rank(universe.world().rank() as u32);
+    Some(universe)
 }
 
 /// Initialises MPI and checks the job's size against `cluster.world_size` before any

@@ -86,7 +86,7 @@ pub fn train(ctx: &StageCtx, stage: &mut dyn TrainingStage, loader: &mut Loader)
         }
     };
     let mut log = ctx.metrics()?;
-    let bar = ctx.bar(total, which.name());
+    let mut bar = ctx.bar(total, which.name());
     bar.set_position(first);
     let start = Instant::now();
     let mut meter = crate::throughput::StepMeter::new(ctx.device);

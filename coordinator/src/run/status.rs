@@ -29,11 +29,15 @@ impl RunHub {
         inner.step = m.step;
         inner.total_steps = m.total_steps;
         inner.losses = m.values.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let rate = inner.steps_per_s;
+        let known = rate > 0.0;
         self.emit(Event::Step {
             stage,
             step: m.step,
             total_steps: m.total_steps,
             values: inner.losses.clone(),
+            samples_per_s: known.then(|| rate * stage.batch_size(&self.cfg) as f64),
+            eta_s: known.then(|| m.total_steps.saturating_sub(m.step) as f64 / rate),
         });
         Ok(())
     }

@@ -8,11 +8,14 @@
 //! tool; the resolved copy written into the run directory has them absolute.
 
 mod model;
+mod overrides;
 mod schema;
 mod validate;
 mod validate_data;
 
 pub use model::{preset, ModelDims, PRESETS};
+pub use overrides::Override;
+pub use overrides::record as record_overrides;
 pub use schema::*;
 pub use validate_data::moving_shapes_geometry;
 

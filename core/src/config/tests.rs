@@ -523,3 +523,46 @@ fn impossible_model_dimensions_are_named_by_field() {
     d.num_heads = 64;
     assert_eq!(d.problems()[0].0, "num_heads");
 }
+
+#[test]
+fn set_overrides_are_checked_like_the_file_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("exp.toml");
+    std::fs::write(&path, with("[distill]\nsteps = 10")).unwrap();
+    let load = |sets: &[&str]| {
+        let o: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
+        Config::load_overridden(&path, LoadOptions { check_files: false }, &o)
+    };
+    let c = load(&[
+        "distill.steps=300",
+        "distill.generator_optim.lr = 2e-5",
+        "experiment.name=try2",
+        "cluster.device=\"cpu\"",
+        "distill.steps=400", // a later one wins
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.distill.steps, 400);
+    assert_eq!(c.distill.generator_optim.lr, 2e-5);
+    assert_eq!(c.experiment.name, "try2");
+    // The same messages as the file gets, naming the --set that caused them.
+    let e = load(&["distill.stpes=3"]).unwrap_err();
+    let i = issue(&e, "distill.stpes");
+    assert!(i.message.contains("unknown field") && i.message.contains("--set distill.stpes=3"), "{i:?}");
+    let e = load(&["distill.steps=many"]).unwrap_err();
+    assert!(e.mentions("distill.steps"), "{e}");
+    let e = load(&["cluster.world_size=0"]).unwrap_err();
+    assert!(issue(&e, "cluster.world_size").message.contains("--set"), "{e}");
+    // A whole section replaced by a value: refused, in the file's words or ours.
+    let e = load(&["distill.generator_optim=3"]).unwrap_err();
+    assert!(issue(&e, "distill.generator_optim").message.contains("--set"), "{e}");
+    std::fs::write(&path, with("[distill]\nsteps = 10\n[distill.generator_optim]\nlr = 1e-4")).unwrap();
+    let e = load(&["distill.generator_optim=3"]).unwrap_err();
+    assert!(issue(&e, "distill.generator_optim").message.contains("is a section"), "{e}");
+    let e = load(&["distill.steps.x=3"]).unwrap_err();
+    assert!(issue(&e, "distill.steps.x").message.contains("is a value, not a section"), "{e}");
+    for bad in ["distill.steps", "steps=3", "distill=3", ".steps=3", "distill..steps=3", "distill.st eps=3"] {
+        assert!(Override::parse(bad).is_err(), "{bad}");
+    }
+    let o = [Override::parse("distill.steps=300").unwrap()];
+    assert_eq!(record_overrides(&o), "# --set distill.steps=300\n");
+}

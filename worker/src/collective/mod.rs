@@ -131,23 +131,122 @@ pub fn connect(
     }
 }
 
-/// This rank's index among the ranks on its node (OpenMPI sets it), for picking its GPU.
-pub fn local_rank() -> usize {
-    std::env::var("OMPI_COMM_WORLD_LOCAL_RANK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// Where a rank sits on its node: its index among the node's ranks (which GPU it drives) and
+/// how many ranks share the node (how its cores are split), with where that was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePlace {
+    pub local_rank: usize,
+    pub local_size: usize,
+    /// `OMPI_COMM_WORLD_LOCAL_RANK`, `SLURM_LOCALID` or `MPI shared-memory split`.
+    pub source: &'static str,
+}
+
+impl std::fmt::Display for NodePlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "local rank {} of {} on this node (from {})",
+            self.local_rank, self.local_size, self.source
+        )
+    }
+}
+
+/// The node place the launcher announces, in this order: OpenMPI (`mpirun`), then Slurm
+/// (`srun`, which sets no OpenMPI variables); `None` when neither does. `env` reads a variable.
+pub fn node_place_from_env(env: impl Fn(&str) -> Option<String>) -> Option<NodePlace> {
+    let num = |name: &str| -> Option<usize> { env(name)?.trim().parse().ok() };
+    if let Some(r) = num("OMPI_COMM_WORLD_LOCAL_RANK") {
+        let size = num("OMPI_COMM_WORLD_LOCAL_SIZE").unwrap_or(r + 1);
+        return Some(NodePlace {
+            local_rank: r,
+            local_size: size.max(r + 1),
+            source: "OMPI_COMM_WORLD_LOCAL_RANK",
+        });
+    }
+    if let Some(r) = num("SLURM_LOCALID") {
+        // SLURM_TASKS_PER_NODE may read "8(x2)"; the node's own count is its first number
+        // when every node runs the same, which the shared-memory split confirms otherwise.
+        let size = num("SLURM_NTASKS_PER_NODE")
+            .or_else(|| {
+                env("SLURM_TASKS_PER_NODE")?
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(r + 1);
+        return Some(NodePlace {
+            local_rank: r,
+            local_size: size.max(r + 1),
+            source: "SLURM_LOCALID",
+        });
+    }
+    None
+}
+
+/// This rank's place on its node: from the launcher's variables when it sets them
+/// ([`node_place_from_env`]), else from MPI itself: the world split into the ranks that
+/// share memory (one node), ordered by world rank. Collective: every rank calls it.
+pub fn node_place(universe: &mpi::environment::Universe) -> NodePlace {
+    // Every rank takes part in the split, whichever source it ends up using, so that no
+    // rank waits in it alone.
+    let split = shared_memory_place(universe);
+    node_place_from_env(|v| std::env::var(v).ok()).unwrap_or(split)
+}
+
+/// The node place MPI gives: the world split into ranks that share memory. Collective.
+pub fn shared_memory_place(universe: &mpi::environment::Universe) -> NodePlace {
+    use mpi::topology::Communicator;
+    let world = universe.world();
+    let node = world.split_shared(world.rank());
+    NodePlace {
+        local_rank: node.rank() as usize,
+        local_size: node.size() as usize,
+        source: "MPI shared-memory split",
+    }
 }
 
 /// Gives this rank its share of the node's cores for libtorch's thread pool: the ranks on one
-/// node (OpenMPI says how many) split the cores evenly, at least one thread each.
-pub fn share_cores_among_local_ranks() {
-    let local_size: i32 = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+/// node split the cores evenly, at least one thread each.
+pub fn share_cores_among_local_ranks(place: &NodePlace) {
+    let local_size = place.local_size as i32;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get() as i32)
         .unwrap_or(1);
     tch::set_num_threads((cores / local_size.max(1)).max(1));
+}
+
+#[cfg(test)]
+mod node_place_tests {
+    use super::*;
+
+    fn env_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn openmpi_then_slurm_then_nothing() {
+        let both = [
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "3"),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "8"),
+            ("SLURM_LOCALID", "5"),
+        ];
+        let p = node_place_from_env(env_of(&both)).unwrap();
+        assert_eq!((p.local_rank, p.local_size, p.source), (3, 8, "OMPI_COMM_WORLD_LOCAL_RANK"));
+        let srun = [("SLURM_LOCALID", "5"), ("SLURM_TASKS_PER_NODE", "8(x2)")];
+        let p = node_place_from_env(env_of(&srun)).unwrap();
+        assert_eq!((p.local_rank, p.local_size, p.source), (5, 8, "SLURM_LOCALID"));
+        let per_node = [("SLURM_LOCALID", "1"), ("SLURM_NTASKS_PER_NODE", "4")];
+        assert_eq!(node_place_from_env(env_of(&per_node)).unwrap().local_size, 4);
+        // A size that cannot hold the rank is raised to hold it.
+        let odd = [("SLURM_LOCALID", "6"), ("SLURM_TASKS_PER_NODE", "2")];
+        assert_eq!(node_place_from_env(env_of(&odd)).unwrap().local_size, 7);
+        assert_eq!(node_place_from_env(env_of(&[("SLURM_LOCALID", "x")])), None);
+        assert_eq!(node_place_from_env(env_of(&[])), None);
+    }
 }

@@ -43,11 +43,7 @@ pub fn write_moving_shapes(
         true,
         shard_size as usize,
     )?;
-    let bar = if progress {
-        crate::progress::bar(num, "moving-shapes")
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let mut bar = crate::progress::Progress::on_lead(progress, num, "moving-shapes");
     for i in 0..num {
         let video = shapes::generate(spec, i);
         let latents = shapes::pixels_to_latents(&video.pixels, spec.frames, spec.size);

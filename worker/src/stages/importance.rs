@@ -65,11 +65,11 @@ pub fn measure(
     let [c, t, h, w] = data.latent_shape();
     // Sums over this rank's items: baseline error, error per skipped block, item count.
     let mut sums = vec![0f64; blocks.len() + 2];
-    let bar = if rank == 0 {
-        crate::progress::bar(batches as u64, flg_core::Stage::Importance.name())
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let mut bar = crate::progress::Progress::on_lead(
+        rank == 0,
+        batches as u64,
+        flg_core::Stage::Importance.name(),
+    );
     for bi in 0..batches {
         // This rank's slice of the global batch; past the end, items repeat with weight 0 so
         // that every rank runs the same number of forwards.

@@ -312,6 +312,10 @@ pub struct RunArgs {
     /// through with no checkpoints.
     #[arg(long)]
     pub coordinator: Option<String>,
+    /// Change one config key (section.key=value, repeatable), as `fastlightgen run --set`
+    /// does; every rank must be given the same.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = flg_core::config::Override::parse)]
+    pub set: Vec<flg_core::config::Override>,
 }
 
 #[derive(Args)]

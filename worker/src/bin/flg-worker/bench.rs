@@ -244,7 +244,9 @@ pub fn mpi_bench(b: MpiBench) -> Result<()> {
     let prefetch = matches!(&b, MpiBench::Step(a) if a.prefetch == "on");
     let comm = flg_worker::collective::MpiCollective::new(&universe, prefetch);
     use flg_worker::collective::Collective;
-    flg_worker::collective::share_cores_among_local_ranks();
+    flg_worker::collective::share_cores_among_local_ranks(&flg_worker::collective::node_place(
+        &universe,
+    ));
     match b {
         MpiBench::Step(MpiStepArgs {
             preset,

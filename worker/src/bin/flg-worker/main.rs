@@ -17,7 +17,8 @@ fn main() {
     let matches = Cli::command().bin_name("fastlightgen").get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = dispatch(cli) {
-        eprintln!("error: {e:#}");
+        // Under mpirun every rank's stderr is one stream: say which rank failed.
+        eprintln!("{}error: {e:#}", flg_core::logging::rank_prefix());
         std::process::exit(1);
     }
 }
@@ -41,6 +42,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             snapshot_every: a.snapshot_every,
             only: &a.stages,
             coordinator: a.coordinator.as_deref(),
+            overrides: &a.set,
         }),
         Command::Bench(b) => match b {
             BenchCommand::Device(DeviceBench::Forward(a)) => bench::device_forward(a),
