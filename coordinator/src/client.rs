@@ -92,18 +92,7 @@ pub fn status(t: &Target, json: bool) -> ExitCode {
         Err(e) => return fail(e),
     };
     if json {
-        let losses: std::collections::BTreeMap<_, _> = s.losses.iter().collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "run_id": s.run_id, "experiment": s.experiment, "stage": s.stage, "state": state_name(&s),
-                "step": s.step, "total_steps": s.total_steps, "losses": losses,
-                "samples_per_second": s.samples_per_second, "eta_seconds": s.eta_seconds,
-                "ranks_alive": s.ranks_alive, "world_size": s.world_size,
-                "last_committed_step": s.last_committed_step,
-                "last_committed_stage": s.last_committed_stage, "restarts": s.restarts,
-            })
-        );
+        println!("{}", crate::run::status_json(&s));
         return ExitCode::SUCCESS;
     }
     println!("run {} ({}): {}", s.run_id, s.experiment, state_name(&s));

@@ -2,6 +2,7 @@
 //! workers. The `fastlightgen` command is its binary.
 
 pub mod client;
+pub mod http;
 pub mod processes;
 pub mod progress;
 pub mod run;

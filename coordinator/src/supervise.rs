@@ -95,23 +95,7 @@ fn supervise(config_path: &Path, mode: Mode, options: &Options) -> Result<ExitCo
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let addr = cfg
-        .cluster
-        .coordinator_addr
-        .to_socket_addrs()
-        .map_err(|e| {
-            format!(
-                "cluster.coordinator_addr {:?}: {e}",
-                cfg.cluster.coordinator_addr
-            )
-        })?
-        .next()
-        .ok_or_else(|| {
-            format!(
-                "cluster.coordinator_addr {:?}: no address",
-                cfg.cluster.coordinator_addr
-            )
-        })?;
+    let addr = first_address(&cfg.cluster.coordinator_addr, "cluster.coordinator_addr")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("flg-coordinator")
@@ -124,18 +108,29 @@ fn supervise(config_path: &Path, mode: Mode, options: &Options) -> Result<ExitCo
             let _ = shutdown_rx.await;
         }))
         .map_err(|e| format!("cannot listen on {addr} (cluster.coordinator_addr): {e}"))?;
-    let host = if bound.ip().is_unspecified() {
-        flg_core::hostname()
+    let url = url_of(bound);
+    let (http_shutdown_tx, http_shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = if cfg.cluster.http_addr.is_empty() {
+        None
     } else {
-        bound.ip().to_string()
+        let addr = first_address(&cfg.cluster.http_addr, "cluster.http_addr")?;
+        let (bound, server) = rt
+            .block_on(crate::http::serve(hub.clone(), addr, async {
+                let _ = http_shutdown_rx.await;
+            }))
+            .map_err(|e| format!("cannot listen on {addr} (cluster.http_addr): {e}"))?;
+        Some((url_of(bound), server))
     };
-    let url = format!("http://{host}:{}", bound.port());
+    let http_url = http.as_ref().map(|(u, _)| u.clone());
     let _ = std::fs::write(
         run_dir.coordinator_info(),
-        serde_json::json!({"url": url, "pid": std::process::id(), "run_id": hub.run_id})
+        serde_json::json!({"url": url, "http_url": http_url, "pid": std::process::id(), "run_id": hub.run_id})
             .to_string(),
     );
     println!("coordinator: run {} at {url}", hub.run_id);
+    if let Some(u) = &http_url {
+        println!("  status page {u}/ (JSON at {u}/status)");
+    }
     println!("  run directory {}", run_dir.path().display());
     if generated {
         println!(
@@ -200,7 +195,11 @@ fn supervise(config_path: &Path, mode: Mode, options: &Options) -> Result<ExitCo
     std::thread::sleep(Duration::from_millis(200));
     view.finish();
     let _ = shutdown_tx.send(());
+    let _ = http_shutdown_tx.send(());
     let _ = rt.block_on(server);
+    if let Some((_, server)) = http {
+        let _ = rt.block_on(server);
+    }
     let _ = std::fs::remove_file(run_dir.coordinator_info());
     let status = hub.status(Instant::now());
     if hub.phase() == Phase::Finished && cfg.runs_stage(Stage::Eval) {
@@ -215,6 +214,24 @@ fn supervise(config_path: &Path, mode: Mode, options: &Options) -> Result<ExitCo
         crate::client::last_checkpoint(&status)
     );
     Ok(code)
+}
+
+/// The first socket address `addr` (a config value, named by `key`) resolves to.
+fn first_address(addr: &str, key: &str) -> Result<std::net::SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|e| format!("{key} {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{key} {addr:?}: no address"))
+}
+
+/// The URL others use for a bound address (this host's name for a wildcard bind).
+fn url_of(bound: std::net::SocketAddr) -> String {
+    let host = if bound.ip().is_unspecified() {
+        flg_core::hostname()
+    } else {
+        bound.ip().to_string()
+    };
+    format!("http://{host}:{}", bound.port())
 }
 
 /// Writes the run's report.md and prints the headline numbers (a failure is a warning: the

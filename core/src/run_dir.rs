@@ -34,6 +34,11 @@ impl RunDir {
     }
 
     /// The coordinator's address while it runs (for `watch`, `status`, ...).
+    /// TensorBoard event files (`tensorboard --logdir <run dir>/tensorboard`).
+    pub fn tensorboard(&self) -> PathBuf {
+        self.0.join("tensorboard")
+    }
+
     pub fn coordinator_info(&self) -> PathBuf {
         self.0.join("coordinator.json")
     }

@@ -65,7 +65,8 @@ impl StageCtx<'_> {
         }
         let path = self.run_dir.metrics();
         Ok(Some(
-            MetricsLog::open(&path).with_context(|| format!("opening {}", path.display()))?,
+            MetricsLog::open(&path, &self.run_dir.tensorboard())
+                .with_context(|| format!("opening {}", path.display()))?,
         ))
     }
 

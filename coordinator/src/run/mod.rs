@@ -15,3 +15,4 @@ mod tests;
 
 pub use hub::{random_hex, Phase, RunHub};
 pub use liveness::registration_window_s;
+pub use status::{status_json, PageView, RankView};

@@ -255,9 +255,19 @@ pub async fn serve(
             monitor_hub.check_liveness(now);
         }
     });
+    // The standard gRPC health service, for load balancers and probes (grpc_health_probe,
+    // Kubernetes): the server ("") and both services report SERVING while it runs.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::control_server::ControlServer<Services>>()
+        .await;
+    health
+        .set_serving::<pb::worker_hub_server::WorkerHubServer<Services>>()
+        .await;
     let handle = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let result = tonic::transport::Server::builder()
+            .add_service(health_service)
             .add_service(pb::control_server::ControlServer::new(services.clone()))
             .add_service(pb::worker_hub_server::WorkerHubServer::new(services))
             .serve_with_incoming_shutdown(incoming, shutdown)

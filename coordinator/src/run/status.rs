@@ -160,3 +160,95 @@ impl RunHub {
         }
     }
 }
+
+/// `status` as one JSON object: the fields of gRPC Status, by the same names (what
+/// `fastlightgen status --json` prints and `GET /status` serves).
+pub fn status_json(s: &pb::RunStatus) -> serde_json::Value {
+    let losses: std::collections::BTreeMap<_, _> = s.losses.iter().collect();
+    serde_json::json!({
+        "run_id": s.run_id, "experiment": s.experiment, "stage": s.stage,
+        "state": crate::client::state_name(s),
+        "step": s.step, "total_steps": s.total_steps, "losses": losses,
+        "samples_per_second": s.samples_per_second, "eta_seconds": s.eta_seconds,
+        "ranks_alive": s.ranks_alive, "world_size": s.world_size,
+        "last_committed_step": s.last_committed_step,
+        "last_committed_stage": s.last_committed_stage, "restarts": s.restarts,
+    })
+}
+
+/// One rank as the status page shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RankView {
+    pub rank: u32,
+    pub host: String,
+    pub pid: u32,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_s: f64,
+}
+
+/// What the status page shows beyond `status`: the stages and how far each got, the
+/// ranks and their heartbeats, the committed checkpoints.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PageView {
+    pub status: serde_json::Value,
+    /// (stage, "done" | "running" | "waiting").
+    pub stages: Vec<(String, String)>,
+    pub ranks: Vec<RankView>,
+    pub heartbeat_timeout_s: f64,
+    /// (global step, directory name), newest last.
+    pub checkpoints: Vec<(u64, String)>,
+    pub generation: Option<u32>,
+}
+
+impl RunHub {
+    /// The status page's view of the run at `now`.
+    pub fn page(&self, now: Instant) -> PageView {
+        let status = self.status(now);
+        let checkpoints = self
+            .store
+            .committed()
+            .into_iter()
+            .map(|(g, dir)| {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (g, name)
+            })
+            .collect();
+        let inner = self.lock();
+        let stages = self
+            .cfg
+            .stages()
+            .into_iter()
+            .map(|st| {
+                let state = if inner.completed.contains(&st) {
+                    "done"
+                } else if inner.stage == Some(st) && !inner.phase.ended() {
+                    "running"
+                } else {
+                    "waiting"
+                };
+                (st.name().to_string(), state.to_string())
+            })
+            .collect();
+        let ranks = inner
+            .ranks
+            .iter()
+            .map(|(r, info)| RankView {
+                rank: *r,
+                host: info.hostname.clone(),
+                pid: info.pid,
+                heartbeat_age_s: now.saturating_duration_since(info.last_beat).as_secs_f64(),
+            })
+            .collect();
+        PageView {
+            status: status_json(&status),
+            stages,
+            ranks,
+            heartbeat_timeout_s: self.cfg.cluster.heartbeat_timeout_s,
+            checkpoints,
+            generation: inner.generation,
+        }
+    }
+}

@@ -122,6 +122,11 @@ pub struct Cluster {
     pub prefetch: Prefetch,
     /// Address the coordinator's gRPC server listens on. Port 0 picks a free port.
     pub coordinator_addr: String,
+    /// Address of the coordinator's read-only HTTP status page (`GET /`) and JSON
+    /// (`GET /status`); port 0 picks a free port, `""` serves none. Loopback by default:
+    /// to open it from another machine, bind an address others reach (it shows losses and
+    /// host names, never the control token).
+    pub http_addr: String,
     /// Ranks send a heartbeat this often.
     pub heartbeat_interval_s: f64,
     /// A rank silent for this long is declared dead and the workers are restarted.
@@ -148,6 +153,7 @@ impl Default for Cluster {
             activation_checkpoint: ActivationCheckpoint::Full,
             prefetch: Prefetch::Auto,
             coordinator_addr: "127.0.0.1:0".into(),
+            http_addr: "127.0.0.1:0".into(),
             heartbeat_interval_s: 1.0,
             heartbeat_timeout_s: 30.0,
             max_restarts: 2,

@@ -168,6 +168,11 @@ fn check_cluster(k: &Cluster, files: bool, issues: &mut Issues) {
     if let Err(msg) = check_host_port(&k.coordinator_addr) {
         issues.push("cluster.coordinator_addr", msg);
     }
+    if !k.http_addr.is_empty() {
+        if let Err(msg) = check_host_port(&k.http_addr) {
+            issues.push("cluster.http_addr", format!("{msg} (or \"\" for no status page)"));
+        }
+    }
     within(
         issues,
         "cluster.heartbeat_interval_s",

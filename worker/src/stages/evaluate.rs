@@ -246,6 +246,18 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
     let path = ctx.run_dir.eval();
     flg_core::durable::write_file(&path, serde_json::to_string_pretty(&report)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(mut log) = ctx.metrics()? {
+        // TensorBoard: each row's scores and its sample grid.
+        for r in &report.rows {
+            let mut values: Vec<(&str, f64)> = r.eval.scores.named().to_vec();
+            values.push(("average", r.eval.average));
+            values.push(("frechet_distance", r.eval.frechet_distance));
+            values.push(("seconds", r.seconds));
+            log.scalars(&format!("eval/{}", r.name), r.steps as u64, &values);
+            let grid = ctx.run_dir.samples(&r.name).join(flg_core::run_dir::sample_files::GRID);
+            log.image(&format!("eval/{}/grid", r.name), r.steps as u64, &grid);
+        }
+    }
     if let (Some(m), Some(t)) = (speedup_measured, speedup_theoretical) {
         println!("student speedup over the teacher: {m:.2}x measured, {t:.2}x theoretical");
     }
