@@ -9,8 +9,11 @@ TORCH_VERSION := 2.13.0
 # AutoencoderKLWan and WanPipeline, transformers' UMT5EncoderModel; accelerate because
 # diffusers' from_pretrained needs it for Wan's f32-kept modules; PyAV (with its own FFmpeg)
 # to read and write mp4 clips. Pinned; CPU is enough.
-PY_PKGS := diffusers==0.42.1 transformers==5.23.0 accelerate==1.15.0 av==18.1.0
+# tensorboard: its own reader checks the event files the runs write (tests).
+PY_PKGS := diffusers==0.42.1 transformers==5.23.0 accelerate==1.15.0 av==18.1.0 tensorboard==2.21.0
 DEBS  := libopenmpi-dev openmpi-bin libclang-dev clang pkg-config build-essential fonts-dejavu-core unzip
+# Only the tests need a browser: the status page is checked in headless Chromium.
+TEST_DEBS := chromium
 
 # libtorch comes from the torch wheel in the project's virtual environment; torch-sys finds it
 # through the environment's python. The binaries embed its directory as an rpath (worker/build.rs),
@@ -20,7 +23,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 CARGO := cargo
 
-.PHONY: setup debs venv build test demo paper gpu-kit fmt clean-runs help
+.PHONY: setup debs test-debs install-debs venv build test demo paper gpu-kit fmt clean-runs help
 
 help:
 	@echo "make demo   - set up, build, and run the laptop demo (see README.md)"
@@ -34,7 +37,13 @@ setup: debs venv
 
 # Debian packages: OpenMPI (workers), libclang (the mpi crate's bindgen), a C/C++ toolchain.
 debs:
-	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	@$(MAKE) --no-print-directory install-debs PKGS="$(DEBS)"
+
+test-debs:
+	@$(MAKE) --no-print-directory install-debs PKGS="$(TEST_DEBS)"
+
+install-debs:
+	@missing=$$(for p in $(PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -58,7 +67,7 @@ build: setup
 
 # Unit tests of each crate, then the multi-process integration tests (real mpirun ranks).
 # The last line sums up every test binary's result.
-test: build
+test: build test-debs
 	@set -o pipefail; $(CARGO) test --release --workspace 2>&1 | tee target/test.log; status=$$?; \
 	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log; \
 	exit $$status

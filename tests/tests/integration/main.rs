@@ -6,7 +6,8 @@
 //!
 //! Topic modules: `cli`, `equivalence`, `stages`, `faults`, `control`, `recovery` (lost outputs,
 //! a stopped launcher, SIGTERM, the run lock, hand-started workers), `hostile` (the table of
-//! hostile inputs), `report`, `interop` (diffusers, through the project's Python); helpers in
+//! hostile inputs), `report`, `interop` (diffusers, through the project's Python), `observe` (log
+//! files, `watch`, the status page in Chromium, gRPC health, TensorBoard, `--set`); helpers in
 //! `util`.
 
 mod cli;
@@ -15,6 +16,7 @@ mod equivalence;
 mod faults;
 mod hostile;
 mod interop;
+mod observe;
 mod recovery;
 mod report;
 mod stages;
