@@ -181,6 +181,9 @@ enum Command {
         /// Print only the run directory (<output_dir>/<name>) of a valid config, for scripts.
         #[arg(long, conflicts_with = "estimate_memory")]
         print_run_dir: bool,
+        /// Check the config with this key changed, as `run --set` would run it (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_override)]
+        set: Vec<flg_core::config::Override>,
     },
     /// Start the config's worker ranks with mpirun (cluster.world_size of them), without a
     /// coordinator, and wait for them.
@@ -288,12 +291,14 @@ fn main() -> ExitCode {
             latent,
             text_len,
             print_run_dir,
+            set,
         } => validate(
             config,
             world_size,
             LoadOptions {
                 check_files: !skip_files,
             },
+            &set,
             estimate_memory.then(|| MemoryArgs {
                 ranks,
                 device_gib: device_memory_gib,
@@ -379,10 +384,11 @@ fn validate(
     path: PathBuf,
     world_size: Option<u32>,
     options: LoadOptions,
+    overrides: &[flg_core::config::Override],
     memory: Option<MemoryArgs>,
     run_dir_only: bool,
 ) -> ExitCode {
-    let result = Config::load_with(&path, options).and_then(|c| {
+    let result = Config::load_overridden(&path, options, overrides).and_then(|c| {
         if let Some(w) = world_size {
             c.check_world_size(&path, w)?;
         }

@@ -41,6 +41,28 @@ pub struct Draws {
     pub eps: Tensor,
 }
 
+impl Draws {
+    /// The draws of items `offset..offset + n` (a micro-batch).
+    pub fn narrow(&self, offset: usize, n: usize) -> Draws {
+        let (o, n) = (offset as i64, n as i64);
+        Draws {
+            u: self.u.narrow(0, o, n),
+            keep_u: self.keep_u.narrow(0, o, n),
+            eps: self.eps.narrow(0, o, n),
+        }
+    }
+}
+
+/// The micro-batches `(offset, items)` of a rank's share of `local` items, `micro` at a time
+/// (`cluster.micro_batch_size`; 0, or not less than the share: the whole share at once).
+pub fn micro_batches(local: usize, micro: u64) -> Vec<(usize, usize)> {
+    let m = micro as usize;
+    if m == 0 || m >= local {
+        return vec![(0, local)];
+    }
+    (0..local).step_by(m).map(|o| (o, m.min(local - o))).collect()
+}
+
 /// Draws for the samples `first..first + b` of the global batch at `step`.
 pub fn draws(
     seed: u64,
@@ -296,26 +318,45 @@ pub fn train_step(
     cfg_dropout: f64,
     null: &flow::NullPrompt,
     active: &[usize],
+    micro: u64,
 ) -> (f64, f64) {
     let (x0, text, d) =
         next_batch_with_draws(loader, data, comm, seed, stage, step, role.model.device);
-    let loss = flow_matching_backward(
-        &mut role.model,
-        comm,
-        &x0,
-        &text,
-        &d,
-        shift,
-        cfg_dropout,
-        null,
-        active,
-    );
+    let local = x0.size()[0] as usize;
+    let mut loss = 0.0;
+    for (o, n) in micro_batches(local, micro) {
+        let share = n as f64 / local as f64;
+        role.model.grad_scale = share;
+        loss += share
+            * flow_matching_backward(
+                &mut role.model,
+                comm,
+                &x0.narrow(0, o as i64, n as i64),
+                &text.narrow(0, o as i64, n as i64),
+                &d.narrow(o, n),
+                shift,
+                cfg_dropout,
+                null,
+                active,
+            );
+    }
+    role.model.grad_scale = 1.0;
     (loss, role.step(comm))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micro_batches_cover_the_share() {
+        assert_eq!(micro_batches(8, 0), vec![(0, 8)]);
+        assert_eq!(micro_batches(8, 8), vec![(0, 8)]);
+        assert_eq!(micro_batches(8, 16), vec![(0, 8)]);
+        assert_eq!(micro_batches(8, 2), vec![(0, 2), (2, 2), (4, 2), (6, 2)]);
+        let d = draws(3, 0, 7, 0, 4, &[2, 3], Device::Cpu);
+        assert!(d.narrow(2, 2).eps.equal(&draws(3, 0, 7, 2, 2, &[2, 3], Device::Cpu).eps));
+    }
 
     #[test]
     fn draws_do_not_depend_on_how_the_batch_is_split() {

@@ -120,6 +120,12 @@ pub struct Cluster {
     pub activation_checkpoint: ActivationCheckpoint,
     /// `auto`, `on` or `off`; see [`Prefetch`].
     pub prefetch: Prefetch,
+    /// Gradient accumulation: each rank runs its share of a training step's batch this many
+    /// videos at a time, adding up the gradients before the one optimiser step (the same step
+    /// as without, up to float rounding; memory for `micro_batch_size` videos' activations).
+    /// Must divide every training stage's per-rank share; 0: the whole share at once.
+    /// Like the world size, it does not define the run: a run may resume with another.
+    pub micro_batch_size: u64,
     /// Address the coordinator's gRPC server listens on. Port 0 picks a free port.
     pub coordinator_addr: String,
     /// Address of the coordinator's read-only HTTP status page (`GET /`) and JSON
@@ -152,6 +158,7 @@ impl Default for Cluster {
             precision: Precision::Fp32,
             activation_checkpoint: ActivationCheckpoint::Full,
             prefetch: Prefetch::Auto,
+            micro_batch_size: 0,
             coordinator_addr: "127.0.0.1:0".into(),
             http_addr: "127.0.0.1:0".into(),
             heartbeat_interval_s: 1.0,

@@ -566,3 +566,16 @@ fn set_overrides_are_checked_like_the_file_and_recorded() {
     let o = [Override::parse("distill.steps=300").unwrap()];
     assert_eq!(record_overrides(&o), "# --set distill.steps=300\n");
 }
+
+#[test]
+fn micro_batches_must_divide_every_training_share() {
+    // pruning: 8 over 2 ranks = 4 per rank; distill: 4 / 2 = 2 per rank.
+    let base = "[cluster]\nworld_size = 2\nmicro_batch_size = {m}\n[pruning]\nbatch_size = 8\n[distill]\nbatch_size = 4\n[importance]\nbatch_size = 6";
+    assert!(parse(&with(&base.replace("{m}", "2"))).is_ok());
+    assert!(parse(&with(&base.replace("{m}", "0"))).is_ok());
+    // Not less than a share: that share runs whole.
+    assert!(parse(&with(&base.replace("{m}", "4"))).is_ok());
+    let e = error_with(&base.replace("{m}", "3"));
+    let i = issue(&e, "cluster.micro_batch_size");
+    assert!(i.message.contains("pruning.batch_size") && i.message.contains("= 4"), "{i:?}");
+}

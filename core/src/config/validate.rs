@@ -406,6 +406,7 @@ fn check_weights(w: &std::path::Path, d: &ModelDims, issues: &mut Issues) {
 
 fn check_training(c: &Config, issues: &mut Issues) {
     let world = u64::from(c.cluster.world_size.max(1));
+    let micro = c.cluster.micro_batch_size;
     let batch = |issues: &mut Issues, key: &str, b: u64| {
         if b == 0 || b % world != 0 {
             issues.push(
@@ -413,6 +414,19 @@ fn check_training(c: &Config, issues: &mut Issues) {
                 format!(
                     "the global batch must be a positive multiple of cluster.world_size ({world}) so every \
                      rank gets the same share, got {b}"
+                ),
+            );
+        } else if micro > 0
+            && !key.starts_with("importance.") // forward passes only: nothing to accumulate
+            && (b / world) % micro != 0
+            && b / world > micro
+        {
+            issues.push(
+                "cluster.micro_batch_size",
+                format!(
+                    "{micro} does not divide {key}'s per-rank share ({b} / {world} ranks = {}); \
+                     every micro-batch of a step must be the same size",
+                    b / world
                 ),
             );
         }

@@ -217,6 +217,7 @@ fn main() -> anyhow::Result<()> {
                     &x0,
                     &text,
                     stage.pairs.as_ref(),
+                    comm.rank() * x0.size()[0] as usize,
                 );
                 save_grads(
                     &args.out.join("generator-grads.safetensors"),

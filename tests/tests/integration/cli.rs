@@ -350,3 +350,47 @@ fn sample_and_eval_commands_write_what_they_promise() {
         text(&res.stderr)
     );
 }
+
+/// The slurm template runs as sbatch would run it, with `fastlightgen` standing in as a shim
+/// that validates instead of running (values only: the weights live on the cluster): both of
+/// its commands, with every --set it passes, are accepted for 2 nodes x 8 GPUs.
+#[test]
+fn the_slurm_template_validates_the_run_it_would_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shim = tmp.path().join("fastlightgen");
+    let calls = tmp.path().join("calls.log");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/bash\nprintf '%s\\n' \"$*\" >> {calls:?}\n\
+             if [ \"$1\" = run ]; then shift; set -- validate \"$@\"; fi\n\
+             exec {real:?} \"$@\" --skip-files\n",
+            real = bin_dir().join("fastlightgen"),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = repo().join("cluster-configs/slurm/wan2.1-t2v-1.3b.sbatch");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("FLG_BIN", tmp.path())
+        .env(
+            "CONFIG",
+            repo().join("cluster-configs/wan2.1-t2v-1.3b-8xh100.toml"),
+        )
+        .env("SLURM_JOB_ID", "77")
+        .env("SLURM_JOB_NUM_NODES", "2")
+        .env("SLURM_JOB_NODELIST", "gpu[01-02]")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines.len(), 2, "{calls}");
+    assert!(lines[0].starts_with("validate ") && lines[0].contains("--world-size 16"), "{calls}");
+    assert!(lines[1].starts_with("run ") && lines[1].contains("cluster.world_size=16"), "{calls}");
+    assert!(lines[1].contains("ppr:8:node"), "{calls}");
+    // Both validated with 16 ranks (the shim's validate of `run` printed "ok" too).
+    assert_eq!(text(&out.stdout).matches(": ok").count(), 2, "{}", text(&out.stdout));
+}

@@ -194,7 +194,7 @@ fn block_importance_is_the_same_on_1_and_2_ranks() {
 
 /// Unit prefetch (the gather thread) and kept block graphs (no recompute) change how a step
 /// is computed, not what: on 2 real ranks, Stage II and III with both give the models the
-/// defaults give. Neither does the Stage III collapse monitor (it only reads the generator).
+/// defaults give, and so does gradient accumulation (`cluster.micro_batch_size`). Neither does the Stage III collapse monitor (it only reads the generator).
 /// Every step line also carries its throughput.
 #[test]
 fn prefetch_and_kept_block_graphs_train_the_same_models_on_2_ranks() {
@@ -227,10 +227,22 @@ fn prefetch_and_kept_block_graphs_train_the_same_models_on_2_ranks() {
         "prefetch = \"on\"\nactivation_checkpoint = \"none\"",
         "monitor_every = 2\nmonitor_videos = 8",
     );
+    // Gradient accumulation: each rank's share in micro-batches (Stage II 4 -> 2 x 2,
+    // Stage III 2 -> 2 x 1) adds up to the same gradients, up to float rounding.
+    let micro = run("micro", "micro_batch_size = 2", "");
     for f in ["pruning/model.safetensors", "distill/generator.safetensors"] {
         let d = max_relative_difference(&base.join(f), &other.join(f));
         assert!(d <= 1e-5, "{f}: max relative difference {d}");
+        let d = max_relative_difference(&base.join(f), &micro.join(f));
+        eprintln!("{f}: micro-batches vs whole shares: max relative difference {d:e}");
+        assert!(d <= 1e-4, "{f}: micro-batches: max relative difference {d}");
     }
+    // The runs are not the same run: the one with micro-batches did take them.
+    assert_ne!(
+        file_sha(&base.join("distill/generator.safetensors")),
+        file_sha(&micro.join("distill/generator.safetensors")),
+        "accumulation changes the float rounding, so equal files would mean it did not run"
+    );
     let metrics = std::fs::read_to_string(other.join("metrics.jsonl")).unwrap();
     let steps: Vec<serde_json::Value> = metrics
         .lines()

@@ -135,6 +135,10 @@ pub struct ShardedDit {
     /// memory for one block's activations, one more forward of compute) instead of keeping
     /// every block's autograd graph from the forward. cluster.activation_checkpoint.
     pub recompute: bool,
+    /// What `backward` multiplies the output gradient by: a micro-batch's share of the
+    /// rank's batch under gradient accumulation (the losses are means over the micro-batch),
+    /// else 1.
+    pub grad_scale: f64,
 }
 
 /// One block's autograd graph kept from the forward (no recompute): its output and the
@@ -206,6 +210,7 @@ impl ShardedDit {
             device,
             compute_kind,
             recompute: true,
+            grad_scale: 1.0,
         }
     }
 
@@ -276,6 +281,7 @@ impl ShardedDit {
             device: self.device,
             compute_kind: self.compute_kind,
             recompute: self.recompute,
+            grad_scale: 1.0,
         }
     }
 
@@ -389,6 +395,13 @@ impl ShardedDit {
     /// Backpropagates `grad_out` (d loss / d output, same shape as the output) through the
     /// taped forward, adding each unit's gradient (mean over ranks) to its local shard.
     pub fn backward(&mut self, comm: &dyn Collective, tape: Tape, grad_out: &Tensor) {
+        let scaled;
+        let grad_out = if self.grad_scale == 1.0 {
+            grad_out
+        } else {
+            scaled = grad_out * self.grad_scale;
+            &scaled
+        };
         let kind = self.compute_kind;
         let world = comm.world();
         // The backward is twice the forward's model FLOPs (recompute is not counted).

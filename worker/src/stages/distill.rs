@@ -31,7 +31,7 @@ use crate::flow::NullPrompt;
 use crate::model::Dit;
 use crate::rng::Rng;
 use crate::shard::ShardedDit;
-use crate::train::{batch_tensors, draws, flow_matching_backward, Role};
+use crate::train::{batch_tensors, draws, flow_matching_backward, micro_batches, Role};
 use crate::trainer::{StepOutput, TrainingStage};
 use anyhow::{Context, Result};
 use flg_core::config::Distill;
@@ -145,7 +145,8 @@ fn full_t(b: i64, t: f64, like: &Tensor) -> Tensor {
 }
 
 /// One Stage III step on a local batch (`x0`: the generator's input without backward simulation, and the data-forcing term's videos):
-/// [`gradients`], then each role that got gradients takes its clipped optimizer step.
+/// [`gradients`], `micro` videos at a time (`cluster.micro_batch_size`; 0: all at once), then
+/// each role that got gradients takes its clipped optimizer step.
 #[allow(clippy::too_many_arguments)]
 pub fn step(
     roles: &mut Roles,
@@ -156,8 +157,29 @@ pub fn step(
     x0: &Tensor,
     text: &Tensor,
     pairs: Option<&OdePairs>,
+    micro: u64,
 ) -> StepReport {
-    let mut r = gradients(roles, comm, d, seed, step, x0, text, pairs);
+    let local = x0.size()[0] as usize;
+    let mut total: Option<StepReport> = None;
+    for (o, n) in micro_batches(local, micro) {
+        let share = n as f64 / local as f64;
+        roles.generator.model.grad_scale = share;
+        roles.fake.model.grad_scale = share;
+        // The items' global indices, so that every draw is the one the whole batch makes.
+        let first = comm.rank() * local + o;
+        let (x0, text) = (
+            x0.narrow(0, o as i64, n as i64),
+            text.narrow(0, o as i64, n as i64),
+        );
+        let part = gradients(roles, comm, d, seed, step, &x0, &text, pairs, first);
+        total = Some(match total {
+            None => part.scaled(share),
+            Some(t) => t.plus(&part.scaled(share)),
+        });
+    }
+    roles.generator.model.grad_scale = 1.0;
+    roles.fake.model.grad_scale = 1.0;
+    let mut r = total.expect("a batch has one micro-batch at least");
     if let Some((loss, _)) = r.generator {
         r.generator = Some((loss, roles.generator.step(comm)));
     }
@@ -165,10 +187,40 @@ pub fn step(
     r
 }
 
+impl StepReport {
+    /// The losses times `w` (a micro-batch's share); the draw and norms as they are.
+    fn scaled(mut self, w: f64) -> StepReport {
+        if w != 1.0 {
+            self.fake_loss *= w;
+            self.generator = self.generator.map(|(l, n)| (l * w, n));
+            self.regression = self.regression.map(|l| l * w);
+            self.data_forcing = self.data_forcing.map(|l| l * w);
+        }
+        self
+    }
+
+    /// Two micro-batches' losses added up.
+    fn plus(self, o: &StepReport) -> StepReport {
+        let add = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
+        StepReport {
+            draw: self.draw,
+            fake_loss: self.fake_loss + o.fake_loss,
+            fake_grad_norm: self.fake_grad_norm,
+            generator: self
+                .generator
+                .zip(o.generator)
+                .map(|((a, n), (b, _))| (a + b, n)),
+            regression: add(self.regression, o.regression),
+            data_forcing: add(self.data_forcing, o.data_forcing),
+        }
+    }
+}
+
 /// The gradients of one Stage III step, left in the roles' shard gradients (the generator's
 /// only on generator steps). Both come from the same generator sample, made before either
 /// role changes, so the order of the two updates does not matter. The report's gradient norms
-/// are filled in by [`step`].
+/// are filled in by [`step`]. `x0` and `text` hold the items `first..` of the global batch
+/// (every draw is keyed by the item's global index).
 #[allow(clippy::too_many_arguments)]
 pub fn gradients(
     roles: &mut Roles,
@@ -179,10 +231,10 @@ pub fn gradients(
     x0: &Tensor,
     text: &Tensor,
     pairs: Option<&OdePairs>,
+    first: usize,
 ) -> StepReport {
     let device = x0.device();
     let b = x0.size()[0];
-    let first = comm.rank() * b as usize;
     let shape = x0.size()[1..].to_vec();
     let draw = step_draw(seed, step, d);
     let times = sampler_times(d);
@@ -503,6 +555,7 @@ impl TrainingStage for DistillStage {
             &x0,
             &text,
             self.pairs.as_ref(),
+            ctx.cfg.cluster.micro_batch_size,
         );
         if let Some((g, _)) = r.generator {
             self.last_generator_loss = g;
@@ -626,7 +679,7 @@ mod tests {
         tch::manual_seed(0);
         let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
         let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
-        step(&mut roles, &Solo, &d, 0, 0, &x0, &text, None)
+        step(&mut roles, &Solo, &d, 0, 0, &x0, &text, None, 0)
     }
 
     /// The DMD loss and gradient norm of [`generator_step`] without data forcing.

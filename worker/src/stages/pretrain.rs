@@ -104,6 +104,7 @@ impl TrainingStage for PretrainStage {
             p.cfg_dropout,
             &ctx.null_prompt,
             &self.all_blocks,
+            ctx.cfg.cluster.micro_batch_size,
         );
         self.window.0 += loss;
         self.window.1 += 1;

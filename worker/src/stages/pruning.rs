@@ -18,8 +18,8 @@ use crate::flow;
 use crate::flow::NullPrompt;
 use crate::shard::ShardedDit;
 use crate::train::{
-    active_blocks, batch_tensors, check_same_blocks, draws, flow_inputs, next_batch_with_draws,
-    stage_id, Draws, Role,
+    active_blocks, batch_tensors, check_same_blocks, draws, flow_inputs, micro_batches,
+    next_batch_with_draws, stage_id, Draws, Role,
 };
 use crate::trainer::{StepOutput, TrainingStage};
 use anyhow::{Context, Result};
@@ -261,19 +261,36 @@ impl TrainingStage for PruningStage {
             ),
             _ => None,
         };
-        let l = pruning_backward(
-            &mut self.role.model,
-            self.frozen.as_ref().or(ema.as_ref()),
-            ctx.comm,
-            &x0,
-            &text,
-            &d,
-            p.shift,
-            p.cfg_dropout,
-            &ctx.null_prompt,
-            p.alpha,
-            &active,
-        );
+        // Gradient accumulation: each micro-batch adds its share of the gradients.
+        let local = x0.size()[0] as usize;
+        let mut sums = [0.0; 4];
+        for (o, n) in micro_batches(local, ctx.cfg.cluster.micro_batch_size) {
+            let share = n as f64 / local as f64;
+            self.role.model.grad_scale = share;
+            let l = pruning_backward(
+                &mut self.role.model,
+                self.frozen.as_ref().or(ema.as_ref()),
+                ctx.comm,
+                &x0.narrow(0, o as i64, n as i64),
+                &text.narrow(0, o as i64, n as i64),
+                &d.narrow(o, n),
+                p.shift,
+                p.cfg_dropout,
+                &ctx.null_prompt,
+                p.alpha,
+                &active,
+            );
+            for (s, v) in sums.iter_mut().zip([l.loss, l.gap, l.flow_full, l.flow_pruned]) {
+                *s += share * v;
+            }
+        }
+        self.role.model.grad_scale = 1.0;
+        let l = PruningLosses {
+            loss: sums[0],
+            gap: sums[1],
+            flow_full: sums[2],
+            flow_pruned: sums[3],
+        };
         let norm = self.role.step(ctx.comm);
         let skipped: Vec<usize> = (0..num_blocks).filter(|b| !active.contains(b)).collect();
         Ok(StepOutput {
