@@ -65,10 +65,16 @@ fn main() {
         mpi::collective::SystemOperation::sum(),
     );
 
+    // Where MPI itself says this rank sits on its node (what a rank falls back to when
+    // neither OpenMPI nor slurm says), beside what the launcher says.
+    let split = flg_worker::collective::shared_memory_place(&ranks.universe);
+    let chosen = flg_worker::collective::node_place(&ranks.universe);
     std::fs::create_dir_all(&args.out).unwrap();
     let report = serde_json::json!({
         "rank": rank, "world": world, "straight": straight, "resumed": resumed,
         "saved": saved, "total_served": total,
+        "split_place": [split.local_rank, split.local_size],
+        "node_place": [chosen.local_rank, chosen.local_size, chosen.source],
     });
     std::fs::write(
         args.out.join(format!("rank-{rank}.json")),

@@ -49,6 +49,16 @@ fn mpi_ranks_read_disjoint_shares_and_resume_exactly() {
         Some(steps * batch),
         "MPI all-reduce of the counts"
     );
+    // Node places: both ranks share this machine, by MPI's shared-memory split and by
+    // OpenMPI's variables (which come first).
+    for (r, v) in [(0u64, &r0), (1, &r1)] {
+        assert_eq!(v["split_place"], serde_json::json!([r, 2]), "{v}");
+        assert_eq!(
+            v["node_place"],
+            serde_json::json!([r, 2, "OMPI_COMM_WORLD_LOCAL_RANK"]),
+            "{v}"
+        );
+    }
     let batches = |v: &serde_json::Value, key: &str| -> Vec<Vec<u64>> {
         serde_json::from_value(v[key].clone()).unwrap()
     };
