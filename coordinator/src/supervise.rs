@@ -168,6 +168,7 @@ fn supervise(config_path: &Path, mode: Mode, options: &Options) -> Result<ExitCo
                 config: config_path,
                 overrides: &options.overrides,
                 url: &url,
+                log_every: options.log_every,
             },
             &interrupts,
         ),
@@ -289,6 +290,7 @@ struct WorkerCommand<'a> {
     config: &'a Path,
     overrides: &'a [Override],
     url: &'a str,
+    log_every: Duration,
 }
 
 /// Starts a launch's ranks under mpirun, handing them `secret` in their environment.
@@ -298,10 +300,17 @@ fn spawn_workers(cfg: &Config, what: &WorkerCommand, secret: &str) -> Result<Chi
         np: cfg.cluster.world_size,
         hostfile: cfg.cluster.hostfile.clone(),
         extra_args: cfg.cluster.mpirun_args.clone(),
-        env: vec![(
-            flg_core::launch::LAUNCH_SECRET_ENV.to_string(),
-            secret.to_string(),
-        )],
+        env: vec![
+            (
+                flg_core::launch::LAUNCH_SECRET_ENV.to_string(),
+                secret.to_string(),
+            ),
+            // The ranks' own plain lines (Stage I, data generation) keep the launcher's pace.
+            (
+                flg_core::logging::LOG_EVERY_ENV.to_string(),
+                what.log_every.as_secs_f64().to_string(),
+            ),
+        ],
     };
     let mut args: Vec<OsString> = vec![
         "run".into(),

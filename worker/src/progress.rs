@@ -49,9 +49,9 @@ impl Lines {
             parts.push(self.message.clone());
         }
         format!(
-            "{} {}{}",
-            flg_core::logging::utc_timestamp(),
+            "{}{} {}",
             flg_core::logging::rank_prefix(),
+            flg_core::logging::utc_timestamp(),
             parts.join(" | ")
         )
     }
