@@ -151,7 +151,8 @@ pub fn watch(t: &Target, from_start: bool, log_every: std::time::Duration) -> Ex
         let mut bars = Bars::new(log_every);
         loop {
             // Woken now and then without events, for the plain lines of a quiet stage.
-            let next = tokio::time::timeout(std::time::Duration::from_millis(500), stream.message());
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(500), stream.message());
             let e = match next.await {
                 Err(_) => {
                     bars.tick(std::time::Instant::now());

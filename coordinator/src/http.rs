@@ -75,7 +75,11 @@ pub fn render(view: &PageView, eval: Option<&RunEval>) -> String {
     let text = |k: &str| esc(s[k].as_str().unwrap_or(""));
     let num = |k: &str| s[k].as_f64().unwrap_or(0.0);
     let (step, total) = (num("step"), num("total_steps"));
-    let pct = if total > 0.0 { 100.0 * step / total } else { 0.0 };
+    let pct = if total > 0.0 {
+        100.0 * step / total
+    } else {
+        0.0
+    };
     let mut h = String::new();
     let _ = write!(
         h,
@@ -219,9 +223,15 @@ mod tests {
             generation: Some(1),
         };
         let h = render(&view, None);
-        assert!(!h.contains("<script>") && h.contains("&lt;script&gt;"), "{h}");
+        assert!(
+            !h.contains("<script>") && h.contains("&lt;script&gt;"),
+            "{h}"
+        );
         assert!(h.contains("node&lt;1&gt;"));
-        assert!(h.contains("step 30 of 120 (25%)") && h.contains("eta 1 min 30 s"), "{h}");
+        assert!(
+            h.contains("step 30 of 120 (25%)") && h.contains("eta 1 min 30 s"),
+            "{h}"
+        );
         assert!(h.contains("step-20") && h.contains("flow_full"));
         assert!(h.contains(r#"http-equiv="refresh""#));
     }

@@ -311,10 +311,7 @@ pub struct EventView {
 }
 
 impl EventView {
-    pub fn follow(
-        mut rx: tokio::sync::broadcast::Receiver<Record>,
-        every: Duration,
-    ) -> EventView {
+    pub fn follow(mut rx: tokio::sync::broadcast::Receiver<Record>, every: Duration) -> EventView {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let mut bars = Bars::new(every);
@@ -395,16 +392,25 @@ mod tests {
         bars.tick(Instant::now() + every);
         let got = lines.lock().unwrap().clone();
         assert_eq!(got.len(), 6, "{got:?}");
-        assert!(got[0].ends_with("pruning 130/300 (43%) 15.1 samples/s, eta 1 min 30 s | loss 0.0123"), "{got:?}");
+        assert!(
+            got[0].ends_with("pruning 130/300 (43%) 15.1 samples/s, eta 1 min 30 s | loss 0.0123"),
+            "{got:?}"
+        );
         assert!(got[1].contains("pruning 132/300"), "{got:?}");
-        assert!(got[2].contains("pruning 300/300 (100%) 15.2 samples/s, eta 0 s"), "{got:?}");
+        assert!(
+            got[2].contains("pruning 300/300 (100%) 15.2 samples/s, eta 0 s"),
+            "{got:?}"
+        );
         assert!(got[3].ends_with("pruning: done in 20.0 s"), "{got:?}");
         assert!(got[4].ends_with("export: started"), "{got:?}");
         assert!(got[5].contains("export: running for 1 h 00 min"), "{got:?}");
         for l in &got {
             assert!(!l.contains('\x1b'), "no terminal codes in a log: {l:?}");
             // Every line starts with its UTC time.
-            assert!(l.len() > 21 && &l[10..11] == "T" && &l[19..21] == "Z ", "{l:?}");
+            assert!(
+                l.len() > 21 && &l[10..11] == "T" && &l[19..21] == "Z ",
+                "{l:?}"
+            );
         }
         // Before the coordinator has a rate, the line shows the step and losses only.
         let lines = Arc::new(Mutex::new(Vec::<String>::new()));

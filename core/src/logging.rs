@@ -57,8 +57,9 @@ pub fn stderr_is_terminal() -> bool {
 /// The period of plain progress lines: `$FLG_LOG_EVERY` seconds, else 30.
 pub fn log_every() -> Result<Duration, String> {
     match std::env::var(LOG_EVERY_ENV) {
-        Ok(v) if !v.trim().is_empty() => parse_period(&v)
-            .ok_or_else(|| format!("{LOG_EVERY_ENV}={v:?}: expected seconds between 0.1 and 86400")),
+        Ok(v) if !v.trim().is_empty() => parse_period(&v).ok_or_else(|| {
+            format!("{LOG_EVERY_ENV}={v:?}: expected seconds between 0.1 and 86400")
+        }),
         _ => Ok(Duration::from_secs_f64(DEFAULT_LOG_EVERY_S)),
     }
 }
@@ -171,9 +172,15 @@ mod tests {
 
     #[test]
     fn every_line_of_a_record_gets_the_prefix() {
-        assert_eq!(prefix_lines("[rank 1] ", "a\nb\n"), "[rank 1] a\n[rank 1] b\n");
+        assert_eq!(
+            prefix_lines("[rank 1] ", "a\nb\n"),
+            "[rank 1] a\n[rank 1] b\n"
+        );
         assert_eq!(prefix_lines("", "a\n"), "a\n");
-        assert_eq!(prefix_lines("[rank 0] ", "no newline"), "[rank 0] no newline");
+        assert_eq!(
+            prefix_lines("[rank 0] ", "no newline"),
+            "[rank 0] no newline"
+        );
     }
 
     #[test]

@@ -89,7 +89,13 @@ impl EventWriter {
         let wall = now_unix();
         let host: String = host
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         // Two writers in one second in one process (a stage reopening its log) get
         // different names from the counter.
@@ -240,18 +246,31 @@ mod tests {
     fn events_round_trip_through_their_framing() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = EventWriter::create(&dir.path().join("tb"), "node 1").unwrap();
-        assert!(w.path().file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."));
-        w.scalars(7, [("pruning/loss", 0.25), ("pruning/bad", f64::NAN)]).unwrap();
+        assert!(w
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("events.out.tfevents."));
+        w.scalars(7, [("pruning/loss", 0.25), ("pruning/bad", f64::NAN)])
+            .unwrap();
         w.png("eval/student", 3, vec![1, 2, 3], 4, 5, 3).unwrap();
         let ev = records(w.path());
         assert_eq!(ev.len(), 3);
         assert_eq!(ev[0].what, Some(What::FileVersion("brain.Event:2".into())));
-        let Some(What::Summary(s)) = &ev[1].what else { panic!() };
+        let Some(What::Summary(s)) = &ev[1].what else {
+            panic!()
+        };
         assert_eq!(ev[1].step, 7);
         assert_eq!(s.value.len(), 1, "NaN is left out");
         assert_eq!(s.value[0].kind, Some(Kind::SimpleValue(0.25)));
-        let Some(What::Summary(s)) = &ev[2].what else { panic!() };
-        let Some(Kind::Image(img)) = &s.value[0].kind else { panic!() };
+        let Some(What::Summary(s)) = &ev[2].what else {
+            panic!()
+        };
+        let Some(Kind::Image(img)) = &s.value[0].kind else {
+            panic!()
+        };
         assert_eq!((img.width, img.height, img.colorspace), (4, 5, 3));
     }
 }

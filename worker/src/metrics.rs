@@ -107,7 +107,11 @@ mod tests {
         let tags: Vec<&str> = out.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(
             tags,
-            ["distill/loss", "distill/monitor/average", "distill/monitor/per_class/0"]
+            [
+                "distill/loss",
+                "distill/monitor/average",
+                "distill/monitor/per_class/0"
+            ]
         );
     }
 }

@@ -60,7 +60,10 @@ pub fn micro_batches(local: usize, micro: u64) -> Vec<(usize, usize)> {
     if m == 0 || m >= local {
         return vec![(0, local)];
     }
-    (0..local).step_by(m).map(|o| (o, m.min(local - o))).collect()
+    (0..local)
+        .step_by(m)
+        .map(|o| (o, m.min(local - o)))
+        .collect()
 }
 
 /// Draws for the samples `first..first + b` of the global batch at `step`.
@@ -355,7 +358,10 @@ mod tests {
         assert_eq!(micro_batches(8, 16), vec![(0, 8)]);
         assert_eq!(micro_batches(8, 2), vec![(0, 2), (2, 2), (4, 2), (6, 2)]);
         let d = draws(3, 0, 7, 0, 4, &[2, 3], Device::Cpu);
-        assert!(d.narrow(2, 2).eps.equal(&draws(3, 0, 7, 2, 2, &[2, 3], Device::Cpu).eps));
+        assert!(d
+            .narrow(2, 2)
+            .eps
+            .equal(&draws(3, 0, 7, 2, 2, &[2, 3], Device::Cpu).eps));
     }
 
     #[test]

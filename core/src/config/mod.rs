@@ -14,8 +14,8 @@ mod validate;
 mod validate_data;
 
 pub use model::{preset, ModelDims, PRESETS};
-pub use overrides::Override;
 pub use overrides::record as record_overrides;
+pub use overrides::Override;
 pub use schema::*;
 pub use validate_data::moving_shapes_geometry;
 

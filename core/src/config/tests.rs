@@ -547,20 +547,52 @@ fn set_overrides_are_checked_like_the_file_and_recorded() {
     // The same messages as the file gets, naming the --set that caused them.
     let e = load(&["distill.stpes=3"]).unwrap_err();
     let i = issue(&e, "distill.stpes");
-    assert!(i.message.contains("unknown field") && i.message.contains("--set distill.stpes=3"), "{i:?}");
+    assert!(
+        i.message.contains("unknown field") && i.message.contains("--set distill.stpes=3"),
+        "{i:?}"
+    );
     let e = load(&["distill.steps=many"]).unwrap_err();
     assert!(e.mentions("distill.steps"), "{e}");
     let e = load(&["cluster.world_size=0"]).unwrap_err();
-    assert!(issue(&e, "cluster.world_size").message.contains("--set"), "{e}");
+    assert!(
+        issue(&e, "cluster.world_size").message.contains("--set"),
+        "{e}"
+    );
     // A whole section replaced by a value: refused, in the file's words or ours.
     let e = load(&["distill.generator_optim=3"]).unwrap_err();
-    assert!(issue(&e, "distill.generator_optim").message.contains("--set"), "{e}");
-    std::fs::write(&path, with("[distill]\nsteps = 10\n[distill.generator_optim]\nlr = 1e-4")).unwrap();
+    assert!(
+        issue(&e, "distill.generator_optim")
+            .message
+            .contains("--set"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        with("[distill]\nsteps = 10\n[distill.generator_optim]\nlr = 1e-4"),
+    )
+    .unwrap();
     let e = load(&["distill.generator_optim=3"]).unwrap_err();
-    assert!(issue(&e, "distill.generator_optim").message.contains("is a section"), "{e}");
+    assert!(
+        issue(&e, "distill.generator_optim")
+            .message
+            .contains("is a section"),
+        "{e}"
+    );
     let e = load(&["distill.steps.x=3"]).unwrap_err();
-    assert!(issue(&e, "distill.steps.x").message.contains("is a value, not a section"), "{e}");
-    for bad in ["distill.steps", "steps=3", "distill=3", ".steps=3", "distill..steps=3", "distill.st eps=3"] {
+    assert!(
+        issue(&e, "distill.steps.x")
+            .message
+            .contains("is a value, not a section"),
+        "{e}"
+    );
+    for bad in [
+        "distill.steps",
+        "steps=3",
+        "distill=3",
+        ".steps=3",
+        "distill..steps=3",
+        "distill.st eps=3",
+    ] {
         assert!(Override::parse(bad).is_err(), "{bad}");
     }
     let o = [Override::parse("distill.steps=300").unwrap()];
@@ -584,7 +616,14 @@ fn micro_batches_must_divide_every_training_share() {
         .collect();
     // One message per stage it does not fit; none for Stage III (its share of 2 is smaller,
     // so it runs whole) nor for Stage I (forward passes only).
-    assert!(said.iter().any(|m| m.contains("pruning.batch_size") && m.contains("= 4")), "{said:?}");
-    assert!(!said.iter().any(|m| m.contains("distill.batch_size")), "{said:?}");
+    assert!(
+        said.iter()
+            .any(|m| m.contains("pruning.batch_size") && m.contains("= 4")),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|m| m.contains("distill.batch_size")),
+        "{said:?}"
+    );
     assert!(!said.iter().any(|m| m.contains("importance")), "{said:?}");
 }

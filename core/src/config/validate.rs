@@ -170,7 +170,10 @@ fn check_cluster(k: &Cluster, files: bool, issues: &mut Issues) {
     }
     if !k.http_addr.is_empty() {
         if let Err(msg) = check_host_port(&k.http_addr) {
-            issues.push("cluster.http_addr", format!("{msg} (or \"\" for no status page)"));
+            issues.push(
+                "cluster.http_addr",
+                format!("{msg} (or \"\" for no status page)"),
+            );
         }
     }
     within(

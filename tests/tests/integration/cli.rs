@@ -388,9 +388,20 @@ fn the_slurm_template_validates_the_run_it_would_start() {
     let calls = std::fs::read_to_string(&calls).unwrap();
     let lines: Vec<&str> = calls.lines().collect();
     assert_eq!(lines.len(), 2, "{calls}");
-    assert!(lines[0].starts_with("validate ") && lines[0].contains("--world-size 16"), "{calls}");
-    assert!(lines[1].starts_with("run ") && lines[1].contains("cluster.world_size=16"), "{calls}");
+    assert!(
+        lines[0].starts_with("validate ") && lines[0].contains("--world-size 16"),
+        "{calls}"
+    );
+    assert!(
+        lines[1].starts_with("run ") && lines[1].contains("cluster.world_size=16"),
+        "{calls}"
+    );
     assert!(lines[1].contains("ppr:8:node"), "{calls}");
     // Both validated with 16 ranks (the shim's validate of `run` printed "ok" too).
-    assert_eq!(text(&out.stdout).matches(": ok").count(), 2, "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout).matches(": ok").count(),
+        2,
+        "{}",
+        text(&out.stdout)
+    );
 }

@@ -98,7 +98,10 @@ fn a_run_is_watched_through_plain_logs_http_health_tensorboard_and_a_browser() {
             i["http_url"].as_str().unwrap().to_string(),
         )
     };
-    assert!(web.starts_with("http://127.0.0.1:"), "loopback by default: {web}");
+    assert!(
+        web.starts_with("http://127.0.0.1:"),
+        "loopback by default: {web}"
+    );
     wait_for("Stage II steps", 120.0, || {
         let s = status_json(&run);
         s["stage"] == "pruning" && s["step"].as_u64().unwrap() >= 5
@@ -110,17 +113,31 @@ fn a_run_is_watched_through_plain_logs_http_health_tensorboard_and_a_browser() {
     let http: serde_json::Value = serde_json::from_str(&body).unwrap();
     let grpc_status = status_json(&run);
     for key in ["run_id", "experiment", "world_size", "total_steps"] {
-        assert_eq!(http[key], grpc_status[key], "{key}: {http} vs {grpc_status}");
+        assert_eq!(
+            http[key], grpc_status[key],
+            "{key}: {http} vs {grpc_status}"
+        );
     }
     assert_eq!(http["total_steps"], 120);
     assert_eq!(http["stage"], "pruning");
     // GET /: the page, with the stage, ranks and losses; nothing else is served.
     let (code, page) = http_get(&web, "/");
     assert_eq!(code, 200);
-    for want in ["pruning", "Ranks", "last heartbeat", "flow_full", "http-equiv=\"refresh\""] {
+    for want in [
+        "pruning",
+        "Ranks",
+        "last heartbeat",
+        "flow_full",
+        "http-equiv=\"refresh\"",
+    ] {
         assert!(page.contains(want), "{want} missing from the page:\n{page}");
     }
-    assert!(!page.contains(&std::fs::read_to_string(run.join("control-token")).unwrap().trim().to_string()));
+    assert!(!page.contains(
+        &std::fs::read_to_string(run.join("control-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    ));
     assert_eq!(http_get(&web, "/stop").0, 404);
     // gRPC health: the server and its services serve; an unknown service is not found.
     assert_eq!(health(&grpc, ""), Ok(1), "SERVING");
@@ -156,7 +173,10 @@ fn a_run_is_watched_through_plain_logs_http_health_tensorboard_and_a_browser() {
     // The page in a real browser (Debian's Chromium, headless).
     let shot = tmp.path().join("status-page.png");
     let chromium = std::path::Path::new("/usr/bin/chromium");
-    assert!(chromium.is_file(), "/usr/bin/chromium missing: `make test` installs it (package chromium)");
+    assert!(
+        chromium.is_file(),
+        "/usr/bin/chromium missing: `make test` installs it (package chromium)"
+    );
     let out = std::process::Command::new(chromium)
         .args([
             "--headless",
@@ -170,7 +190,10 @@ fn a_run_is_watched_through_plain_logs_http_health_tensorboard_and_a_browser() {
             "--hide-scrollbars",
             "--window-size=1000,860",
         ])
-        .arg(format!("--user-data-dir={}", tmp.path().join("chromium").display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            tmp.path().join("chromium").display()
+        ))
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("{web}/"))
         .output()
@@ -187,7 +210,10 @@ fn a_run_is_watched_through_plain_logs_http_health_tensorboard_and_a_browser() {
         .chunks(step)
         .filter(|p| p[0] == 0x3a && p[1] == 0x6f && p[2] == 0xd8)
         .count();
-    assert!(blue > 100, "the progress bar is not on the screenshot ({blue} pixels)");
+    assert!(
+        blue > 100,
+        "the progress bar is not on the screenshot ({blue} pixels)"
+    );
     if let Ok(keep) = std::env::var("FLG_SCREENSHOT_OUT") {
         std::fs::copy(&shot, keep).unwrap();
     }
@@ -205,13 +231,17 @@ fn a_run_is_watched_through_plain_logs_http_health_tensorboard_and_a_browser() {
     assert!(out.contains("pruning: done in"), "{out}");
     for rank in 0..2 {
         assert!(
-            out.contains(&format!("[rank {rank}] ")) && out.contains(&format!("local rank {rank} of 2")),
+            out.contains(&format!("[rank {rank}] "))
+                && out.contains(&format!("local rank {rank} of 2")),
             "rank {rank}'s lines:\n{out}"
         );
     }
     // --set is recorded at the top of the run's config, and was obeyed.
     let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    assert!(resolved.starts_with("# --set pruning.steps=120\n"), "{resolved}");
+    assert!(
+        resolved.starts_with("# --set pruning.steps=120\n"),
+        "{resolved}"
+    );
     assert!(run.join("eval.json").is_file());
 
     // TensorBoard reads every stage's scalars and the eval grid.
@@ -226,19 +256,40 @@ fn a_run_is_watched_through_plain_logs_http_health_tensorboard_and_a_browser() {
     let steps = |tag: &str| -> Vec<u64> {
         tb["scalars"][tag]
             .as_array()
-            .unwrap_or_else(|| panic!("no scalar {tag}: {:?}", tb["scalars"].as_object().unwrap().keys().collect::<Vec<_>>()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no scalar {tag}: {:?}",
+                    tb["scalars"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .collect::<Vec<_>>()
+                )
+            })
             .iter()
             .map(|p| p[0].as_u64().unwrap())
             .collect()
     };
     assert_eq!(steps("pruning/loss"), (1..=120).collect::<Vec<u64>>());
-    for tag in ["pruning/grad_norm", "pruning/lr", "pruning/samples_per_s", "eval/student/average"] {
+    for tag in [
+        "pruning/grad_norm",
+        "pruning/lr",
+        "pruning/samples_per_s",
+        "eval/student/average",
+    ] {
         assert!(!steps(tag).is_empty(), "{tag}");
     }
     assert!(
-        tb["scalars"].as_object().unwrap().keys().any(|k| k.starts_with("distill/")),
+        tb["scalars"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("distill/")),
         "{tb}"
     );
     let grid = &tb["images"]["eval/student/grid"][0];
-    assert!(grid[1].as_u64().unwrap() > 0 && grid[2].as_u64().unwrap() > 0, "{tb}");
+    assert!(
+        grid[1].as_u64().unwrap() > 0 && grid[2].as_u64().unwrap() > 0,
+        "{tb}"
+    );
 }

@@ -237,12 +237,21 @@ mod node_place_tests {
             ("SLURM_LOCALID", "5"),
         ];
         let p = node_place_from_env(env_of(&both)).unwrap();
-        assert_eq!((p.local_rank, p.local_size, p.source), (3, 8, "OMPI_COMM_WORLD_LOCAL_RANK"));
+        assert_eq!(
+            (p.local_rank, p.local_size, p.source),
+            (3, 8, "OMPI_COMM_WORLD_LOCAL_RANK")
+        );
         let srun = [("SLURM_LOCALID", "5"), ("SLURM_TASKS_PER_NODE", "8(x2)")];
         let p = node_place_from_env(env_of(&srun)).unwrap();
-        assert_eq!((p.local_rank, p.local_size, p.source), (5, 8, "SLURM_LOCALID"));
+        assert_eq!(
+            (p.local_rank, p.local_size, p.source),
+            (5, 8, "SLURM_LOCALID")
+        );
         let per_node = [("SLURM_LOCALID", "1"), ("SLURM_NTASKS_PER_NODE", "4")];
-        assert_eq!(node_place_from_env(env_of(&per_node)).unwrap().local_size, 4);
+        assert_eq!(
+            node_place_from_env(env_of(&per_node)).unwrap().local_size,
+            4
+        );
         // A size that cannot hold the rank is raised to hold it.
         let odd = [("SLURM_LOCALID", "6"), ("SLURM_TASKS_PER_NODE", "2")];
         assert_eq!(node_place_from_env(env_of(&odd)).unwrap().local_size, 7);

@@ -254,7 +254,10 @@ pub fn run(ctx: &StageCtx) -> Result<Option<RunEval>> {
             values.push(("frechet_distance", r.eval.frechet_distance));
             values.push(("seconds", r.seconds));
             log.scalars(&format!("eval/{}", r.name), r.steps as u64, &values);
-            let grid = ctx.run_dir.samples(&r.name).join(flg_core::run_dir::sample_files::GRID);
+            let grid = ctx
+                .run_dir
+                .samples(&r.name)
+                .join(flg_core::run_dir::sample_files::GRID);
             log.image(&format!("eval/{}/grid", r.name), r.steps as u64, &grid);
         }
     }

@@ -280,7 +280,10 @@ impl TrainingStage for PruningStage {
                 p.alpha,
                 &active,
             );
-            for (s, v) in sums.iter_mut().zip([l.loss, l.gap, l.flow_full, l.flow_pruned]) {
+            for (s, v) in sums
+                .iter_mut()
+                .zip([l.loss, l.gap, l.flow_full, l.flow_pruned])
+            {
                 *s += share * v;
             }
         }
