@@ -44,20 +44,20 @@ struct LaunchArgs {
     /// --set cluster.world_size=16`. The value is TOML (numbers, true, "text", [1, 2]); a
     /// bare word is a string. A run-defining setting that differs from the run directory's
     /// is refused as with an edited file.
-    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_override)]
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = flg_core::config::Override::parse)]
     set: Vec<flg_core::config::Override>,
     /// Seconds between plain progress lines when stderr is not a terminal (a log file).
-    #[arg(long, env = "FLG_LOG_EVERY", default_value = "30", value_parser = log_period)]
+    #[arg(long, env = "FLG_LOG_EVERY", default_value = "30", value_parser = flg_core::logging::parse_period)]
     log_every: std::time::Duration,
 }
 
-fn parse_override(arg: &str) -> Result<flg_core::config::Override, String> {
-    flg_core::config::Override::parse(arg)
-}
-
-fn log_period(arg: &str) -> Result<std::time::Duration, String> {
-    flg_core::logging::parse_period(arg)
-        .ok_or_else(|| format!("{arg:?}: expected seconds between 0.1 and 86400"))
+impl LaunchArgs {
+    fn options(self) -> flg_coordinator::supervise::Options {
+        flg_coordinator::supervise::Options {
+            overrides: self.set,
+            log_every: self.log_every,
+        }
+    }
 }
 
 /// Mutating control calls: the target and the token.
@@ -131,7 +131,7 @@ enum Command {
         #[arg(long)]
         from_start: bool,
         /// Seconds between plain progress lines when stderr is not a terminal.
-        #[arg(long, env = "FLG_LOG_EVERY", default_value = "30", value_parser = log_period)]
+        #[arg(long, env = "FLG_LOG_EVERY", default_value = "30", value_parser = flg_core::logging::parse_period)]
         log_every: std::time::Duration,
     },
     /// Pause the ranks at the next step boundary (needs the control token).
@@ -182,7 +182,7 @@ enum Command {
         #[arg(long, conflicts_with = "estimate_memory")]
         print_run_dir: bool,
         /// Check the config with this key changed, as `run --set` would run it (repeatable).
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_override)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = flg_core::config::Override::parse)]
         set: Vec<flg_core::config::Override>,
     },
     /// Start the config's worker ranks with mpirun (cluster.world_size of them), without a
@@ -310,18 +310,12 @@ fn main() -> ExitCode {
         Command::Run { config, launch } => flg_coordinator::supervise::main(
             &config,
             flg_coordinator::supervise::Mode::LaunchWorkers,
-            &flg_coordinator::supervise::Options {
-                overrides: launch.set,
-                log_every: launch.log_every,
-            },
+            &launch.options(),
         ),
         Command::Coordinator { config, launch } => flg_coordinator::supervise::main(
             &config,
             flg_coordinator::supervise::Mode::CoordinatorOnly,
-            &flg_coordinator::supervise::Options {
-                overrides: launch.set,
-                log_every: launch.log_every,
-            },
+            &launch.options(),
         ),
         Command::Status { target, json } => with_target(&target.coordinator, None, |t| {
             flg_coordinator::client::status(t, json)

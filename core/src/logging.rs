@@ -9,7 +9,7 @@
 //!   line every [`log_every`] instead (`FLG_LOG_EVERY`, seconds).
 
 use std::io::{IsTerminal, Write};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 /// The variable that sets the plain progress lines' period in seconds.
@@ -18,11 +18,8 @@ pub const LOG_EVERY_ENV: &str = "FLG_LOG_EVERY";
 /// The default period of plain progress lines.
 pub const DEFAULT_LOG_EVERY_S: f64 = 30.0;
 
-static RANK: OnceLock<std::sync::atomic::AtomicI64> = OnceLock::new();
-
-fn rank_cell() -> &'static std::sync::atomic::AtomicI64 {
-    RANK.get_or_init(|| std::sync::atomic::AtomicI64::new(-1))
-}
+/// This process's rank, -1 until one is known.
+static RANK: AtomicI64 = AtomicI64::new(-1);
 
 /// This process's rank as its launcher announces it (OpenMPI, PMIx, PMI, Slurm), if any.
 pub fn rank_from_env() -> Option<u32> {
@@ -38,12 +35,12 @@ pub fn rank_from_env() -> Option<u32> {
 
 /// Marks every later log line of this process with `[rank N]`.
 pub fn set_rank(rank: u32) {
-    rank_cell().store(rank as i64, std::sync::atomic::Ordering::Relaxed);
+    RANK.store(i64::from(rank), Ordering::Relaxed);
 }
 
 /// `"[rank N] "` in a rank's process, else empty: the prefix of every line it logs.
 pub fn rank_prefix() -> String {
-    match rank_cell().load(std::sync::atomic::Ordering::Relaxed) {
+    match RANK.load(Ordering::Relaxed) {
         r if r >= 0 => format!("[rank {r}] "),
         _ => String::new(),
     }
@@ -57,17 +54,21 @@ pub fn stderr_is_terminal() -> bool {
 /// The period of plain progress lines: `$FLG_LOG_EVERY` seconds, else 30.
 pub fn log_every() -> Result<Duration, String> {
     match std::env::var(LOG_EVERY_ENV) {
-        Ok(v) if !v.trim().is_empty() => parse_period(&v).ok_or_else(|| {
-            format!("{LOG_EVERY_ENV}={v:?}: expected seconds between 0.1 and 86400")
-        }),
+        Ok(v) if !v.trim().is_empty() => {
+            parse_period(&v).map_err(|e| format!("{LOG_EVERY_ENV}={e}"))
+        }
         _ => Ok(Duration::from_secs_f64(DEFAULT_LOG_EVERY_S)),
     }
 }
 
-/// Seconds between 0.1 and a day, as a period.
-pub fn parse_period(text: &str) -> Option<Duration> {
-    let s: f64 = text.trim().parse().ok()?;
-    (s.is_finite() && (0.1..=86_400.0).contains(&s)).then(|| Duration::from_secs_f64(s))
+/// Seconds between 0.1 and a day, as a period (`--log-every`, `FLG_LOG_EVERY`).
+pub fn parse_period(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && (0.1..=86_400.0).contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{text:?}: expected seconds between 0.1 and 86400"))
 }
 
 /// A stderr writer that puts the rank prefix in front of every line of one log record
@@ -185,9 +186,14 @@ mod tests {
 
     #[test]
     fn periods_are_bounded_and_seconds_read_well() {
-        assert_eq!(parse_period("2.5"), Some(Duration::from_millis(2500)));
+        assert_eq!(parse_period("2.5"), Ok(Duration::from_millis(2500)));
         for bad in ["0", "-1", "nan", "inf", "1e9", "x"] {
-            assert_eq!(parse_period(bad), None, "{bad}");
+            assert!(
+                parse_period(bad)
+                    .unwrap_err()
+                    .contains("between 0.1 and 86400"),
+                "{bad}"
+            );
         }
         assert_eq!(human_seconds(42.4), "42 s");
         assert_eq!(human_seconds(432.0), "7 min 12 s");

@@ -188,9 +188,7 @@ impl EventWriter {
             }],
         )
     }
-}
 
-impl EventWriter {
     /// A PNG file as an image at `step`; its size and colour type come from its header.
     pub fn png_file(&mut self, tag: &str, step: u64, path: &Path) -> std::io::Result<()> {
         let bytes = std::fs::read(path)?;

@@ -53,16 +53,49 @@ impl Draws {
     }
 }
 
-/// The micro-batches `(offset, items)` of a rank's share of `local` items, `micro` at a time
-/// (`cluster.micro_batch_size`; 0, or not less than the share: the whole share at once).
-pub fn micro_batches(local: usize, micro: u64) -> Vec<(usize, usize)> {
+/// One micro-batch of a rank's share: items `offset..offset + len`, `share` of the share
+/// (what its mean losses and gradients weigh in the step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MicroBatch {
+    pub offset: usize,
+    pub len: usize,
+    pub share: f64,
+}
+
+impl MicroBatch {
+    /// This micro-batch's rows of a per-item tensor of the share.
+    pub fn of(&self, t: &Tensor) -> Tensor {
+        t.narrow(0, self.offset as i64, self.len as i64)
+    }
+
+    /// This micro-batch's draws.
+    pub fn draws(&self, d: &Draws) -> Draws {
+        d.narrow(self.offset, self.len)
+    }
+}
+
+/// The micro-batches of a rank's share of `local` items, `micro` at a time
+/// (`cluster.micro_batch_size`; 0, or not less than the share: the whole share at once, with
+/// share 1 exactly, so that the step computes what it computes without accumulation).
+pub fn micro_batches(local: usize, micro: u64) -> Vec<MicroBatch> {
     let m = micro as usize;
     if m == 0 || m >= local {
-        return vec![(0, local)];
+        return vec![MicroBatch {
+            offset: 0,
+            len: local,
+            share: 1.0,
+        }];
     }
     (0..local)
         .step_by(m)
-        .map(|o| (o, m.min(local - o)))
+        .map(|offset| {
+            let len = m.min(local - offset);
+            MicroBatch {
+                offset,
+                len,
+                share: len as f64 / local as f64,
+            }
+        })
         .collect()
 }
 
@@ -327,16 +360,15 @@ pub fn train_step(
         next_batch_with_draws(loader, data, comm, seed, stage, step, role.model.device);
     let local = x0.size()[0] as usize;
     let mut loss = 0.0;
-    for (o, n) in micro_batches(local, micro) {
-        let share = n as f64 / local as f64;
-        role.model.grad_scale = share;
-        loss += share
+    for mb in micro_batches(local, micro) {
+        role.model.grad_scale = mb.share;
+        loss += mb.share
             * flow_matching_backward(
                 &mut role.model,
                 comm,
-                &x0.narrow(0, o as i64, n as i64),
-                &text.narrow(0, o as i64, n as i64),
-                &d.narrow(o, n),
+                &mb.of(&x0),
+                &mb.of(&text),
+                &mb.draws(&d),
                 shift,
                 cfg_dropout,
                 null,
@@ -353,10 +385,19 @@ mod tests {
 
     #[test]
     fn micro_batches_cover_the_share() {
-        assert_eq!(micro_batches(8, 0), vec![(0, 8)]);
-        assert_eq!(micro_batches(8, 8), vec![(0, 8)]);
-        assert_eq!(micro_batches(8, 16), vec![(0, 8)]);
-        assert_eq!(micro_batches(8, 2), vec![(0, 2), (2, 2), (4, 2), (6, 2)]);
+        let parts = |local, micro| -> Vec<(usize, usize, f64)> {
+            micro_batches(local, micro)
+                .iter()
+                .map(|m| (m.offset, m.len, m.share))
+                .collect()
+        };
+        assert_eq!(parts(8, 0), vec![(0, 8, 1.0)]);
+        assert_eq!(parts(8, 8), vec![(0, 8, 1.0)]);
+        assert_eq!(parts(8, 16), vec![(0, 8, 1.0)]);
+        assert_eq!(
+            parts(8, 2),
+            vec![(0, 2, 0.25), (2, 2, 0.25), (4, 2, 0.25), (6, 2, 0.25)]
+        );
         let d = draws(3, 0, 7, 0, 4, &[2, 3], Device::Cpu);
         assert!(d
             .narrow(2, 2)

@@ -151,47 +151,29 @@ impl std::fmt::Display for NodePlace {
     }
 }
 
-/// The node place the launcher announces, in this order: OpenMPI (`mpirun`), then Slurm
-/// (`srun`, which sets no OpenMPI variables); `None` when neither does. `env` reads a variable.
-pub fn node_place_from_env(env: impl Fn(&str) -> Option<String>) -> Option<NodePlace> {
-    let num = |name: &str| -> Option<usize> { env(name)?.trim().parse().ok() };
-    if let Some(r) = num("OMPI_COMM_WORLD_LOCAL_RANK") {
-        let size = num("OMPI_COMM_WORLD_LOCAL_SIZE").unwrap_or(r + 1);
-        return Some(NodePlace {
-            local_rank: r,
-            local_size: size.max(r + 1),
-            source: "OMPI_COMM_WORLD_LOCAL_RANK",
-        });
-    }
-    if let Some(r) = num("SLURM_LOCALID") {
-        // SLURM_TASKS_PER_NODE may read "8(x2)"; the node's own count is its first number
-        // when every node runs the same, which the shared-memory split confirms otherwise.
-        let size = num("SLURM_NTASKS_PER_NODE")
-            .or_else(|| {
-                env("SLURM_TASKS_PER_NODE")?
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(r + 1);
-        return Some(NodePlace {
-            local_rank: r,
-            local_size: size.max(r + 1),
-            source: "SLURM_LOCALID",
-        });
-    }
-    None
+/// The local rank the launcher announces, with the variable it came from, in this order:
+/// OpenMPI (`mpirun`), then Slurm (`srun`, which sets no OpenMPI variables); `None` when
+/// neither does. `env` reads a variable.
+pub fn local_rank_from_env(env: impl Fn(&str) -> Option<String>) -> Option<(usize, &'static str)> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"]
+        .into_iter()
+        .find_map(|name| Some((env(name)?.trim().parse().ok()?, name)))
 }
 
-/// This rank's place on its node: from the launcher's variables when it sets them
-/// ([`node_place_from_env`]), else from MPI itself: the world split into the ranks that
-/// share memory (one node), ordered by world rank. Collective: every rank calls it.
+/// This rank's place on its node. The ranks that share it come from MPI itself: the world
+/// split into the ranks that share memory (one node), ordered by world rank; the local rank
+/// is the launcher's ([`local_rank_from_env`]) when it says, else the split's. Collective:
+/// every rank calls it.
 pub fn node_place(universe: &mpi::environment::Universe) -> NodePlace {
-    // Every rank takes part in the split, whichever source it ends up using, so that no
-    // rank waits in it alone.
     let split = shared_memory_place(universe);
-    node_place_from_env(|v| std::env::var(v).ok()).unwrap_or(split)
+    match local_rank_from_env(|v| std::env::var(v).ok()) {
+        Some((local_rank, source)) => NodePlace {
+            local_rank,
+            local_size: split.local_size.max(local_rank + 1),
+            source,
+        },
+        None => split,
+    }
 }
 
 /// The node place MPI gives: the world split into ranks that share memory. Collective.
@@ -231,31 +213,23 @@ mod node_place_tests {
 
     #[test]
     fn openmpi_then_slurm_then_nothing() {
-        let both = [
-            ("OMPI_COMM_WORLD_LOCAL_RANK", "3"),
-            ("OMPI_COMM_WORLD_LOCAL_SIZE", "8"),
-            ("SLURM_LOCALID", "5"),
-        ];
-        let p = node_place_from_env(env_of(&both)).unwrap();
+        let both = [("OMPI_COMM_WORLD_LOCAL_RANK", "3"), ("SLURM_LOCALID", "5")];
         assert_eq!(
-            (p.local_rank, p.local_size, p.source),
-            (3, 8, "OMPI_COMM_WORLD_LOCAL_RANK")
+            local_rank_from_env(env_of(&both)),
+            Some((3, "OMPI_COMM_WORLD_LOCAL_RANK"))
         );
-        let srun = [("SLURM_LOCALID", "5"), ("SLURM_TASKS_PER_NODE", "8(x2)")];
-        let p = node_place_from_env(env_of(&srun)).unwrap();
+        let srun = [("SLURM_LOCALID", " 5 ")];
         assert_eq!(
-            (p.local_rank, p.local_size, p.source),
-            (5, 8, "SLURM_LOCALID")
+            local_rank_from_env(env_of(&srun)),
+            Some((5, "SLURM_LOCALID"))
         );
-        let per_node = [("SLURM_LOCALID", "1"), ("SLURM_NTASKS_PER_NODE", "4")];
+        // A value that is not a number is passed over, to the next source.
+        let odd = [("OMPI_COMM_WORLD_LOCAL_RANK", "x"), ("SLURM_LOCALID", "1")];
         assert_eq!(
-            node_place_from_env(env_of(&per_node)).unwrap().local_size,
-            4
+            local_rank_from_env(env_of(&odd)),
+            Some((1, "SLURM_LOCALID"))
         );
-        // A size that cannot hold the rank is raised to hold it.
-        let odd = [("SLURM_LOCALID", "6"), ("SLURM_TASKS_PER_NODE", "2")];
-        assert_eq!(node_place_from_env(env_of(&odd)).unwrap().local_size, 7);
-        assert_eq!(node_place_from_env(env_of(&[("SLURM_LOCALID", "x")])), None);
-        assert_eq!(node_place_from_env(env_of(&[])), None);
+        assert_eq!(local_rank_from_env(env_of(&[("SLURM_LOCALID", "x")])), None);
+        assert_eq!(local_rank_from_env(env_of(&[])), None);
     }
 }

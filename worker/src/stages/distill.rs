@@ -161,20 +161,26 @@ pub fn step(
 ) -> StepReport {
     let local = x0.size()[0] as usize;
     let mut total: Option<StepReport> = None;
-    for (o, n) in micro_batches(local, micro) {
-        let share = n as f64 / local as f64;
-        roles.generator.model.grad_scale = share;
-        roles.fake.model.grad_scale = share;
+    for mb in micro_batches(local, micro) {
+        roles.generator.model.grad_scale = mb.share;
+        roles.fake.model.grad_scale = mb.share;
         // The items' global indices, so that every draw is the one the whole batch makes.
-        let first = comm.rank() * local + o;
-        let (x0, text) = (
-            x0.narrow(0, o as i64, n as i64),
-            text.narrow(0, o as i64, n as i64),
+        let first = comm.rank() * local + mb.offset;
+        let part = gradients(
+            roles,
+            comm,
+            d,
+            seed,
+            step,
+            &mb.of(x0),
+            &mb.of(text),
+            pairs,
+            first,
         );
-        let part = gradients(roles, comm, d, seed, step, &x0, &text, pairs, first);
+        let part = part.scaled(mb.share);
         total = Some(match total {
-            None => part.scaled(share),
-            Some(t) => t.plus(&part.scaled(share)),
+            None => part,
+            Some(t) => t.plus(&part),
         });
     }
     roles.generator.model.grad_scale = 1.0;

@@ -264,16 +264,15 @@ impl TrainingStage for PruningStage {
         // Gradient accumulation: each micro-batch adds its share of the gradients.
         let local = x0.size()[0] as usize;
         let mut sums = [0.0; 4];
-        for (o, n) in micro_batches(local, ctx.cfg.cluster.micro_batch_size) {
-            let share = n as f64 / local as f64;
-            self.role.model.grad_scale = share;
+        for mb in micro_batches(local, ctx.cfg.cluster.micro_batch_size) {
+            self.role.model.grad_scale = mb.share;
             let l = pruning_backward(
                 &mut self.role.model,
                 self.frozen.as_ref().or(ema.as_ref()),
                 ctx.comm,
-                &x0.narrow(0, o as i64, n as i64),
-                &text.narrow(0, o as i64, n as i64),
-                &d.narrow(o, n),
+                &mb.of(&x0),
+                &mb.of(&text),
+                &mb.draws(&d),
                 p.shift,
                 p.cfg_dropout,
                 &ctx.null_prompt,
@@ -284,7 +283,7 @@ impl TrainingStage for PruningStage {
                 .iter_mut()
                 .zip([l.loss, l.gap, l.flow_full, l.flow_pruned])
             {
-                *s += share * v;
+                *s += mb.share * v;
             }
         }
         self.role.model.grad_scale = 1.0;
