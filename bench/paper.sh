@@ -3,14 +3,15 @@
 # real 2-rank run from the shipped tiny teacher:
 #   1. the main table: teacher 50-step CFG, teacher 4-step, plain DMD2, no Stage II, b2 = 0,
 #      FastLightGen (bench/paper-table.sh);
-#   2. the alpha ablation of Stage II: alpha = 0, 0.5 (the demo), 0.7, 1.0;
+#   2. the alpha ablation of Stage II: alpha = 0, 0.5, 0.7, 1.0 (the demo, frozen target), and
+#      1.0 with the live target (the paper's form);
 #   3. the b2 ablation of Stage III: b2 = 0 (row e), 0.25, 0.75 (the demo draws b2 in [0, 0.5]);
 #   4. quality against cost (the paper's Figure 1): students keeping 100% (plain DMD2), 90%, 70%
 #      (the demo) and 50% of the block parameters, each sampled with 1, 2, 4 and 8 steps, next
 #      to the teacher with CFG at 1 to 50 steps;
 #   5. the remedies against collapse: the demo's Stage III with its sampler and anti-collapse
-#      terms switched on one at a time (cluster-configs/paper/remedy-*.toml), and Stage II with
-#      alpha = 1 against a frozen target;
+#      terms switched on one at a time (cluster-configs/paper/remedy-*.toml), and the demo's
+#      Stage III after the former Stage II (300 steps, alpha 0.5, live target);
 # then one report, bench/results/paper/report.md (+ PNG figures), also copied into
 # BENCHMARKS.md between its "make paper" markers.
 #
@@ -52,7 +53,7 @@ full() { # config
 }
 
 step "alpha ablation (Stage II)"
-for a in 0 0.7 1; do reuse "cluster-configs/paper/alpha-$a.toml" pruning distill export eval; done
+for a in 0 0.5 0.7 1-self; do reuse "cluster-configs/paper/alpha-$a.toml" pruning distill export eval; done
 step "b2 ablation (Stage III)"
 for b in 0.25 0.75; do reuse "cluster-configs/paper/b2-$b.toml" distill export eval; done
 step "students of other sizes"
@@ -60,7 +61,7 @@ for s in 90 50; do full "cluster-configs/paper/share-$s.toml"; done
 
 step "remedies against collapse (Stage III)"
 for r in none renoise regression data-forcing; do reuse "cluster-configs/paper/remedy-$r.toml" distill export eval; done
-reuse cluster-configs/paper/remedy-frozen-alpha-1.toml pruning distill export eval
+reuse cluster-configs/paper/remedy-stage2-before.toml pruning distill export eval
 
 step "quality against cost: sampling every student and the teacher at several step counts"
 sample() { # name, model, steps, cfg

@@ -30,9 +30,11 @@ EXPERIMENTS = {
     # Stage II's alpha ablation.
     "alpha-0": ("Alpha ablation: Stage II with alpha = 0 (flow matching only, blocks skipped).",
                 {"pruning.alpha": "0.0"}),
+    "alpha-0.5": ("Alpha ablation: Stage II with alpha = 0.5.", {"pruning.alpha": "0.5"}),
     "alpha-0.7": ("Alpha ablation: Stage II with alpha = 0.7.", {"pruning.alpha": "0.7"}),
-    "alpha-1": ("Alpha ablation: Stage II with alpha = 1 (pure self-distillation, the paper's choice).",
-                {"pruning.alpha": "1.0"}),
+    "alpha-1-self": ("Alpha ablation: alpha = 1 (the demo's) with the unpruned target from the live weights,\n"
+                     "# the paper's form (pruning.target = \"self\"), at the demo's learning rate.",
+                     {"pruning.target": '"self"'}),
     # Stage III's b2 ablation.
     "b2-0.25": ("b2 ablation: intra guidance fixed at 0.25.", {"distill.b2_range": "[0.25, 0.25]"}),
     "b2-0.75": ("b2 ablation: intra guidance fixed at 0.75.", {"distill.b2_range": "[0.75, 0.75]"}),
@@ -53,9 +55,10 @@ EXPERIMENTS = {
     "remedy-data-forcing": ("Remedies, row 4: re-noising sampler + data forcing (weight 1), no regression.",
                             {"distill.sampler": '"renoise"', "distill.regression": "{ weight = 0.0 }",
                              "distill.data_forcing": "1.0"}),
-    "remedy-frozen-alpha-1": ("Remedies: Stage II with alpha = 1 against a frozen target (pruning.target),\n"
-                              "# then the demo's Stage III.",
-                              {"pruning.alpha": "1.0", "pruning.target": '"frozen"'}),
+    "remedy-stage2-before": ("Remedies: the Stage II of before issue 13's last change (300 steps, alpha = 0.5,\n"
+                             "# live target, lr 3e-5), then the demo's Stage III.",
+                             {"pruning.steps": "300", "pruning.alpha": "0.5", "pruning.target": '"self"',
+                              "pruning.optim": "{ lr = 3e-5, warmup_steps = 20 }"}),
 }
 
 
