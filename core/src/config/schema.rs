@@ -397,6 +397,22 @@ impl Default for Pruning {
     }
 }
 
+/// Which weights give Stage III's unpruned pass U: the real score's intra guidance
+/// `b2 (U(c) - P(c))` and the teacher ODE trajectories of the regression term.
+///
+/// `base` is the paper's: the weights Stage III starts from with every block (Stage II's
+/// output, whose full pass Stage II keeps close to the teacher while it trains random subsets).
+/// `teacher`: the teacher the run started from, frozen, as one more sharded model in Stage III.
+/// It is the one that makes sense after a Stage II that trains only the pruned pass
+/// (`pruning.skip_prob = 1`): there the blocks that Stage III removes are never trained while
+/// the others adapt to their absence, so the full pass is no model of anything.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnprunedSource {
+    Base,
+    Teacher,
+}
+
 /// Stage III: distribution matching with the well-guided teacher (DMD2 style).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -427,6 +443,9 @@ pub struct Distill {
     pub sampler: SamplerKind,
     /// Regression of the generator's steps onto the teacher's own ODE trajectories.
     pub regression: Regression,
+    /// Where the unpruned pass U (b2's guidance and the regression trajectories) comes from:
+    /// `base` or `teacher` (see [`UnprunedSource`]).
+    pub unpruned: UnprunedSource,
     /// Weight of the data-forcing term (0: off): on generator steps, training videos noised to
     /// the trained sampler step's time, and the generator's clean-video prediction there pulled
     /// towards the well-guided real score's (mean squared error). It keeps the generator a
@@ -492,6 +511,7 @@ impl Default for Distill {
             ema_decay: 0.99,
             sampler: SamplerKind::Euler,
             regression: Regression::default(),
+            unpruned: UnprunedSource::Base,
             data_forcing: 0.0,
             monitor_every: 0,
             monitor_videos: 32,

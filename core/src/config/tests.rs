@@ -449,12 +449,15 @@ fn anti_collapse_keys_are_checked_and_named() {
     assert!(e.to_string().contains("sampler"), "{e}");
     let e = error_with("[pruning]\ntarget = \"teacher\"\n");
     assert!(e.to_string().contains("target"), "{e}");
+    let e = error_with("[distill]\nunpruned = \"frozen\"\n");
+    assert!(e.to_string().contains("unpruned"), "{e}");
     // The choices themselves parse.
     let c = parse(&with(
-        "[distill]\nsampler = \"renoise\"\nregression = { weight = 4.0 }\n[pruning]\ntarget = \"frozen\"\n",
+        "[distill]\nsampler = \"renoise\"\nregression = { weight = 4.0 }\nunpruned = \"teacher\"\n[pruning]\ntarget = \"frozen\"\n",
     ))
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.distill.sampler, SamplerKind::Renoise);
+    assert_eq!(c.distill.unpruned, UnprunedSource::Teacher);
     assert_eq!(
         c.distill.regression.pairs, 256,
         "unnamed keys keep their defaults"

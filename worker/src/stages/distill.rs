@@ -9,6 +9,8 @@
 //! - the **real score** R: the frozen Stage II model. Its pruned pass P runs the blocks the
 //!   generator keeps, its unpruned pass U every block:
 //!   `v_real = P(null) + b1 (P(c) - P(null)) + b2 (U(c) - P(c))`, b1 and b2 drawn per step.
+//!   With `distill.unpruned = "teacher"` U is the frozen teacher instead of the Stage II
+//!   model's full pass (a fourth, frozen model); it also makes the regression trajectories.
 //! - the **fake score** F: starts from the same weights as G, trained every step with the
 //!   flow-matching loss on detached generator samples.
 //!
@@ -34,7 +36,7 @@ use crate::shard::ShardedDit;
 use crate::train::{batch_tensors, draws, flow_matching_backward, micro_batches, Role};
 use crate::trainer::{StepOutput, TrainingStage};
 use anyhow::{Context, Result};
-use flg_core::config::Distill;
+use flg_core::config::{Distill, UnprunedSource};
 use flg_core::formats::importance::ImportanceReport;
 use flg_core::formats::student::SamplerSettings;
 use flg_core::Stage;
@@ -55,6 +57,9 @@ pub struct Roles {
     pub fake: Role,
     /// Frozen; never stepped.
     pub real: ShardedDit,
+    /// The unpruned pass's own model when it is not `real` (`distill.unpruned = "teacher"`
+    /// after a Stage II); frozen.
+    pub unpruned: Option<ShardedDit>,
     /// Blocks of the generator (and of the real score's pruned pass), original indices.
     pub pruned_ids: Vec<usize>,
     /// Every block of the real score (its unpruned pass).
@@ -64,9 +69,11 @@ pub struct Roles {
 }
 
 impl Roles {
-    /// Builds the roles from the Stage II (or teacher) weights `base`, removing `removed`.
+    /// Builds the roles from the Stage II (or teacher) weights `base`, removing `removed`;
+    /// `unpruned`: other weights for the unpruned pass U, or `None` for `base`'s.
     pub fn new(
         base: &Dit,
+        unpruned: Option<&Dit>,
         removed: &[usize],
         d: &Distill,
         null: NullPrompt,
@@ -80,10 +87,18 @@ impl Roles {
             generator: Role::new(shard(&student), &d.generator_optim, d.ema_decay, comm),
             fake: Role::new(shard(&student), &d.fake_optim, 0.0, comm),
             real: shard(base),
+            unpruned: unpruned.map(&shard),
             pruned_ids,
             full_ids,
             null,
         }
+    }
+}
+
+impl Roles {
+    /// The model of the unpruned pass U (run with `full_ids`).
+    pub fn unpruned_model(&self) -> &ShardedDit {
+        self.unpruned.as_ref().unwrap_or(&self.real)
     }
 }
 
@@ -430,7 +445,9 @@ fn real_velocity(
     let (p_c, p_null) = (&parts[0], &parts[1]);
     let mut v = p_null + (p_c - p_null) * draw.b1;
     if draw.b2 != 0.0 && roles.pruned_ids != roles.full_ids {
-        let u_c = roles.real.output(comm, xt, t, text, &roles.full_ids);
+        let u_c = roles
+            .unpruned_model()
+            .output(comm, xt, t, text, &roles.full_ids);
         v += (u_c - p_c) * draw.b2;
     }
     v
@@ -476,14 +493,28 @@ pub struct DistillStage {
 impl DistillStage {
     /// From the Stage II (or teacher) weights `base`, the generator without `removed`.
     /// With `distill.regression.weight` > 0 the regression pairs are read from the run
-    /// directory, or made there with the real score's unpruned pass.
+    /// directory, or made there with the unpruned pass U.
     pub fn new(ctx: &StageCtx, base: &Dit, removed: &[usize]) -> Result<DistillStage> {
         let d = &ctx.cfg.distill;
-        let roles = Roles::new(base, removed, d, ctx.null_prompt.clone(), ctx.comm, |m| {
-            ctx.shard(m)
-        });
+        // Without a Stage II the base is the teacher already: no second copy.
+        let teacher = match (d.unpruned, base_path(ctx).1) {
+            (UnprunedSource::Teacher, Stage::Pruning) => {
+                Some(ctx.load_input(&ctx.teacher, Stage::Pretrain)?)
+            }
+            _ => None,
+        };
+        let roles = Roles::new(
+            base,
+            teacher.as_ref(),
+            removed,
+            d,
+            ctx.null_prompt.clone(),
+            ctx.comm,
+            |m| ctx.shard(m),
+        );
+        drop(teacher);
         if ctx.lead() {
-            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), "Stage III: distribution matching");
+            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), unpruned = ?d.unpruned, "Stage III: distribution matching");
         }
         let pairs = if d.regression.weight > 0.0 {
             let times = sampler_times(d);
@@ -494,7 +525,7 @@ impl DistillStage {
                 ctx.cfg.experiment.seed,
                 &ctx.data,
                 &TeacherPass {
-                    model: &roles.real,
+                    model: roles.unpruned_model(),
                     blocks: &roles.full_ids,
                     comm: ctx.comm,
                     batch: ctx.cfg.eval.batch_size as usize,
@@ -679,7 +710,7 @@ mod tests {
             data_forcing,
             ..Distill::default()
         };
-        let mut roles = Roles::new(&base, &[1], &d, NullPrompt::zeros(), &Solo, |m| {
+        let mut roles = Roles::new(&base, None, &[1], &d, NullPrompt::zeros(), &Solo, |m| {
             ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float)
         });
         tch::manual_seed(0);
@@ -725,6 +756,34 @@ mod tests {
         assert!(same < 1e-10, "{same}");
         let guided = run(4.0);
         assert!(guided > 1e-6, "{guided}");
+    }
+
+    #[test]
+    fn the_unpruned_pass_comes_from_the_model_it_is_given() {
+        // With b1 = b2 = 1 the real velocity is exactly U(c): the teacher's full pass when the
+        // roles are given a teacher, the base's own full pass when not.
+        let base = live_model();
+        let teacher = Dit::init(&base.dims, 11);
+        let shard = |m: &Dit| ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float);
+        let d = Distill::default();
+        tch::manual_seed(1);
+        let xt = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0.7f32, 0.3]);
+        let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
+        let draw = StepDraw {
+            k: 0,
+            b1: 1.0,
+            b2: 1.0,
+        };
+        let full = |m: &Dit| shard(m).output(&Solo, &xt, &t, &text, &m.block_ids);
+        let (u_teacher, u_base) = (full(&teacher), full(&base));
+        let gap = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        assert!(gap(&u_teacher, &u_base) > 1e-3, "the two models differ");
+        for (given, want) in [(Some(&teacher), &u_teacher), (None, &u_base)] {
+            let roles = Roles::new(&base, given, &[1], &d, NullPrompt::zeros(), &Solo, shard);
+            let v = real_velocity(&roles, &Solo, &xt, &t, &text, draw);
+            assert!(gap(&v, want) < 1e-5, "off by {}", gap(&v, want));
+        }
     }
 
     #[test]
