@@ -413,6 +413,16 @@ pub enum UnprunedSource {
     Teacher,
 }
 
+impl UnprunedSource {
+    /// The config's spelling, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnprunedSource::Base => "base",
+            UnprunedSource::Teacher => "teacher",
+        }
+    }
+}
+
 /// Stage III: distribution matching with the well-guided teacher (DMD2 style).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

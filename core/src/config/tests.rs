@@ -458,6 +458,7 @@ fn anti_collapse_keys_are_checked_and_named() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.distill.sampler, SamplerKind::Renoise);
     assert_eq!(c.distill.unpruned, UnprunedSource::Teacher);
+    assert_eq!(c.distill.unpruned.name(), "teacher");
     assert_eq!(
         c.distill.regression.pairs, 256,
         "unnamed keys keep their defaults"

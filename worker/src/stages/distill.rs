@@ -514,7 +514,7 @@ impl DistillStage {
         );
         drop(teacher);
         if ctx.lead() {
-            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), unpruned = ?d.unpruned, "Stage III: distribution matching");
+            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), unpruned = d.unpruned.name(), "Stage III: distribution matching");
         }
         let pairs = if d.regression.weight > 0.0 {
             let times = sampler_times(d);
