@@ -83,7 +83,7 @@ demo: build
 	./target/release/fastlightgen run cluster-configs/demo-cpu.toml
 
 # The paper's experiments on moving-shapes (main table, alpha and b2 ablations, quality
-# against cost): about 2 hours on 2 cores after the demo; resumable (bench/paper.sh).
+# against cost): about 2.5 hours on 2 cores after the demo; resumable (bench/paper.sh).
 paper: build
 	bench/paper.sh
 

@@ -16,7 +16,7 @@
 # BENCHMARKS.md between its "make paper" markers.
 #
 # Resumable: a run whose eval.json exists, or a sampling whose eval.json exists, is not done
-# again; stop it any time and start it again. Takes about 1.5-2 hours on a 2-core CPU after the demo.
+# again; stop it any time and start it again. Takes about 2.5 hours on a 2-core CPU after the demo (estimated from stage times).
 # Usage: bench/paper.sh [OUT_DIR]   (default bench/results/paper)
 set -euo pipefail
 out=${1:-bench/results/paper}
@@ -60,7 +60,7 @@ step "students of other sizes"
 for s in 90 50; do full "cluster-configs/paper/share-$s.toml"; done
 
 step "remedies against collapse (Stage III)"
-for r in none renoise regression data-forcing; do reuse "cluster-configs/paper/remedy-$r.toml" distill export eval; done
+for r in none renoise data-forcing; do reuse "cluster-configs/paper/remedy-$r.toml" distill export eval; done
 reuse cluster-configs/paper/remedy-stage2-before.toml pruning distill export eval
 
 step "quality against cost: sampling every student and the teacher at several step counts"

@@ -49,10 +49,7 @@ EXPERIMENTS = {
     "remedy-renoise": ("Remedies, row 2: the re-noising sampler alone.",
                        {"distill.sampler": '"renoise"', "distill.regression": "{ weight = 0.0 }",
                         "distill.data_forcing": "0.0"}),
-    "remedy-regression": ("Remedies, row 3: re-noising sampler + regression to the teacher's ODE (the demo's\n"
-                          "# weight), no data forcing.",
-                          {"distill.sampler": '"renoise"', "distill.data_forcing": "0.0"}),
-    "remedy-data-forcing": ("Remedies, row 4: re-noising sampler + data forcing (weight 1), no regression.",
+    "remedy-data-forcing": ("Remedies, row 3: re-noising sampler + data forcing (weight 1), no regression.",
                             {"distill.sampler": '"renoise"', "distill.regression": "{ weight = 0.0 }",
                              "distill.data_forcing": "1.0"}),
     "remedy-stage2-before": ("Remedies: the Stage II of before issue 13's last change (300 steps, alpha = 0.5,\n"

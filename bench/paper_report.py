@@ -119,9 +119,8 @@ lines += ["## Remedies against collapse (Stage III)", "",
           "| remedy | " + HEAD[2:], "|---|" + "---|" * COLS]
 remedies = [("Euler sampler, no anti-collapse term", "remedy-none"),
             ("re-noising sampler", "remedy-renoise"),
-            ("+ regression to the teacher's ODE", "remedy-regression"),
             ("+ data forcing (no regression)", "remedy-data-forcing"),
-            ("demo settings (FastLightGen row)", None),
+            ("+ regression to the teacher's ODE: the demo's settings (FastLightGen row)", None),
             ("demo's Stage III after the former Stage II (300 steps, alpha 0.5, live target)", "remedy-stage2-before")]
 ablation([(None, label, f"runs/paper-{name}" if name else main) for label, name in remedies])
 grids = []
