@@ -93,9 +93,7 @@ impl Roles {
             null,
         }
     }
-}
 
-impl Roles {
     /// The model of the unpruned pass U (run with `full_ids`).
     pub fn unpruned_model(&self) -> &ShardedDit {
         self.unpruned.as_ref().unwrap_or(&self.real)
