@@ -8,7 +8,9 @@
 //! the real score's unpruned pass under CFG, then every rank gathers all of them), written by
 //! rank 0 to `distill/ode-pairs.safetensors` and read back by a resumed or rerun stage. Pair i's
 //! noise and its prompt (that of a data sample drawn uniformly) are functions of `(seed, i)`,
-//! so the file is the same whoever makes it.
+//! so the file is the same whoever makes it. Its header records the settings and a fingerprint
+//! of the model that made it (the Stage II model's full pass or the teacher, see
+//! `distill.unpruned`): a file made by another model, or with other settings, is made again.
 
 use crate::collective::Collective;
 use crate::data::{Batch, DataSet};
@@ -19,7 +21,7 @@ use crate::train::{batch_tensors, draws};
 use anyhow::{Context, Result};
 use flg_core::config::Regression;
 use std::path::Path;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Stream tags: the pairs' noise (as a stage number of `draws`) and the per-step pick.
 const PAIR_NOISE: u64 = 0x5041_4952; // "PAIR"
@@ -66,7 +68,7 @@ impl OdePairs {
         data: &DataSet,
         teacher: &TeacherPass,
     ) -> Result<OdePairs> {
-        let want = Header::new(r, times, seed);
+        let want = Header::new(r, times, seed, teacher.fingerprint());
         if let Some(p) = read(path, &want, data, teacher.device)? {
             return Ok(p);
         }
@@ -110,16 +112,18 @@ struct Header {
     teacher_cfg: f64,
     seed: u64,
     times: Vec<f64>,
+    model: [f64; 3],
 }
 
 impl Header {
-    fn new(r: &Regression, times: &[f64], seed: u64) -> Header {
+    fn new(r: &Regression, times: &[f64], seed: u64, model: [f64; 3]) -> Header {
         Header {
             pairs: r.pairs,
             teacher_steps: r.teacher_steps,
             teacher_cfg: r.teacher_cfg,
             seed,
             times: times.to_vec(),
+            model,
         }
     }
 
@@ -131,7 +135,34 @@ impl Header {
             self.seed as f64,
         ];
         v.extend(&self.times);
+        v.extend(&self.model);
         Tensor::from_slice(&v)
+    }
+}
+
+impl TeacherPass<'_> {
+    /// Which model this is, as three numbers every rank computes alike whatever the world
+    /// size: the number of blocks it runs, and the sum and the sum of squares (f64) of the
+    /// parameters of its stem and those blocks, gathered whole.
+    pub fn fingerprint(&self) -> [f64; 3] {
+        let _guard = tch::no_grad_guard();
+        let (mut sum, mut sq) = (0.0, 0.0);
+        let units = std::iter::once(0).chain(self.blocks.iter().map(|&b| {
+            1 + self
+                .model
+                .block_ids
+                .iter()
+                .position(|&id| id == b)
+                .expect("the pass's blocks are the model's")
+        }));
+        for i in units {
+            for t in self.model.gather_unit(i, self.comm) {
+                let t = t.to_kind(Kind::Double);
+                sum += t.sum(Kind::Double).double_value(&[]);
+                sq += t.square().sum(Kind::Double).double_value(&[]);
+            }
+        }
+        [self.blocks.len() as f64, sum, sq]
     }
 }
 
@@ -308,5 +339,71 @@ mod tests {
             per_class.iter().all(|&c| (16..=48).contains(&c)),
             "{per_class:?}"
         );
+    }
+
+    #[test]
+    fn pairs_made_by_another_model_are_made_again() {
+        // A run directory's pairs are reused only when the model that would make them is the
+        // one that made them: pairs of the Stage II model's full pass must not stand in for the
+        // teacher's (distill.unpruned) or for another Stage II's.
+        use crate::collective::Solo;
+        use crate::data::shapes::ShapesSpec;
+        use crate::model::Dit;
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ShapesSpec {
+            frames: 8,
+            size: 16,
+            text_len: 4,
+            text_dim: 32,
+            seed: 3,
+            text_seed: 5,
+        };
+        crate::data::write_moving_shapes(dir.path(), &spec, 16, 16, false).unwrap();
+        let data = DataSet::open(dir.path()).unwrap();
+        let mut dims = flg_core::config::preset("tiny").unwrap();
+        dims.num_blocks = 2;
+        let shard =
+            |seed| ShardedDit::from_dit(&Dit::init(&dims, seed), &Solo, Device::Cpu, Kind::Float);
+        let (a, b) = (shard(1), shard(2));
+        let null = crate::flow::NullPrompt::zeros();
+        fn pass<'a>(m: &'a ShardedDit, null: &'a crate::flow::NullPrompt) -> TeacherPass<'a> {
+            TeacherPass {
+                model: m,
+                blocks: &[0, 1],
+                comm: &Solo,
+                batch: 4,
+                device: Device::Cpu,
+                null,
+            }
+        }
+        let r = Regression {
+            weight: 1.0,
+            pairs: 3,
+            teacher_steps: 2,
+            teacher_cfg: 2.0,
+        };
+        let path = dir.path().join("ode-pairs.safetensors");
+        let times = [1.0, 0.5];
+        let made = OdePairs::load_or_make(&path, &r, &times, 0, &data, &pass(&a, &null)).unwrap();
+        // Mark the file's targets, keeping its header: a read returns the mark.
+        let header = Tensor::read_safetensors(&path)
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k == "header")
+            .unwrap()
+            .1;
+        let marked = OdePairs {
+            states: made.states.shallow_clone(),
+            text: made.text.shallow_clone(),
+            target: made.target.zeros_like(),
+        };
+        let h = Header::new(&r, &times, 0, pass(&a, &null).fingerprint());
+        assert!(h.tensor().equal(&header), "the header as written");
+        write(&path, &marked, &h).unwrap();
+        let again = OdePairs::load_or_make(&path, &r, &times, 0, &data, &pass(&a, &null)).unwrap();
+        assert_eq!(again.target.abs().sum(Kind::Double).double_value(&[]), 0.0);
+        let other = OdePairs::load_or_make(&path, &r, &times, 0, &data, &pass(&b, &null)).unwrap();
+        assert!(other.target.abs().sum(Kind::Double).double_value(&[]) > 0.0);
+        assert!(pass(&a, &null).fingerprint() != pass(&b, &null).fingerprint());
     }
 }
