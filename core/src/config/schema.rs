@@ -461,6 +461,8 @@ pub struct Distill {
     /// towards the well-guided real score's (mean squared error). It keeps the generator a
     /// faithful guided denoiser of real (moving) videos while DMD trains it on its own samples.
     pub data_forcing: f64,
+    /// DMD2's GAN term: a classifier on the fake score's features (see [`Gan`]).
+    pub gan: Gan,
     /// Every this many steps, rank 0 logs the generator's diversity over noise and a small
     /// eval of its EMA (moving-shapes only); 0: never.
     pub monitor_every: u64,
@@ -497,6 +499,38 @@ impl Default for Regression {
     }
 }
 
+/// DMD2's GAN term. A small classifier reads the fake score's token features after its first
+/// `feature_blocks` blocks and is trained every step to tell noised training videos (real) from
+/// noised generator samples (fake); on generator steps the generator also gets
+/// `weight * softplus(-D(features(noised sample)))`, its gradient taken through the fake score
+/// (held fixed) back to the sample. Real data is the anchor DMD lacks: the classifier sees the
+/// motion and variety of the training videos, which the teacher's score alone lets collapse.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gan {
+    /// Weight of the generator's GAN loss; 0 turns the term and its classifier off.
+    pub weight: f64,
+    /// The fake score's blocks the features come after; 0: half of the generator's blocks
+    /// (rounded up), the middle of the network as in DMD2's bottleneck features.
+    pub feature_blocks: u64,
+    /// The classifier's optimizer (a checkpointed fourth role, `gan_classifier`).
+    pub classifier_optim: Optim,
+}
+
+impl Default for Gan {
+    fn default() -> Self {
+        Gan {
+            weight: 0.0,
+            feature_blocks: 0,
+            classifier_optim: Optim {
+                lr: 1e-4,
+                beta1: 0.0,
+                ..Optim::default()
+            },
+        }
+    }
+}
+
 impl Default for Distill {
     fn default() -> Self {
         Distill {
@@ -523,6 +557,7 @@ impl Default for Distill {
             regression: Regression::default(),
             unpruned: UnprunedSource::Base,
             data_forcing: 0.0,
+            gan: Gan::default(),
             monitor_every: 0,
             monitor_videos: 32,
         }

@@ -441,6 +441,17 @@ fn anti_collapse_keys_are_checked_and_named() {
     ] {
         issue(&e, key);
     }
+    let e = error_with(
+        "[distill]\ngan = { weight = 1.0, classifier_optim = { lr = 0.0, beta1 = 1.0 } }\n",
+    );
+    issue(&e, "distill.gan.classifier_optim.lr");
+    issue(&e, "distill.gan.classifier_optim.beta1");
+    issue(
+        &error_with("[distill]\ngan = { weight = -0.5 }\n"),
+        "distill.gan.weight",
+    );
+    let e = error_with("[distill]\ngan = { weight = 1.0, features = 3 }\n");
+    assert!(e.to_string().contains("features"), "{e}");
     let e = error_with("[distill]\nregression = { weight = 1.0, pairs = 0, teacher_cfg = inf }\n");
     issue(&e, "distill.regression.pairs");
     issue(&e, "distill.regression.teacher_cfg");
@@ -464,6 +475,20 @@ fn anti_collapse_keys_are_checked_and_named() {
         "unnamed keys keep their defaults"
     );
     assert_eq!(c.pruning.target, PruningTarget::Frozen);
+    assert_eq!(c.distill.gan.weight, 0.0, "the GAN term is off by default");
+    let c = parse(&with(
+        "[distill]\ngan = { weight = 0.5, feature_blocks = 2, classifier_optim = { lr = 1e-3 } }\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (c.distill.gan.weight, c.distill.gan.feature_blocks),
+        (0.5, 2)
+    );
+    assert_eq!(c.distill.gan.classifier_optim.lr, 1e-3);
+    assert_eq!(
+        c.distill.gan.classifier_optim.beta1, 0.9,
+        "an optimizer table's unnamed keys are Optim's defaults"
+    );
 }
 
 #[test]

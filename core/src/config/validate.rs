@@ -550,6 +550,16 @@ fn check_training(c: &Config, issues: &mut Issues) {
             );
         }
         non_negative(issues, "distill.data_forcing", d.data_forcing);
+        non_negative(issues, "distill.gan.weight", d.gan.weight);
+        if d.gan.weight > 0.0 {
+            // feature_blocks is checked against the generator's blocks when Stage III starts
+            // (the block count may come from the weights file).
+            check_optim(
+                issues,
+                "distill.gan.classifier_optim",
+                &d.gan.classifier_optim,
+            );
+        }
         if d.monitor_every > 0 {
             at_least_one(issues, "distill.monitor_videos", d.monitor_videos);
         }

@@ -231,6 +231,9 @@ fn main() -> anyhow::Result<()> {
                 )?;
                 roles.generator.model.zero_grad();
                 roles.fake.model.zero_grad();
+                if let Some(c) = roles.gan.as_mut() {
+                    c.role.model.zero_grad();
+                }
             }
             let mut loader = DistillStage::loader(&ctx)?;
             let mut rec = Recorded {

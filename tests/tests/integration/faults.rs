@@ -12,7 +12,17 @@ fn a_run_killed_mid_step_and_mid_checkpoint_and_hung_finishes_with_the_same_weig
         "export/student.safetensors",
     ];
 
-    let reference = run_config(tmp.path(), "reference", 2, 16, 4, &data_dir);
+    // Stage III with DMD2's GAN term: its classifier is a fourth role, checkpointed and resumed
+    // with the others (launch 3 resumes Stage III mid-way).
+    let with_gan = |cfg: std::path::PathBuf| {
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "[distill]\n",
+            "[distill]\ngan = { weight = 1.0, classifier_optim = { lr = 1e-3 } }\n",
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let reference = with_gan(run_config(tmp.path(), "reference", 2, 16, 4, &data_dir));
     let res = run_with_faults(&reference, "");
     assert_ok(&res);
     let ref_run = tmp.path().join("runs/reference");
@@ -29,7 +39,7 @@ fn a_run_killed_mid_step_and_mid_checkpoint_and_hung_finishes_with_the_same_weig
         .subsec_nanos() as u64;
     let kill_step = 5 + nanos % 7; // 5..=11
     println!("killing rank 1 at pruning step {kill_step}");
-    let faulty = run_config(tmp.path(), "faulty", 2, 16, 4, &data_dir);
+    let faulty = with_gan(run_config(tmp.path(), "faulty", 2, 16, 4, &data_dir));
     let faults = format!(
         "kill:1:pruning:{kill_step}:0,kill-in-checkpoint:0:pruning:12:1,stop:1:distill:5:2"
     );
@@ -40,6 +50,12 @@ fn a_run_killed_mid_step_and_mid_checkpoint_and_hung_finishes_with_the_same_weig
     assert_eq!(
         got, want,
         "resumed weights differ from the uninterrupted run's"
+    );
+
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains("\"gan_classifier_loss\"") && metrics.contains("\"gan_grad_ratio\""),
+        "Stage III ran with the GAN term"
     );
 
     let ev = events(&run);

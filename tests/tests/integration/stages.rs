@@ -79,11 +79,15 @@ fn a_rank_drawing_its_own_skip_mask_stops_the_run_with_a_clear_error() {
 fn stage_iii_steps_on_2_ranks_equal_1_rank() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = teacher_data(tmp.path(), 64);
-    // Three ways of training the generator: on noised data (no backward simulation), on its
-    // own Euler rollout, and on its own re-noising rollout with the regression and
-    // data-forcing terms.
+    // Four ways of training the generator: on noised data (no backward simulation), the same
+    // with DMD2's GAN term, on its own Euler rollout, and on its own re-noising rollout with
+    // the regression and data-forcing terms.
     let variants = [
         ("data", "backward_simulation = false\n"),
+        (
+            "gan",
+            "backward_simulation = false\ngan = { weight = 1.0, classifier_optim = { lr = 1e-3, beta1 = 0.0 } }\n",
+        ),
         ("rollout", "backward_simulation = true\n"),
         (
             "renoise",
@@ -105,14 +109,23 @@ fn stage_iii_steps_on_2_ranks_equal_1_rank() {
     // any update) agree. After it, AdamW's first updates are about lr * sign(g), so entries
     // whose gradient is ~0 differ by up to lr between any two summation orders; the losses
     // below show that the runs stay together.
-    for role in ["generator", "fake"] {
-        let f = format!("{role}-grads.safetensors");
-        let d = max_relative_difference(&out(1, "data").join(&f), &out(2, "data").join(&f));
-        assert!(
-            d <= 1e-4,
-            "Stage III {role} gradients: W=2 differs from W=1 by {d:e}"
-        );
+    for v in ["data", "gan"] {
+        for role in ["generator", "fake"] {
+            let f = format!("{role}-grads.safetensors");
+            let d = max_relative_difference(&out(1, v).join(&f), &out(2, v).join(&f));
+            assert!(
+                d <= 1e-4,
+                "Stage III ({v}) {role} gradients: W=2 differs from W=1 by {d:e}"
+            );
+        }
     }
+    // The GAN term is in the generator's gradient: it differs from the one without it.
+    let f = "generator-grads.safetensors";
+    let d = max_relative_difference(&out(1, "data").join(f), &out(1, "gan").join(f));
+    assert!(
+        d > 1e-6,
+        "the GAN term changed no generator gradient ({d:e})"
+    );
     // With backward simulation the sample comes out of a 3-step rollout of the generator,
     // which amplifies the float rounding of batch 4 vs 2 + 2 (about 1e-6 relative per forward,
     // measured) to about 1e-4 in the sample: the generator's gradient still agrees tensor by
@@ -140,15 +153,20 @@ fn stage_iii_steps_on_2_ranks_equal_1_rank() {
         assert_eq!(a.len(), 6);
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x["k"], y["k"], "same sampler step drawn");
-            let keys: &[&str] = if v == "renoise" {
-                &[
+            let keys: &[&str] = match v {
+                "renoise" => &[
                     "fake_loss",
                     "generator_loss",
                     "regression_loss",
                     "data_forcing_loss",
-                ]
-            } else {
-                &["fake_loss", "generator_loss"]
+                ],
+                "gan" => &[
+                    "fake_loss",
+                    "generator_loss",
+                    "gan_generator_loss",
+                    "gan_classifier_loss",
+                ],
+                _ => &["fake_loss", "generator_loss"],
             };
             for key in keys {
                 let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());

@@ -214,6 +214,35 @@ impl ShardedDit {
         }
     }
 
+    /// A role that is not a DiT but is sharded, optimised and checkpointed like one: a single
+    /// unit of `specs` holding `tensors` (the same on every rank), no blocks (Stage III's GAN
+    /// classifier). `dims` are the DiT's it reads features of.
+    pub fn single_unit(
+        dims: &ModelDims,
+        specs: Vec<ParamSpec>,
+        tensors: &[Tensor],
+        comm: &dyn Collective,
+        device: Device,
+        compute_kind: Kind,
+    ) -> ShardedDit {
+        let layout = UnitLayout::new(specs, comm.world());
+        let flat = layout.flatten(tensors, comm.world());
+        let shard = layout.shard_of(&flat, comm.rank()).to_device(device).copy();
+        ShardedDit {
+            dims: dims.clone(),
+            block_ids: Vec::new(),
+            units: vec![ShardedUnit {
+                layout,
+                shard,
+                grad: None,
+            }],
+            device,
+            compute_kind,
+            recompute: true,
+            grad_scale: 1.0,
+        }
+    }
+
     /// The same model with block recompute on or off (see [`ShardedDit::recompute`]).
     pub fn with_recompute(mut self, recompute: bool) -> ShardedDit {
         self.recompute = recompute;
@@ -320,6 +349,66 @@ impl ShardedDit {
         active: &[usize],
     ) -> Tensor {
         self.run(comm, x, t, text, active, false).0
+    }
+
+    /// The token features [B, N, D] (f32) after the blocks `active` (a prefix of a pass's
+    /// blocks), for Stage III's GAN classifier. The parameters are constants here: when `x`
+    /// requires grad the autograd graph from `x` is kept, so that a loss on the features can be
+    /// differentiated with respect to the input alone (the generator's GAN gradient through the
+    /// fake score); else nothing is kept.
+    pub fn features(
+        &self,
+        comm: &dyn Collective,
+        x: &Tensor,
+        t: &Tensor,
+        text: &Tensor,
+        active: &[usize],
+    ) -> Tensor {
+        let kind = self.compute_kind;
+        let with_graph = x.requires_grad();
+        let passes = if with_graph { 3.0 } else { 1.0 }; // + the input backward's 2x
+        crate::throughput::count(passes * self.forward_flops(x, text, active.len()));
+        let order = std::iter::once(0)
+            .chain(active.iter().map(|&id| self.unit_index(id)))
+            .collect();
+        let mut units = Prefetch::new(self, comm, order);
+        let stem = Unit::from_specs(&self.units[0].layout.specs, units.take().1);
+        let mut body = || {
+            let emb = dit::embed(&stem, &x.to_kind(kind), t, &text.to_kind(kind), &self.dims);
+            let rope = Rope::new(&self.dims, emb.grid, self.device);
+            let bi = BlockInputs {
+                e0: &emb.e0,
+                context: &emb.context,
+                rope: &rope,
+            };
+            let mut h = emb.tokens;
+            for _ in active {
+                let (ui, gathered) = units.take();
+                let u = Unit::from_specs(&self.units[ui].layout.specs, gathered);
+                h = dit::block_forward(&u, &h, &bi, &self.dims);
+            }
+            h.to_kind(Kind::Float)
+        };
+        if with_graph {
+            tch::with_grad(body)
+        } else {
+            let _guard = tch::no_grad_guard();
+            body()
+        }
+    }
+
+    /// Adds `grads` (full tensors of unit `i`, in its specs' order, times `grad_scale`) to this
+    /// rank's shard gradient, the mean over ranks: for a role whose backward is not
+    /// [`ShardedDit::backward`] (Stage III's GAN classifier).
+    pub fn add_unit_grad(&mut self, i: usize, grads: &[Tensor], comm: &dyn Collective) {
+        let scaled: Vec<Tensor>;
+        let grads = if self.grad_scale == 1.0 {
+            grads
+        } else {
+            scaled = grads.iter().map(|g| g * self.grad_scale).collect();
+            &scaled
+        };
+        self.accumulate(i, grads, comm, comm.world());
     }
 
     fn run(

@@ -19,10 +19,13 @@
 //! with `distill.regression.weight` > 0 also DMD's regression loss: its first-step prediction
 //! from a pair's noise against the teacher's ODE sample from that noise (`ode_pairs.rs`); with
 //! `distill.data_forcing` > 0 also the data-forcing loss: on training videos noised to the
-//! trained step's time, its clean-video prediction against the well-guided real score's.
+//! trained step's time, its clean-video prediction against the well-guided real score's; with
+//! `distill.gan.weight` > 0 also DMD2's GAN loss from a classifier on the fake score's features
+//! (`gan.rs`), the classifier trained every step on training videos against generator samples.
 //! Random draws are functions of `(seed, step, global sample index)`, so W ranks train what
 //! one rank trains.
 
+use super::gan::{ClassifierReport, GanClassifier};
 use super::monitor::Monitor;
 use super::ode_pairs::{OdePairs, TeacherPass};
 use super::{kept_blocks, StageCtx};
@@ -50,6 +53,7 @@ const DMD: u64 = 31; // the time and noise that compare the two scores
 const FAKE: u64 = 32; // the fake score's flow-matching draws
 const RENOISE: u64 = 40; // + j: the fresh noise of the rollout's re-noising step j
 const DATA_FORCING: u64 = 33; // the noise put on training videos for the data-forcing term
+const GAN: u64 = 34; // the time and noise of the GAN classifier's real and fake videos
 
 /// The three roles and which blocks each pass runs.
 pub struct Roles {
@@ -66,6 +70,8 @@ pub struct Roles {
     pub full_ids: Vec<usize>,
     /// The prompt the real score's guidance contrasts with.
     pub null: NullPrompt,
+    /// DMD2's GAN classifier on the fake score's features (`distill.gan.weight` > 0).
+    pub gan: Option<GanClassifier>,
 }
 
 impl Roles {
@@ -91,6 +97,7 @@ impl Roles {
             pruned_ids,
             full_ids,
             null,
+            gan: None,
         }
     }
 
@@ -139,6 +146,15 @@ pub fn sampler_settings(d: &Distill) -> SamplerSettings {
     }
 }
 
+/// The generator's GAN term on one generator step (means over ranks).
+#[derive(Clone, Copy, Debug)]
+pub struct GanGeneratorReport {
+    /// `mean softplus(-D(features(noised sample)))`, unweighted; ln 2 = 0.693 at chance.
+    pub loss: f64,
+    /// The norm of its weighted gradient on the sample over the DMD gradient's.
+    pub grad_ratio: f64,
+}
+
 /// What one Stage III step measured (means over ranks).
 #[derive(Clone, Copy, Debug)]
 pub struct StepReport {
@@ -151,6 +167,10 @@ pub struct StepReport {
     pub regression: Option<f64>,
     /// The data-forcing loss (unweighted), on generator steps with `distill.data_forcing` > 0.
     pub data_forcing: Option<f64>,
+    /// The generator's GAN loss, on generator steps with a GAN classifier.
+    pub gan_generator: Option<GanGeneratorReport>,
+    /// The GAN classifier's update, every step with a GAN classifier.
+    pub gan_classifier: Option<ClassifierReport>,
 }
 
 fn full_t(b: i64, t: f64, like: &Tensor) -> Tensor {
@@ -177,6 +197,9 @@ pub fn step(
     for mb in micro_batches(local, micro) {
         roles.generator.model.grad_scale = mb.share;
         roles.fake.model.grad_scale = mb.share;
+        if let Some(c) = roles.gan.as_mut() {
+            c.role.model.grad_scale = mb.share;
+        }
         // The items' global indices, so that every draw is the one the whole batch makes.
         let first = comm.rank() * local + mb.offset;
         let part = gradients(
@@ -198,6 +221,10 @@ pub fn step(
     }
     roles.generator.model.grad_scale = 1.0;
     roles.fake.model.grad_scale = 1.0;
+    if let Some(c) = roles.gan.as_mut() {
+        c.role.model.grad_scale = 1.0;
+        c.role.step(comm);
+    }
     let mut r = total.expect("a batch has one micro-batch at least");
     if let Some((loss, _)) = r.generator {
         r.generator = Some((loss, roles.generator.step(comm)));
@@ -214,6 +241,14 @@ impl StepReport {
             self.generator = self.generator.map(|(l, n)| (l * w, n));
             self.regression = self.regression.map(|l| l * w);
             self.data_forcing = self.data_forcing.map(|l| l * w);
+            self.gan_generator = self.gan_generator.map(|g| GanGeneratorReport {
+                loss: g.loss * w,
+                grad_ratio: g.grad_ratio * w,
+            });
+            self.gan_classifier = self.gan_classifier.map(|c| ClassifierReport {
+                loss: c.loss * w,
+                accuracy: c.accuracy * w,
+            });
         }
         self
     }
@@ -231,6 +266,18 @@ impl StepReport {
                 .map(|((a, n), (b, _))| (a + b, n)),
             regression: add(self.regression, o.regression),
             data_forcing: add(self.data_forcing, o.data_forcing),
+            gan_generator: self.gan_generator.zip(o.gan_generator).map(|(a, b)| {
+                GanGeneratorReport {
+                    loss: a.loss + b.loss,
+                    grad_ratio: a.grad_ratio + b.grad_ratio,
+                }
+            }),
+            gan_classifier: self.gan_classifier.zip(o.gan_classifier).map(|(a, b)| {
+                ClassifierReport {
+                    loss: a.loss + b.loss,
+                    accuracy: a.accuracy + b.accuracy,
+                }
+            }),
         }
     }
 }
@@ -325,11 +372,28 @@ pub fn gradients(
         let n = sample.numel() as f64;
         let loss = 0.5 * grad.square().mean(Kind::Float).double_value(&[]);
         // L = 0.5 mean((x - sg(x - grad))^2): dL/dx = grad / n, and x = x_k - t_k v.
-        let grad_v = grad * (-tk / n);
+        let mut grad_x = grad / n;
+        // DMD2's GAN loss on the same noised sample: d xt / d x = 1 - t.
+        let gan = roles.gan.as_ref().map(|c| {
+            let (l, g_xt) = c.generator_loss_grad(comm, &roles.fake.model, &xt, &t, text);
+            let g = g_xt * flow::per_sample(&(-&t + 1.0)) * d.gan.weight;
+            // How hard the GAN term pushes against DMD: the weight's tuning knob.
+            let ratio = g.norm().double_value(&[]) / grad_x.norm().double_value(&[]).max(1e-30);
+            grad_x += g;
+            GanGeneratorReport {
+                loss: l,
+                grad_ratio: all_reduce_mean(comm, &[ratio])[0],
+            }
+        });
+        let grad_v = grad_x * (-tk);
         let tape = tape.expect("a tape on generator steps");
         roles.generator.model.backward(comm, tape, &grad_v);
-        (all_reduce_mean(comm, &[loss])[0], f64::NAN)
+        ((all_reduce_mean(comm, &[loss])[0], f64::NAN), gan)
     });
+    let (generator, gan_generator) = match generator {
+        Some((g, gan)) => (Some(g), gan),
+        None => (None, None),
+    };
     let regression = match pairs {
         Some(p) if train_generator && d.regression.weight > 0.0 => Some(regression_backward(
             roles,
@@ -355,6 +419,18 @@ pub fn gradients(
 
     // The fake score learns the generator's current distribution.
     let fd = draws(seed, FAKE, step, first, b as usize, &shape, device);
+    // The GAN classifier: training videos (real) against the generator's samples (fake),
+    // noised alike.
+    let gan_classifier = roles.gan.as_mut().map(|c| {
+        let dr = draws(seed, GAN, step, first, b as usize, &shape, device);
+        let t = flow::shift_t(
+            &(dr.u * (d.t_range[1] - d.t_range[0]) + d.t_range[0]),
+            d.shift,
+        );
+        let real = flow::noisy(x0, &dr.eps, &t);
+        let fake = flow::noisy(&sample.detach(), &dr.eps, &t);
+        c.classifier_backward(comm, &roles.fake.model, &real, &fake, &t, text)
+    });
     let fake_loss = flow_matching_backward(
         &mut roles.fake.model,
         comm,
@@ -373,6 +449,8 @@ pub fn gradients(
         generator,
         regression,
         data_forcing,
+        gan_generator,
+        gan_classifier,
     }
 }
 
@@ -501,7 +579,7 @@ impl DistillStage {
             }
             _ => None,
         };
-        let roles = Roles::new(
+        let mut roles = Roles::new(
             base,
             teacher.as_ref(),
             removed,
@@ -511,6 +589,15 @@ impl DistillStage {
             |m| ctx.shard(m),
         );
         drop(teacher);
+        if d.gan.weight > 0.0 {
+            roles.gan = Some(GanClassifier::new(
+                &d.gan,
+                &roles.fake.model,
+                &roles.pruned_ids,
+                ctx.cfg.experiment.seed,
+                ctx.comm,
+            )?);
+        }
         if ctx.lead() {
             tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), unpruned = d.unpruned.name(), "Stage III: distribution matching");
         }
@@ -613,6 +700,16 @@ impl TrainingStage for DistillStage {
             line["data_forcing_loss"] = l.into();
             values.push(("data_forcing_loss", l));
         }
+        if let Some(g) = r.gan_generator {
+            line["gan_generator_loss"] = g.loss.into();
+            line["gan_grad_ratio"] = g.grad_ratio.into();
+            values.push(("gan_generator_loss", g.loss));
+        }
+        if let Some(c) = r.gan_classifier {
+            line["gan_classifier_loss"] = c.loss.into();
+            line["gan_classifier_accuracy"] = c.accuracy.into();
+            values.push(("gan_classifier_loss", c.loss));
+        }
         if let Some(m) = self.monitor.as_ref().filter(|m| m.due(s + 1)) {
             let times = sampler_times(&self.cfg);
             let diversity = m.diversity(
@@ -651,17 +748,25 @@ impl TrainingStage for DistillStage {
     }
 
     fn roles(&self) -> Vec<(&'static str, &Role)> {
-        vec![
+        let mut roles = vec![
             ("generator", &self.roles.generator),
             ("fake", &self.roles.fake),
-        ]
+        ];
+        if let Some(c) = &self.roles.gan {
+            roles.push(("gan_classifier", &c.role));
+        }
+        roles
     }
 
     fn roles_mut(&mut self) -> Vec<(&'static str, &mut Role)> {
-        vec![
+        let mut roles = vec![
             ("generator", &mut self.roles.generator),
             ("fake", &mut self.roles.fake),
-        ]
+        ];
+        if let Some(c) = &mut self.roles.gan {
+            roles.push(("gan_classifier", &mut c.role));
+        }
+        roles
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod distill;
 pub mod evaluate;
 pub mod export;
+pub mod gan;
 pub mod importance;
 pub mod monitor;
 pub mod ode_pairs;
