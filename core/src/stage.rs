@@ -78,6 +78,9 @@ impl Stage {
                     "regression_loss",
                     "generator regression loss (teacher ODE pairs)",
                 ),
+                ("data_forcing_loss", "generator data-forcing loss"),
+                ("gan_generator_loss", "generator GAN loss (ln 2 at chance)"),
+                ("gan_classifier_loss", "GAN classifier loss (ln 4 at chance)"),
             ],
             _ => &[],
         }
