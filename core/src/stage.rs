@@ -80,7 +80,10 @@ impl Stage {
                 ),
                 ("data_forcing_loss", "generator data-forcing loss"),
                 ("gan_generator_loss", "generator GAN loss (ln 2 at chance)"),
-                ("gan_classifier_loss", "GAN classifier loss (ln 4 at chance)"),
+                (
+                    "gan_classifier_loss",
+                    "GAN classifier loss (ln 4 at chance)",
+                ),
             ],
             _ => &[],
         }

@@ -41,6 +41,19 @@ pub struct ShapesSpec {
 }
 
 impl ShapesSpec {
+    /// The small set unit tests write: 8 frames of 16 x 16, prompts of 4 x 32.
+    #[cfg(test)]
+    pub fn for_tests() -> ShapesSpec {
+        ShapesSpec {
+            frames: 8,
+            size: 16,
+            text_len: 4,
+            text_dim: 32,
+            seed: 3,
+            text_seed: 5,
+        }
+    }
+
     /// Side of the object's box in pixels.
     pub fn object_side(&self) -> usize {
         self.size / 4

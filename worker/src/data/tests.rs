@@ -4,14 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 fn spec() -> ShapesSpec {
-    ShapesSpec {
-        frames: 8,
-        size: 16,
-        text_len: 4,
-        text_dim: 32,
-        seed: 3,
-        text_seed: 5,
-    }
+    ShapesSpec::for_tests()
 }
 
 fn written(num: u64, shard_size: u64) -> (tempfile::TempDir, Arc<DataSet>) {

@@ -325,6 +325,20 @@ impl ShardedDit {
             .sum()
     }
 
+    /// The stem, gathered, and the gathers of the blocks `active` in order, one ahead.
+    fn gather_in_order<'a>(
+        &self,
+        comm: &'a dyn Collective,
+        active: &[usize],
+    ) -> (Unit, Prefetch<'a>) {
+        let order = std::iter::once(0)
+            .chain(active.iter().map(|&id| self.unit_index(id)))
+            .collect();
+        let mut units = Prefetch::new(self, comm, order);
+        let stem = Unit::from_specs(&self.units[0].layout.specs, units.take().1);
+        (stem, units)
+    }
+
     /// Runs the model for a `backward`: keeps each block's input (recompute), or each block's
     /// graph (`recompute` off).
     pub fn forward(
@@ -368,11 +382,7 @@ impl ShardedDit {
         let with_graph = x.requires_grad();
         let passes = if with_graph { 3.0 } else { 1.0 }; // + the input backward's 2x
         crate::throughput::count(passes * self.forward_flops(x, text, active.len()));
-        let order = std::iter::once(0)
-            .chain(active.iter().map(|&id| self.unit_index(id)))
-            .collect();
-        let mut units = Prefetch::new(self, comm, order);
-        let stem = Unit::from_specs(&self.units[0].layout.specs, units.take().1);
+        let (stem, mut units) = self.gather_in_order(comm, active);
         let mut body = || {
             let emb = dit::embed(&stem, &x.to_kind(kind), t, &text.to_kind(kind), &self.dims);
             let rope = Rope::new(&self.dims, emb.grid, self.device);
@@ -423,11 +433,7 @@ impl ShardedDit {
         let _guard = tch::no_grad_guard();
         let kind = self.compute_kind;
         crate::throughput::count(self.forward_flops(x, text, active.len()));
-        let order = std::iter::once(0)
-            .chain(active.iter().map(|&id| self.unit_index(id)))
-            .collect();
-        let mut units = Prefetch::new(self, comm, order);
-        let stem = Unit::from_specs(&self.units[0].layout.specs, units.take().1);
+        let (stem, mut units) = self.gather_in_order(comm, active);
         let emb = dit::embed(&stem, &x.to_kind(kind), t, &text.to_kind(kind), &self.dims);
         let rope = Rope::new(&self.dims, emb.grid, self.device);
         let mut inputs = Vec::with_capacity(active.len() + 1);

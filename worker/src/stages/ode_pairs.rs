@@ -350,15 +350,8 @@ mod tests {
         use crate::data::shapes::ShapesSpec;
         use crate::model::Dit;
         let dir = tempfile::tempdir().unwrap();
-        let spec = ShapesSpec {
-            frames: 8,
-            size: 16,
-            text_len: 4,
-            text_dim: 32,
-            seed: 3,
-            text_seed: 5,
-        };
-        crate::data::write_moving_shapes(dir.path(), &spec, 16, 16, false).unwrap();
+        crate::data::write_moving_shapes(dir.path(), &ShapesSpec::for_tests(), 16, 16, false)
+            .unwrap();
         let data = DataSet::open(dir.path()).unwrap();
         let mut dims = flg_core::config::preset("tiny").unwrap();
         dims.num_blocks = 2;
