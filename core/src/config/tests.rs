@@ -446,10 +446,9 @@ fn anti_collapse_keys_are_checked_and_named() {
     );
     issue(&e, "distill.gan.classifier_optim.lr");
     issue(&e, "distill.gan.classifier_optim.beta1");
-    issue(
-        &error_with("[distill]\ngan = { weight = -0.5 }\n"),
-        "distill.gan.weight",
-    );
+    let e = error_with("[distill]\ngan = { weight = -0.5, max_grad_ratio = -1.0 }\n");
+    issue(&e, "distill.gan.weight");
+    issue(&e, "distill.gan.max_grad_ratio");
     let e = error_with("[distill]\ngan = { weight = 1.0, features = 3 }\n");
     assert!(e.to_string().contains("features"), "{e}");
     let e = error_with("[distill]\nregression = { weight = 1.0, pairs = 0, teacher_cfg = inf }\n");

@@ -551,6 +551,7 @@ fn check_training(c: &Config, issues: &mut Issues) {
         }
         non_negative(issues, "distill.data_forcing", d.data_forcing);
         non_negative(issues, "distill.gan.weight", d.gan.weight);
+        non_negative(issues, "distill.gan.max_grad_ratio", d.gan.max_grad_ratio);
         if d.gan.weight > 0.0 {
             // feature_blocks is checked against the generator's blocks when Stage III starts
             // (the block count may come from the weights file).

@@ -377,12 +377,21 @@ pub fn gradients(
         let gan = roles.gan.as_ref().map(|c| {
             let (l, g_xt) = c.generator_loss_grad(comm, &roles.fake.model, &xt, &t, text);
             let g = g_xt * flow::per_sample(&(-&t + 1.0)) * d.gan.weight;
-            // How hard the GAN term pushes against DMD: the weight's tuning knob.
-            let ratio = g.norm().double_value(&[]) / grad_x.norm().double_value(&[]).max(1e-30);
-            grad_x += g;
+            // How hard the GAN term pushes against DMD, over the whole batch (every rank's
+            // share scales both norms alike): the weight's tuning knob, and what the cap holds.
+            let sq = |x: &Tensor| x.square().sum(Kind::Double).double_value(&[]);
+            let m = all_reduce_mean(comm, &[sq(&grad_x), sq(&g)]);
+            let ratio = (m[1] / m[0].max(1e-60)).sqrt();
+            let cap = d.gan.max_grad_ratio;
+            let scale = if cap > 0.0 && ratio > cap {
+                cap / ratio
+            } else {
+                1.0
+            };
+            grad_x += g * scale;
             GanGeneratorReport {
                 loss: l,
-                grad_ratio: all_reduce_mean(comm, &[ratio])[0],
+                grad_ratio: ratio,
             }
         });
         let grad_v = grad_x * (-tk);
