@@ -508,7 +508,8 @@ impl Default for Regression {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Gan {
-    /// Weight of the generator's GAN loss; 0 turns the term and its classifier off.
+    /// Weight of the generator's GAN loss; 0 (the default) turns the term and its classifier
+    /// off. On moving-shapes it costs the demo's student 0.02 (BENCHMARKS.md).
     pub weight: f64,
     /// The fake score's blocks the features come after; 0: half of the generator's blocks
     /// (rounded up), the middle of the network as in DMD2's bottleneck features.
@@ -516,7 +517,7 @@ pub struct Gan {
     /// The classifier's optimizer (a checkpointed fourth role, `gan_classifier`).
     pub classifier_optim: Optim,
     /// Cap on the GAN gradient's norm (on the generator's sample, after the weight) as a
-    /// multiple of the DMD gradient's, over the batch; 0: no cap. As the classifier sharpens
+    /// multiple of the DMD gradient's, over the batch; 0: no cap. Default 0.2. As the classifier sharpens
     /// its gradient grows without bound (measured: from 0.3x DMD's to 50x in 450 steps at
     /// weight 1) and takes the generator over; the cap keeps DMD in charge, as VQGAN's adaptive
     /// weight balances its GAN and reconstruction gradients.
@@ -528,12 +529,13 @@ impl Default for Gan {
         Gan {
             weight: 0.0,
             feature_blocks: 0,
+            // The settings measured on moving-shapes (BENCHMARKS.md, "DMD2's GAN term").
             classifier_optim: Optim {
-                lr: 1e-4,
+                lr: 1e-3,
                 beta1: 0.0,
                 ..Optim::default()
             },
-            max_grad_ratio: 0.0,
+            max_grad_ratio: 0.2,
         }
     }
 }
