@@ -36,21 +36,75 @@ pub struct Headline {
 
 impl Headline {
     pub fn print(&self) {
-        println!("report: {}", self.report.display());
-        println!(
-            "  quality (average score, 0-1): student {:.3}, teacher 50-step CFG {:.3}",
-            self.student_average, self.teacher_average
-        );
-        println!(
-            "  size: the student keeps {:.1}% of the teacher's parameters ({:.0}% of the block parameters)",
-            self.param_share * 100.0,
+        for line in self.lines() {
+            println!("{line}");
+        }
+    }
+
+    /// What `print` prints, line by line.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!("report: {}", self.report.display())];
+        // Without the teacher's rows (eval.compare_teacher = false) its numbers are NaN: say
+        // so instead of printing NaN.
+        let teacher = if self.teacher_average.is_finite() {
+            format!("teacher 50-step CFG {:.3}", self.teacher_average)
+        } else {
+            "teacher not sampled (eval.compare_teacher = false)".to_string()
+        };
+        out.push(format!(
+            "  quality (average score, 0-1): student {:.3}, {teacher}",
+            self.student_average
+        ));
+        let blocks = format!(
+            "{:.0}% of the block parameters",
             self.block_param_share * 100.0
         );
+        out.push(if self.param_share.is_finite() {
+            format!(
+                "  size: the student keeps {:.1}% of the teacher's parameters ({blocks})",
+                self.param_share * 100.0
+            )
+        } else {
+            format!("  size: the student keeps {blocks}")
+        });
         if let (Some(m), Some(t)) = (self.speedup_measured, self.speedup_theoretical) {
-            println!(
+            out.push(format!(
                 "  speed: {m:.1}x faster sampling than the teacher, measured ({t:.1}x theoretical)"
-            );
+            ));
         }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headline;
+
+    #[test]
+    fn a_run_without_the_teacher_says_so_instead_of_nan() {
+        let mut h = Headline {
+            report: "runs/x/report.md".into(),
+            teacher_average: 0.803,
+            student_average: 0.693,
+            param_share: 0.718,
+            block_param_share: 0.7,
+            speedup_measured: Some(40.1),
+            speedup_theoretical: Some(35.7),
+        };
+        let all = h.lines().join("\n");
+        assert!(
+            all.contains("teacher 50-step CFG 0.803") && all.contains("71.8%"),
+            "{all}"
+        );
+        assert!(all.contains("40.1x faster"), "{all}");
+        (h.teacher_average, h.param_share) = (f64::NAN, f64::NAN);
+        (h.speedup_measured, h.speedup_theoretical) = (None, None);
+        let all = h.lines().join("\n");
+        assert!(!all.contains("NaN"), "{all}");
+        assert!(
+            all.contains("teacher not sampled") && all.contains("70% of the block"),
+            "{all}"
+        );
     }
 }
 
