@@ -372,15 +372,16 @@ pub fn gradients(
         let n = sample.numel() as f64;
         let loss = 0.5 * grad.square().mean(Kind::Float).double_value(&[]);
         // L = 0.5 mean((x - sg(x - grad))^2): dL/dx = grad / n, and x = x_k - t_k v.
-        let mut grad_x = grad / n;
-        // DMD2's GAN loss on the same noised sample: d xt / d x = 1 - t.
+        // (Computed as before the GAN term existed, so that runs without it are bit-identical.)
+        let mut grad_v = grad * (-tk / n);
+        // DMD2's GAN loss on the same noised sample: d xt / d x = 1 - t, d x / d v = -t_k.
         let gan = roles.gan.as_ref().map(|c| {
             let (l, g_xt) = c.generator_loss_grad(comm, &roles.fake.model, &xt, &t, text);
-            let g = g_xt * flow::per_sample(&(-&t + 1.0)) * d.gan.weight;
+            let g = g_xt * flow::per_sample(&(-&t + 1.0)) * (-tk * d.gan.weight);
             // How hard the GAN term pushes against DMD, over the whole batch (every rank's
             // share scales both norms alike): the weight's tuning knob, and what the cap holds.
             let sq = |x: &Tensor| x.square().sum(Kind::Double).double_value(&[]);
-            let m = all_reduce_mean(comm, &[sq(&grad_x), sq(&g)]);
+            let m = all_reduce_mean(comm, &[sq(&grad_v), sq(&g)]);
             let ratio = (m[1] / m[0].max(1e-60)).sqrt();
             let cap = d.gan.max_grad_ratio;
             let scale = if cap > 0.0 && ratio > cap {
@@ -388,13 +389,12 @@ pub fn gradients(
             } else {
                 1.0
             };
-            grad_x += g * scale;
+            grad_v += g * scale;
             GanGeneratorReport {
                 loss: l,
                 grad_ratio: ratio,
             }
         });
-        let grad_v = grad_x * (-tk);
         let tape = tape.expect("a tape on generator steps");
         roles.generator.model.backward(comm, tape, &grad_v);
         ((all_reduce_mean(comm, &[loss])[0], f64::NAN), gan)
