@@ -26,6 +26,8 @@ pub mod rng;
 pub mod sample;
 pub mod shard;
 pub mod stages;
+#[doc(hidden)]
+pub mod testing;
 pub mod throughput;
 pub mod train;
 pub mod trainer;

@@ -6,23 +6,16 @@
 use flg_core::config::{Distill, Gan};
 use flg_worker::collective::Solo;
 use flg_worker::flow::NullPrompt;
-use flg_worker::model::Dit;
 use flg_worker::shard::ShardedDit;
 use flg_worker::stages::distill::{gradients, Roles};
 use flg_worker::stages::gan::GanClassifier;
+use flg_worker::testing::live_model;
 use tch::{Device, Kind, Tensor};
 
 /// The generator's gradients (flat) and the GAN ratio of one generator step with b1 = 4,
 /// b2 = 0 and, with `cap`, DMD2's GAN term of weight 1 capped at it (0: no cap).
 fn gan_step(cap: Option<f64>) -> (Tensor, Option<f64>) {
-    let mut dims = flg_core::config::preset("tiny").unwrap();
-    dims.num_blocks = 4;
-    let base = Dit::init(&dims, 3);
-    let _ = base
-        .stem
-        .p("head.head.weight")
-        .shallow_clone()
-        .normal_(0.0, 0.05);
+    let base = live_model();
     let d = Distill {
         steps: 1,
         batch_size: 2,

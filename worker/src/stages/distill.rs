@@ -797,17 +797,7 @@ mod tests {
     use crate::collective::Solo;
     use tch::Device;
 
-    fn live_model() -> Dit {
-        let mut dims = flg_core::config::preset("tiny").unwrap();
-        dims.num_blocks = 4;
-        let m = Dit::init(&dims, 3);
-        let _ = m
-            .stem
-            .p("head.head.weight")
-            .shallow_clone()
-            .normal_(0.0, 0.05);
-        m
-    }
+    use crate::testing::live_model;
 
     /// One generator step from the pruned base with b1 = `b1`, b2 = 0 and the data-forcing
     /// weight `data_forcing`.
