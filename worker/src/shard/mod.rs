@@ -255,7 +255,8 @@ impl ShardedDit {
         crate::throughput::forward_flops(&self.dims, x.size()[0], seq, text.size()[1], blocks)
     }
 
-    fn unit_index(&self, block_id: usize) -> usize {
+    /// The unit holding block `block_id` (original index); panics when the model lacks it.
+    pub fn unit_index(&self, block_id: usize) -> usize {
         1 + self
             .block_ids
             .iter()

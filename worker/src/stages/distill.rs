@@ -173,6 +173,12 @@ pub struct StepReport {
     pub gan_classifier: Option<ClassifierReport>,
 }
 
+/// The noise level at which generator samples are compared (DMD) or classified (GAN): `u`
+/// uniform in [0, 1) mapped onto `distill.t_range`, then shifted.
+fn comparison_time(u: &Tensor, d: &Distill) -> Tensor {
+    flow::shift_t(&(u * (d.t_range[1] - d.t_range[0]) + d.t_range[0]), d.shift)
+}
+
 fn full_t(b: i64, t: f64, like: &Tensor) -> Tensor {
     Tensor::full([b], t, (Kind::Float, like.device()))
 }
@@ -352,10 +358,7 @@ pub fn gradients(
 
     let generator = train_generator.then(|| {
         let dr = draws(seed, DMD, step, first, b as usize, &shape, device);
-        let t = flow::shift_t(
-            &(dr.u * (d.t_range[1] - d.t_range[0]) + d.t_range[0]),
-            d.shift,
-        );
+        let t = comparison_time(&dr.u, d);
         let xt = flow::noisy(&sample, &dr.eps, &t);
         let v_fake = roles
             .fake
@@ -432,10 +435,7 @@ pub fn gradients(
     // noised alike.
     let gan_classifier = roles.gan.as_mut().map(|c| {
         let dr = draws(seed, GAN, step, first, b as usize, &shape, device);
-        let t = flow::shift_t(
-            &(dr.u * (d.t_range[1] - d.t_range[0]) + d.t_range[0]),
-            d.shift,
-        );
+        let t = comparison_time(&dr.u, d);
         let real = flow::noisy(x0, &dr.eps, &t);
         let fake = flow::noisy(&sample.detach(), &dr.eps, &t);
         c.classifier_backward(comm, &roles.fake.model, &real, &fake, &t, text)

@@ -147,14 +147,7 @@ impl TeacherPass<'_> {
     pub fn fingerprint(&self) -> [f64; 3] {
         let _guard = tch::no_grad_guard();
         let (mut sum, mut sq) = (0.0, 0.0);
-        let units = std::iter::once(0).chain(self.blocks.iter().map(|&b| {
-            1 + self
-                .model
-                .block_ids
-                .iter()
-                .position(|&id| id == b)
-                .expect("the pass's blocks are the model's")
-        }));
+        let units = std::iter::once(0).chain(self.blocks.iter().map(|&b| self.model.unit_index(b)));
         for i in units {
             for t in self.model.gather_unit(i, self.comm) {
                 let t = t.to_kind(Kind::Double);
