@@ -52,6 +52,9 @@ EXPERIMENTS = {
     "remedy-data-forcing": ("Remedies, row 3: re-noising sampler + data forcing (weight 1), no regression.",
                             {"distill.sampler": '"renoise"', "distill.regression": "{ weight = 0.0 }",
                              "distill.data_forcing": "1.0"}),
+    "remedy-gan": ("Remedies: the demo's Stage III plus DMD2's GAN term (weight 1, capped at 0.2 of DMD's\n"
+                   "# gradient), the setting measured in BENCHMARKS.md.",
+                   {"distill.gan": "{ weight = 1.0, max_grad_ratio = 0.2 }"}),
     "remedy-stage2-before": ("Remedies: the Stage II of before issue 13's last change (300 steps, alpha = 0.5,\n"
                              "# live target, lr 3e-5), then the demo's Stage III.",
                              {"pruning.steps": "300", "pruning.alpha": "0.5", "pruning.target": '"self"',

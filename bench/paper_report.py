@@ -121,6 +121,7 @@ remedies = [("Euler sampler, no anti-collapse term", "remedy-none"),
             ("re-noising sampler", "remedy-renoise"),
             ("+ data forcing (no regression)", "remedy-data-forcing"),
             ("+ regression to the teacher's ODE: the demo's settings (FastLightGen row)", None),
+            ("+ DMD2's GAN term (weight 1, capped at 0.2 of DMD's gradient)", "remedy-gan"),
             ("demo's Stage III after the former Stage II (300 steps, alpha 0.5, live target)", "remedy-stage2-before")]
 ablation([(None, label, f"runs/paper-{name}" if name else main) for label, name in remedies])
 grids = []
