@@ -18,7 +18,9 @@
 //!
 //! `bench memory` (worker) checks the estimate against the measured peak on the CPU.
 
-use crate::config::{ActivationCheckpoint, Config, DataKind, Device, ModelDims, Precision};
+use crate::config::{
+    ActivationCheckpoint, Config, DataKind, Device, FakeScoreBlocks, ModelDims, Precision,
+};
 use crate::stage::Stage;
 
 pub const GIB: f64 = (1u64 << 30) as f64;
@@ -343,7 +345,15 @@ pub fn estimate(
                 cfg.distill.batch_size,
                 vec![
                     s.role("generator", student, true, cfg.distill.ema_decay > 0.0),
-                    s.role("fake score", student, true, false),
+                    s.role(
+                        "fake score",
+                        match cfg.distill.fake_score {
+                            FakeScoreBlocks::Generator => student,
+                            FakeScoreBlocks::Full => full,
+                        },
+                        true,
+                        false,
+                    ),
                     s.role("teacher", full, false, false),
                 ],
                 Some(d.num_blocks - removed),

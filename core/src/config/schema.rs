@@ -423,6 +423,27 @@ impl UnprunedSource {
     }
 }
 
+/// Which blocks the fake score F has (`distill.fake_score`). `generator`: the generator's own
+/// (DMD2's choice: F starts as a copy of G). `full`: every block of the Stage II model, so that
+/// a pruned generator is judged by a critic of the teacher's size; DMD2's fake score is the
+/// teacher's size because its generator is.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FakeScoreBlocks {
+    Generator,
+    Full,
+}
+
+impl FakeScoreBlocks {
+    /// The config's spelling, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            FakeScoreBlocks::Generator => "generator",
+            FakeScoreBlocks::Full => "full",
+        }
+    }
+}
+
 /// Stage III: distribution matching with the well-guided teacher (DMD2 style).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -456,6 +477,8 @@ pub struct Distill {
     /// Where the unpruned pass U (b2's guidance and the regression trajectories) comes from:
     /// `base` or `teacher` (see [`UnprunedSource`]).
     pub unpruned: UnprunedSource,
+    /// The fake score's blocks: `generator` or `full` (see [`FakeScoreBlocks`]).
+    pub fake_score: FakeScoreBlocks,
     /// Weight of the data-forcing term (0: off): on generator steps, training videos noised to
     /// the trained sampler step's time, and the generator's clean-video prediction there pulled
     /// towards the well-guided real score's (mean squared error). It keeps the generator a
@@ -565,6 +588,7 @@ impl Default for Distill {
             sampler: SamplerKind::Euler,
             regression: Regression::default(),
             unpruned: UnprunedSource::Base,
+            fake_score: FakeScoreBlocks::Generator,
             data_forcing: 0.0,
             gan: Gan::default(),
             monitor_every: 0,

@@ -79,11 +79,12 @@ fn a_rank_drawing_its_own_skip_mask_stops_the_run_with_a_clear_error() {
 fn stage_iii_steps_on_2_ranks_equal_1_rank() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = teacher_data(tmp.path(), 64);
-    // Four ways of training the generator: on noised data (no backward simulation), the same
-    // with DMD2's GAN term, on its own Euler rollout, and on its own re-noising rollout with
-    // the regression and data-forcing terms.
+    // Five ways of training the generator: on noised data (no backward simulation), the same
+    // with DMD2's GAN term, the same with a fake score of every block, on its own Euler
+    // rollout, and on its own re-noising rollout with the regression and data-forcing terms.
     let variants = [
         ("data", "backward_simulation = false\n"),
+        ("fake-full", "backward_simulation = false\nfake_score = \"full\"\n"),
         (
             "gan",
             "backward_simulation = false\ngan = { weight = 1.0, classifier_optim = { lr = 1e-3, beta1 = 0.0 } }\n",
@@ -109,7 +110,7 @@ fn stage_iii_steps_on_2_ranks_equal_1_rank() {
     // any update) agree. After it, AdamW's first updates are about lr * sign(g), so entries
     // whose gradient is ~0 differ by up to lr between any two summation orders; the losses
     // below show that the runs stay together.
-    for v in ["data", "gan"] {
+    for v in ["data", "gan", "fake-full"] {
         for role in ["generator", "fake"] {
             let f = format!("{role}-grads.safetensors");
             let d = max_relative_difference(&out(1, v).join(&f), &out(2, v).join(&f));
@@ -119,6 +120,14 @@ fn stage_iii_steps_on_2_ranks_equal_1_rank() {
             );
         }
     }
+    // `fake_score = "full"` trains a fake score of every block: its gradients cover the
+    // removed candidates too, the generator's the same blocks as without it.
+    let size = |v: &str, f: &str| std::fs::metadata(out(1, v).join(f)).unwrap().len();
+    assert!(size("fake-full", "fake-grads.safetensors") > size("data", "fake-grads.safetensors"));
+    assert_eq!(
+        size("fake-full", "generator-grads.safetensors"),
+        size("data", "generator-grads.safetensors")
+    );
     // The GAN term is in the generator's gradient: it differs from the one without it.
     let f = "generator-grads.safetensors";
     let d = max_relative_difference(&out(1, "data").join(f), &out(1, "gan").join(f));

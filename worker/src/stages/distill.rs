@@ -11,7 +11,8 @@
 //!   `v_real = P(null) + b1 (P(c) - P(null)) + b2 (U(c) - P(c))`, b1 and b2 drawn per step.
 //!   With `distill.unpruned = "teacher"` U is the frozen teacher instead of the Stage II
 //!   model's full pass (a fourth, frozen model); it also makes the regression trajectories.
-//! - the **fake score** F: starts from the same weights as G, trained every step with the
+//! - the **fake score** F: starts from the same weights as G (or, `distill.fake_score =
+//!   "full"`, from every block of the Stage II model), trained every step with the
 //!   flow-matching loss on detached generator samples.
 //!
 //! Every `generator_every`-th step the generator gets the DMD2 loss: noise its sample x to a
@@ -39,7 +40,7 @@ use crate::shard::ShardedDit;
 use crate::train::{batch_tensors, draws, flow_matching_backward, micro_batches, Role};
 use crate::trainer::{StepOutput, TrainingStage};
 use anyhow::{Context, Result};
-use flg_core::config::{Distill, UnprunedSource};
+use flg_core::config::{Distill, FakeScoreBlocks, UnprunedSource};
 use flg_core::formats::importance::ImportanceReport;
 use flg_core::formats::student::SamplerSettings;
 use flg_core::Stage;
@@ -68,6 +69,8 @@ pub struct Roles {
     pub pruned_ids: Vec<usize>,
     /// Every block of the real score (its unpruned pass).
     pub full_ids: Vec<usize>,
+    /// Blocks of the fake score: `pruned_ids`, or `full_ids` with `distill.fake_score = "full"`.
+    pub fake_ids: Vec<usize>,
     /// The prompt the real score's guidance contrasts with.
     pub null: NullPrompt,
     /// DMD2's GAN classifier on the fake score's features (`distill.gan.weight` > 0).
@@ -89,13 +92,18 @@ impl Roles {
         let full_ids = base.block_ids.clone();
         let pruned_ids = kept_blocks(&full_ids, removed);
         let student = base.pruned(&pruned_ids);
+        let fake_ids = match d.fake_score {
+            FakeScoreBlocks::Generator => pruned_ids.clone(),
+            FakeScoreBlocks::Full => full_ids.clone(),
+        };
         Roles {
             generator: Role::new(shard(&student), &d.generator_optim, d.ema_decay, comm),
-            fake: Role::new(shard(&student), &d.fake_optim, 0.0, comm),
+            fake: Role::new(shard(&base.pruned(&fake_ids)), &d.fake_optim, 0.0, comm),
             real: shard(base),
             unpruned: unpruned.map(&shard),
             pruned_ids,
             full_ids,
+            fake_ids,
             null,
             gan: None,
         }
@@ -363,7 +371,7 @@ pub fn gradients(
         let v_fake = roles
             .fake
             .model
-            .output(comm, &xt, &t, text, &roles.pruned_ids);
+            .output(comm, &xt, &t, text, &roles.fake_ids);
         let v_real = real_velocity(roles, comm, &xt, &t, text, draw);
         let x0_fake = flow::x0_from_v(&xt, &v_fake, &t);
         let x0_real = flow::x0_from_v(&xt, &v_real, &t);
@@ -449,7 +457,7 @@ pub fn gradients(
         d.shift,
         0.0,
         &roles.null,
-        &roles.pruned_ids,
+        &roles.fake_ids,
     );
     StepReport {
         draw,
@@ -602,13 +610,13 @@ impl DistillStage {
             roles.gan = Some(GanClassifier::new(
                 &d.gan,
                 &roles.fake.model,
-                &roles.pruned_ids,
+                &roles.fake_ids,
                 ctx.cfg.experiment.seed,
                 ctx.comm,
             )?);
         }
         if ctx.lead() {
-            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), unpruned = d.unpruned.name(), "Stage III: distribution matching");
+            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), unpruned = d.unpruned.name(), fake_score = d.fake_score.name(), "Stage III: distribution matching");
         }
         let pairs = if d.regression.weight > 0.0 {
             let times = sampler_times(d);
@@ -802,15 +810,22 @@ mod tests {
     /// One generator step from the pruned base with b1 = `b1`, b2 = 0 and the data-forcing
     /// weight `data_forcing`.
     fn generator_step(b1: f64, data_forcing: f64) -> StepReport {
+        run_step(Distill {
+            b1_range: [b1, b1],
+            b2_range: [0.0, 0.0],
+            data_forcing,
+            ..Distill::default()
+        })
+    }
+
+    /// One generator step of a 1-step, batch-2 Stage III with `d`'s other settings, block 1 removed.
+    fn run_step(d: Distill) -> StepReport {
         let base = live_model();
         let d = Distill {
             steps: 1,
             batch_size: 2,
             generator_every: 1,
-            b1_range: [b1, b1],
-            b2_range: [0.0, 0.0],
-            data_forcing,
-            ..Distill::default()
+            ..d
         };
         let mut roles = Roles::new(&base, None, &[1], &d, NullPrompt::zeros(), &Solo, |m| {
             ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float)
@@ -838,6 +853,41 @@ mod tests {
         );
         // With guidance the real score differs from the fake one and the generator is pushed.
         let (loss, norm) = one_step(4.0);
+        assert!(
+            loss > 1e-6 && norm > 1e-3,
+            "loss {loss}, gradient norm {norm}"
+        );
+    }
+
+    #[test]
+    fn a_full_size_fake_score_has_every_block_and_matches_the_unpruned_pass() {
+        // With `fake_score = "full"` the fake score starts as the whole base. With b1 = b2 = 1
+        // the real score is the base's full pass U(c): the two agree, so DMD has nothing to
+        // correct; the generator's own blocks would not agree with U (the test above's b1 = 4
+        // case shows a disagreement does give a gradient).
+        let d = Distill {
+            fake_score: FakeScoreBlocks::Full,
+            b1_range: [1.0, 1.0],
+            b2_range: [1.0, 1.0],
+            ..Distill::default()
+        };
+        let base = live_model();
+        let roles = Roles::new(&base, None, &[1], &d, NullPrompt::zeros(), &Solo, |m| {
+            ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float)
+        });
+        assert_eq!(roles.fake_ids, base.block_ids);
+        assert_ne!(roles.pruned_ids, base.block_ids);
+        let (loss, norm) = run_step(d.clone()).generator.expect("a generator step");
+        assert!(
+            loss < 1e-12 && norm < 1e-5,
+            "loss {loss}, gradient norm {norm}"
+        );
+        // The generator-sized fake score against the same real score does get a gradient.
+        let d = Distill {
+            fake_score: FakeScoreBlocks::Generator,
+            ..d
+        };
+        let (loss, norm) = run_step(d).generator.expect("a generator step");
         assert!(
             loss > 1e-6 && norm > 1e-3,
             "loss {loss}, gradient norm {norm}"
