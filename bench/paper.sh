@@ -60,7 +60,7 @@ step "students of other sizes"
 for s in 90 50; do full "cluster-configs/paper/share-$s.toml"; done
 
 step "remedies against collapse (Stage III)"
-for r in none renoise data-forcing; do reuse "cluster-configs/paper/remedy-$r.toml" distill export eval; done
+for r in none renoise data-forcing gan; do reuse "cluster-configs/paper/remedy-$r.toml" distill export eval; done
 reuse cluster-configs/paper/remedy-stage2-before.toml pruning distill export eval
 
 step "quality against cost: sampling every student and the teacher at several step counts"
