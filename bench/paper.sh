@@ -16,7 +16,7 @@
 # BENCHMARKS.md between its "make paper" markers.
 #
 # Resumable: a run whose eval.json exists, or a sampling whose eval.json exists, is not done
-# again; stop it any time and start it again. Takes about 2.5 hours on a 2-core CPU after the demo (estimated from stage times).
+# again; stop it any time and start it again. Takes about 3 hours on a 2-core CPU after the demo (estimated from stage times).
 # Usage: bench/paper.sh [OUT_DIR]   (default bench/results/paper)
 set -euo pipefail
 out=${1:-bench/results/paper}
