@@ -269,6 +269,14 @@ fn every_stage_runs_on_2_ranks_and_the_exported_student_samples_alone() {
     let res = fastlightgen(&["workers", c]);
     assert_ok(&res);
     let run = tmp.path().join("runs/pipe");
+    // The log says which weights Stage III starts from: Stage II's.
+    let log = text(&res.stderr) + &text(&res.stdout);
+    let starts = log
+        .lines()
+        .find(|l| l.contains("Stage III starts from"))
+        .unwrap_or_else(|| panic!("no start line in:\n{log}"));
+    assert!(starts.contains("pruning/model.safetensors"), "{starts}");
+    assert!(!log.contains("ignores the Stage II model"), "{log}");
     for f in [
         "importance.json",
         "importance.png",
@@ -382,6 +390,16 @@ fn every_stage_runs_on_2_ranks_and_the_exported_student_samples_alone() {
     assert_eq!(
         before,
         std::fs::read(run.join("export/student.safetensors")).unwrap()
+    );
+    // Rerunning Stage III from a config whose stage list lost "pruning" starts from the teacher
+    // (the "no Stage II" baseline): said out loud, since the Stage II model sits right there.
+    write("\"importance\", \"distill\", \"export\"");
+    let res = fastlightgen(&["workers", c, "--stage", "distill"]);
+    assert_ok(&res);
+    let log = text(&res.stderr) + &text(&res.stdout);
+    assert!(
+        log.contains("ignores the Stage II model") && log.contains("pruning/model.safetensors"),
+        "{log}"
     );
 }
 

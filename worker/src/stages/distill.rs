@@ -790,6 +790,20 @@ impl TrainingStage for DistillStage {
 /// Runs Stage III; rank 0 writes the generator's EMA to `distill/generator.safetensors`.
 pub fn run(ctx: &StageCtx) -> Result<PathBuf> {
     let (base_file, made_by) = base_path(ctx);
+    if ctx.lead() {
+        tracing::info!(weights = %base_file.display(), "Stage III starts from");
+        // The choice follows `experiment.stages`, not what the run directory holds: a config
+        // that lists no pruning stage starts from the teacher (the "no Stage II" baseline) even
+        // beside a Stage II model, which is easy to do by accident when rerunning Stage III
+        // alone with a trimmed stage list.
+        let stage2 = ctx.run_dir.pruned_model();
+        if made_by != Stage::Pruning && stage2.exists() {
+            tracing::warn!(
+                unused = %stage2.display(),
+                "experiment.stages lists no \"pruning\" stage, so Stage III starts from the teacher and ignores the Stage II model in the run directory; list \"pruning\" in experiment.stages and pass --stage distill to start from it"
+            );
+        }
+    }
     let base = ctx.load_input(&base_file, made_by)?;
     let removed = removed_blocks(ctx)?;
     let mut stage = DistillStage::new(ctx, &base, &removed)?;
