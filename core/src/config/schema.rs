@@ -423,6 +423,27 @@ impl UnprunedSource {
     }
 }
 
+/// Which pass of the real score gives its text guidance (`distill.guidance`): the real
+/// velocity is `S(null) + b1 (S(c) - S(null)) + b2 (U(c) - P(c))` with S the pruned pass P
+/// (`pruned`, the paper's well-guided teacher) or the unpruned pass U (`unpruned`: the
+/// teacher's own CFG, as plain DMD2's real score, plus the same intra guidance).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GuidancePass {
+    Pruned,
+    Unpruned,
+}
+
+impl GuidancePass {
+    /// The config's spelling, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            GuidancePass::Pruned => "pruned",
+            GuidancePass::Unpruned => "unpruned",
+        }
+    }
+}
+
 /// Which blocks the fake score F has (`distill.fake_score`). `generator`: the generator's own
 /// (DMD2's choice: F starts as a copy of G). `full`: every block of the Stage II model, so that
 /// a pruned generator is judged by a critic of the teacher's size; DMD2's fake score is the
@@ -479,6 +500,9 @@ pub struct Distill {
     pub unpruned: UnprunedSource,
     /// The fake score's blocks: `generator` or `full` (see [`FakeScoreBlocks`]).
     pub fake_score: FakeScoreBlocks,
+    /// The pass whose text guidance the real score takes: `pruned` or `unpruned` (see
+    /// [`GuidancePass`]).
+    pub guidance: GuidancePass,
     /// Weight of the data-forcing term (0: off): on generator steps, training videos noised to
     /// the trained sampler step's time, and the generator's clean-video prediction there pulled
     /// towards the well-guided real score's (mean squared error). It keeps the generator a
@@ -589,6 +613,7 @@ impl Default for Distill {
             regression: Regression::default(),
             unpruned: UnprunedSource::Base,
             fake_score: FakeScoreBlocks::Generator,
+            guidance: GuidancePass::Pruned,
             data_forcing: 0.0,
             gan: Gan::default(),
             monitor_every: 0,

@@ -463,6 +463,8 @@ fn anti_collapse_keys_are_checked_and_named() {
     assert!(e.to_string().contains("unpruned"), "{e}");
     let e = error_with("[distill]\nfake_score = \"teacher\"\n");
     assert!(e.to_string().contains("fake_score"), "{e}");
+    let e = error_with("[distill]\nguidance = \"teacher\"\n");
+    assert!(e.to_string().contains("guidance"), "{e}");
     // The choices themselves parse.
     let c = parse(&with(
         "[distill]\nsampler = \"renoise\"\nregression = { weight = 4.0 }\nunpruned = \"teacher\"\n[pruning]\ntarget = \"frozen\"\n",
@@ -474,6 +476,9 @@ fn anti_collapse_keys_are_checked_and_named() {
     assert_eq!(c.distill.fake_score, FakeScoreBlocks::Generator);
     let full = parse(&with("[distill]\nfake_score = \"full\"\n")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(full.distill.fake_score, FakeScoreBlocks::Full);
+    assert_eq!(c.distill.guidance, GuidancePass::Pruned);
+    let u = parse(&with("[distill]\nguidance = \"unpruned\"\n")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(u.distill.guidance, GuidancePass::Unpruned);
     assert_eq!(
         c.distill.regression.pairs, 256,
         "unnamed keys keep their defaults"

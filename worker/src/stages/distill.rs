@@ -40,7 +40,7 @@ use crate::shard::ShardedDit;
 use crate::train::{batch_tensors, draws, flow_matching_backward, micro_batches, Role};
 use crate::trainer::{StepOutput, TrainingStage};
 use anyhow::{Context, Result};
-use flg_core::config::{Distill, FakeScoreBlocks, UnprunedSource};
+use flg_core::config::{Distill, FakeScoreBlocks, GuidancePass, UnprunedSource};
 use flg_core::formats::importance::ImportanceReport;
 use flg_core::formats::student::SamplerSettings;
 use flg_core::Stage;
@@ -372,7 +372,7 @@ pub fn gradients(
             .fake
             .model
             .output(comm, &xt, &t, text, &roles.fake_ids);
-        let v_real = real_velocity(roles, comm, &xt, &t, text, draw);
+        let v_real = real_velocity(roles, comm, &xt, &t, text, d.guidance, draw);
         let x0_fake = flow::x0_from_v(&xt, &v_fake, &t);
         let x0_real = flow::x0_from_v(&xt, &v_real, &t);
         let norm = (&sample - &x0_real)
@@ -433,7 +433,11 @@ pub fn gradients(
         let dr = draws(seed, DATA_FORCING, step, first, b as usize, &shape, device);
         let t = full_t(b, tk, x0);
         let xt = flow::noisy(x0, &dr.eps, &t);
-        let x0_real = flow::x0_from_v(&xt, &real_velocity(roles, comm, &xt, &t, text, draw), &t);
+        let x0_real = flow::x0_from_v(
+            &xt,
+            &real_velocity(roles, comm, &xt, &t, text, d.guidance, draw),
+            &t,
+        );
         x0_regression_backward(roles, comm, &xt, tk, text, &x0_real, d.data_forcing)
     });
 
@@ -517,30 +521,45 @@ fn x0_regression_backward(
 }
 
 /// The well-guided teacher's velocity at `(xt, t)`:
-/// `P(null) + b1 (P(c) - P(null)) + b2 (U(c) - P(c))`. The two pruned passes run as one batch;
-/// the unpruned pass is skipped when it cannot matter (b2 = 0, or nothing is pruned).
+/// `S(null) + b1 (S(c) - S(null)) + b2 (U(c) - P(c))`, S the pass `distill.guidance` names
+/// (the paper's: the pruned pass P). The two guidance passes run as one batch; the intra term
+/// is skipped when it cannot matter (b2 = 0, or nothing is pruned).
 fn real_velocity(
     roles: &Roles,
     comm: &dyn Collective,
     xt: &Tensor,
     t: &Tensor,
     text: &Tensor,
+    guidance: GuidancePass,
     draw: StepDraw,
 ) -> Tensor {
-    let both = roles.real.output(
+    let (model, ids) = match guidance {
+        GuidancePass::Pruned => (&roles.real, &roles.pruned_ids),
+        GuidancePass::Unpruned => (roles.unpruned_model(), &roles.full_ids),
+    };
+    let both = model.output(
         comm,
         &Tensor::cat(&[xt, xt], 0),
         &Tensor::cat(&[t, t], 0),
         &Tensor::cat(&[text, &roles.null.like(text)], 0),
-        &roles.pruned_ids,
+        ids,
     );
     let parts = both.chunk(2, 0);
-    let (p_c, p_null) = (&parts[0], &parts[1]);
-    let mut v = p_null + (p_c - p_null) * draw.b1;
+    let (s_c, s_null) = (&parts[0], &parts[1]);
+    let mut v = s_null + (s_c - s_null) * draw.b1;
     if draw.b2 != 0.0 && roles.pruned_ids != roles.full_ids {
-        let u_c = roles
-            .unpruned_model()
-            .output(comm, xt, t, text, &roles.full_ids);
+        let (u_c, p_c) = match guidance {
+            GuidancePass::Pruned => (
+                roles
+                    .unpruned_model()
+                    .output(comm, xt, t, text, &roles.full_ids),
+                s_c.shallow_clone(),
+            ),
+            GuidancePass::Unpruned => (
+                s_c.shallow_clone(),
+                roles.real.output(comm, xt, t, text, &roles.pruned_ids),
+            ),
+        };
         v += (u_c - p_c) * draw.b2;
     }
     v
@@ -616,7 +635,7 @@ impl DistillStage {
             )?);
         }
         if ctx.lead() {
-            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), unpruned = d.unpruned.name(), fake_score = d.fake_score.name(), "Stage III: distribution matching");
+            tracing::info!(generator_blocks = ?roles.pruned_ids, removed = ?removed, steps = d.steps, sampler = d.sampler.name(), unpruned = d.unpruned.name(), fake_score = d.fake_score.name(), guidance = d.guidance.name(), "Stage III: distribution matching");
         }
         let pairs = if d.regression.weight > 0.0 {
             let times = sampler_times(d);
@@ -947,8 +966,54 @@ mod tests {
         assert!(gap(&u_teacher, &u_base) > 1e-3, "the two models differ");
         for (given, want) in [(Some(&teacher), &u_teacher), (None, &u_base)] {
             let roles = Roles::new(&base, given, &[1], &d, NullPrompt::zeros(), &Solo, shard);
-            let v = real_velocity(&roles, &Solo, &xt, &t, &text, draw);
+            let v = real_velocity(&roles, &Solo, &xt, &t, &text, d.guidance, draw);
             assert!(gap(&v, want) < 1e-5, "off by {}", gap(&v, want));
+        }
+    }
+
+    #[test]
+    fn the_guidance_comes_from_the_pass_the_config_names() {
+        // v = S(null) + b1 (S(c) - S(null)) + b2 (U(c) - P(c)), S = P or U, against the four
+        // passes run by hand.
+        let base = live_model();
+        let shard = |m: &Dit| ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float);
+        let d = Distill::default();
+        tch::manual_seed(2);
+        let xt = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0.8f32, 0.4]);
+        let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
+        let null = Tensor::zeros_like(&text);
+        let roles = Roles::new(&base, None, &[1], &d, NullPrompt::zeros(), &Solo, shard);
+        let pass = |ids: &Vec<usize>, c: &Tensor| roles.real.output(&Solo, &xt, &t, c, ids);
+        let (p_c, p_null) = (
+            pass(&roles.pruned_ids, &text),
+            pass(&roles.pruned_ids, &null),
+        );
+        let (u_c, u_null) = (pass(&roles.full_ids, &text), pass(&roles.full_ids, &null));
+        let draw = StepDraw {
+            k: 0,
+            b1: 3.0,
+            b2: 0.5,
+        };
+        let intra = (&u_c - &p_c) * 0.5;
+        let want_pruned = &p_null + (&p_c - &p_null) * 3.0 + &intra;
+        let want_unpruned = &u_null + (&u_c - &u_null) * 3.0 + &intra;
+        let gap = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+        assert!(
+            gap(&want_pruned, &want_unpruned) > 1e-3,
+            "the two passes differ"
+        );
+        for (g, want) in [
+            (GuidancePass::Pruned, &want_pruned),
+            (GuidancePass::Unpruned, &want_unpruned),
+        ] {
+            let v = real_velocity(&roles, &Solo, &xt, &t, &text, g, draw);
+            assert!(
+                gap(&v, want) < 1e-5,
+                "{}: off by {}",
+                g.name(),
+                gap(&v, want)
+            );
         }
     }
 
