@@ -25,9 +25,10 @@ pub enum Command {
     Env,
     /// Generate videos with a model: videos.npy, labels.npy, a GIF per video and grid.png.
     ///
-    /// Euler sampler over `--steps` shifted steps with classifier-free guidance `--cfg`
-    /// (1 = no guidance: one network evaluation per step instead of two). A distilled student
-    /// records its own timesteps and guidance, used unless overridden. Video i starts from
+    /// `--steps` shifted steps with the step rule `--sampler` (Euler, or re-noising) and
+    /// classifier-free guidance `--cfg` (1 = no guidance: one network evaluation per step
+    /// instead of two). A distilled student records its own timesteps, step rule and guidance,
+    /// used unless overridden. Video i starts from
     /// noise seeded by (--seed, i), so two models sampled with the same seed and labels get the
     /// same prompts and noise.
     Sample(SampleArgs),
