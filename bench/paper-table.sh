@@ -3,17 +3,20 @@
 # baselines of cluster-configs/paper/, each a real 2-rank run from the shipped tiny teacher,
 # then one Markdown table of every `fastlightgen eval` score from their eval.json files.
 # Usage: bench/paper-table.sh [OUT_DIR]   (default bench/results/paper). A row whose eval.json
-# exists is not run again, so the script resumes where it stopped.
+# exists and whose config is unchanged (bench/paper-runs.sh) is not run again, so the script
+# resumes where it stopped.
 set -euo pipefail
 out=${1:-bench/results/paper}
 bin=./target/release/fastlightgen
 mkdir -p "$out"
+. bench/paper-runs.sh
 run_dir() { "$bin" validate --print-run-dir "$1"; }
 main=$(run_dir cluster-configs/demo-cpu.toml)
 [ -e "$main/eval.json" ] || "$bin" run cluster-configs/demo-cpu.toml
 for cfg in cluster-configs/paper/dmd2.toml cluster-configs/paper/no-stage2.toml cluster-configs/paper/b2-zero.toml; do
   dir=$(run_dir "$cfg")
-  [ -e "$dir/eval.json" ] && continue
+  run_done "$cfg" "$dir" && continue
+  fresh_run_dir "$cfg" "$dir"
   if grep -q '"pruning"' "$cfg"; then
     # Stages I and II are the same as FastLightGen's (same seed, same keys): reuse their files
     # and rerun the later stages alone, as any stage can be.
@@ -24,6 +27,7 @@ for cfg in cluster-configs/paper/dmd2.toml cluster-configs/paper/no-stage2.toml 
   else
     "$bin" workers "$cfg"
   fi
+  stamp_run "$cfg" "$dir"
 done
 # Each run's numbers as its report states them (`fastlightgen report DIR --json`); this only
 # puts their rows side by side.

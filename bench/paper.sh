@@ -15,13 +15,15 @@
 # then one report, bench/results/paper/report.md (+ PNG figures), also copied into
 # BENCHMARKS.md between its "make paper" markers.
 #
-# Resumable: a run whose eval.json exists, or a sampling whose eval.json exists, is not done
-# again; stop it any time and start it again. Takes about 3 hours on a 2-core CPU after the demo (estimated from stage times).
+# Resumable: a run whose eval.json exists and whose config is unchanged (bench/paper-runs.sh),
+# or a sampling whose eval.json is newer than its model, is not done again; stop it any time
+# and start it again. Takes about 3 hours on a 2-core CPU after the demo (estimated from stage times).
 # Usage: bench/paper.sh [OUT_DIR]   (default bench/results/paper)
 set -euo pipefail
 out=${1:-bench/results/paper}
 bin=./target/release/fastlightgen
 python3 bench/paper_configs.py --check
+. bench/paper-runs.sh
 mkdir -p "$out/cost" "$out/figures"
 run_dir() { "$bin" validate --print-run-dir "$1"; }
 main=$(run_dir cluster-configs/demo-cpu.toml)
@@ -35,7 +37,8 @@ bench/paper-table.sh "$out"
 reuse() { # config, stages to rerun...
   local cfg=$1; shift
   local dir; dir=$(run_dir "$cfg")
-  if [ -e "$dir/eval.json" ]; then echo "$dir: done"; return; fi
+  if run_done "$cfg" "$dir"; then echo "$dir: done"; return; fi
+  fresh_run_dir "$cfg" "$dir"
   mkdir -p "$dir"
   cp "$main/importance.json" "$main/importance.png" "$dir/"
   if [[ " $* " != *" pruning "* ]]; then
@@ -45,11 +48,14 @@ reuse() { # config, stages to rerun...
   local args=()
   for s in "$@"; do args+=(--stage "$s"); done
   "$bin" workers "$cfg" "${args[@]}"
+  stamp_run "$cfg" "$dir"
 }
 full() { # config
   local dir; dir=$(run_dir "$1")
-  if [ -e "$dir/eval.json" ]; then echo "$dir: done"; return; fi
+  if run_done "$1" "$dir"; then echo "$dir: done"; return; fi
+  fresh_run_dir "$1" "$dir"
   "$bin" workers "$1"
+  stamp_run "$1" "$dir"
 }
 
 step "alpha ablation (Stage II)"
@@ -66,7 +72,8 @@ reuse cluster-configs/paper/remedy-stage2-before.toml pruning distill export eva
 step "quality against cost: sampling every student and the teacher at several step counts"
 sample() { # name, model, steps, cfg
   local dir="$out/cost/$1-s$3"
-  [ -e "$dir/eval.json" ] && return
+  # Done when its scores are newer than the model they score.
+  [ "$dir/eval.json" -nt "$2" ] && return
   "$bin" sample --model "$2" --steps "$3" --cfg "$4" --num 64 --seed 0 --batch 32 --out "$dir" --eval > /dev/null
   echo "$dir: $(python3 -c "import json;print(json.load(open('$dir/eval.json'))['average'])")"
 }

@@ -174,3 +174,39 @@ fn fastlightgen_run_writes_a_report_whose_files_exist_and_whose_numbers_are_eval
         "--json writes nothing"
     );
 }
+
+/// `make paper` resumes, but not from runs made with another version of their config: a run
+/// directory counts as done only with its eval.json and the stamp of the config as it is now
+/// (bench/paper-runs.sh), and a stale one is removed before the run is made again.
+#[test]
+fn make_paper_reruns_a_variant_whose_config_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, dir) = (tmp.path().join("v.toml"), tmp.path().join("runs/v"));
+    std::fs::write(&cfg, "[distill]\nb1_range = [3.0, 4.0]\n").unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("eval.json"), "{}").unwrap();
+    let lib = repo().join("bench/paper-runs.sh");
+    let sh = |script: &str| {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(". {} && {script}", lib.display()))
+            .env("CFG", &cfg)
+            .env("DIR", &dir)
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out.stdout))
+    };
+    // An eval.json without a stamp (a run from before the stamps): not done.
+    assert!(!sh("run_done \"$CFG\" \"$DIR\"").0);
+    assert!(sh("stamp_run \"$CFG\" \"$DIR\" && run_done \"$CFG\" \"$DIR\"").0);
+    // Kept while the config is unchanged.
+    assert!(sh("fresh_run_dir \"$CFG\" \"$DIR\"").0);
+    assert!(dir.join("eval.json").exists());
+    // A changed config makes the run stale, and its directory is removed.
+    std::fs::write(&cfg, "[distill]\nb1_range = [2.0, 3.0]\n").unwrap();
+    assert!(!sh("run_done \"$CFG\" \"$DIR\"").0);
+    let (ok, out) = sh("fresh_run_dir \"$CFG\" \"$DIR\"");
+    assert!(ok, "{out}");
+    assert!(out.contains("running it again"), "{out}");
+    assert!(!dir.exists());
+}

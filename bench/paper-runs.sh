@@ -1,0 +1,25 @@
+# Sourced by bench/paper.sh and bench/paper-table.sh: when a `make paper` run is done.
+#
+# A run directory is done when its eval.json exists and it was made from its config as that
+# file is now: each finished run is stamped with its config's sha256. After a change to
+# demo-cpu.toml (and `bench/paper_configs.py`), the variants whose configs changed are made
+# again from scratch instead of lending stale numbers to the new report. A run from before
+# the stamps existed counts as stale.
+
+config_sum() { sha256sum < "$1" | cut -d' ' -f1; }
+
+# run_done CONFIG DIR
+run_done() {
+  [ -e "$2/eval.json" ] && [ "$(cat "$2/paper-config.sha256" 2>/dev/null)" = "$(config_sum "$1")" ]
+}
+
+# fresh_run_dir CONFIG DIR: removes a stale run directory (not done with this config).
+fresh_run_dir() {
+  if [ -e "$2" ] && ! run_done "$1" "$2"; then
+    echo "$2: made from another version of $1; running it again"
+    rm -rf "$2"
+  fi
+}
+
+# stamp_run CONFIG DIR: records that DIR was made from CONFIG as it is now.
+stamp_run() { config_sum "$1" > "$2/paper-config.sha256"; }
