@@ -97,9 +97,12 @@ pub(crate) unsafe fn bytes(t: &Tensor) -> &[u8] {
     )
 }
 
+/// The bytes of a contiguous CPU tensor, to write into. Taking the tensor by `&mut` lets the
+/// borrow checker see the write: no other borrow of this handle can read it meanwhile.
+///
 /// # Safety
-/// As [`bytes`], and nothing else may read the tensor meanwhile.
-pub(crate) unsafe fn bytes_mut(t: &Tensor) -> &mut [u8] {
+/// As [`bytes`], and no other handle sharing the tensor's storage may read it meanwhile.
+pub(crate) unsafe fn bytes_mut(t: &mut Tensor) -> &mut [u8] {
     std::slice::from_raw_parts_mut(
         t.data_ptr() as *mut u8,
         t.numel() * t.kind().elt_size_in_bytes(),

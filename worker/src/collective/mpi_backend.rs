@@ -44,10 +44,10 @@ impl GatherThread {
                 let comm = comm;
                 let w = comm.0.size() as i64;
                 while let Ok((local, reply)) = rx.recv() {
-                    let out =
+                    let mut out =
                         Tensor::empty([local.numel() as i64 * w], (local.kind(), Device::Cpu));
                     // SAFETY: both contiguous CPU tensors, owned by this thread until sent.
-                    unsafe { comm.0.all_gather_into(bytes(&local), bytes_mut(&out)) };
+                    unsafe { comm.0.all_gather_into(bytes(&local), bytes_mut(&mut out)) };
                     let _ = reply.send(out);
                 }
             })
@@ -106,12 +106,15 @@ impl Collective for MpiCollective {
 
     fn all_gather(&self, local: &Tensor) -> Tensor {
         let local = cpu_contiguous(local).view(-1);
-        let out = Tensor::empty(
+        let mut out = Tensor::empty(
             [local.numel() as i64 * self.world() as i64],
             (local.kind(), Device::Cpu),
         );
         // SAFETY: both tensors are contiguous, alive, and only MPI touches them here.
-        self.timed(|| unsafe { self.comm.all_gather_into(bytes(&local), bytes_mut(&out)) });
+        self.timed(|| unsafe {
+            self.comm
+                .all_gather_into(bytes(&local), bytes_mut(&mut out))
+        });
         out
     }
 
@@ -161,12 +164,12 @@ impl Collective for MpiCollective {
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Tensor {
-        let out = cpu_contiguous(t).copy();
+        let mut out = cpu_contiguous(t).copy();
         // SAFETY: `out` is our own contiguous copy.
         self.timed(|| unsafe {
             self.comm
                 .process_at_rank(root as i32)
-                .broadcast_into(bytes_mut(&out))
+                .broadcast_into(bytes_mut(&mut out))
         });
         out
     }
