@@ -319,7 +319,13 @@ pub fn estimate(
     let full = total_params(d, d.num_blocks);
     let removed =
         ((cfg.importance.prune_ratio * d.num_blocks as f64).round() as i64).min(d.num_blocks - 1);
-    let student = total_params(d, d.num_blocks - removed);
+    // Plain DMD2 (`distill.prune_generator = false`) keeps every block in the generator.
+    let generator_blocks = if cfg.distill.prune_generator {
+        d.num_blocks - removed
+    } else {
+        d.num_blocks
+    };
+    let student = total_params(d, generator_blocks);
     let mut stages = Vec::new();
     for stage in cfg.stages() {
         match stage {
@@ -356,7 +362,7 @@ pub fn estimate(
                     ),
                     s.role("teacher", full, false, false),
                 ],
-                Some(d.num_blocks - removed),
+                Some(generator_blocks),
                 full,
             )),
             _ => {} // export and eval hold one unsharded model; the training stages dominate
@@ -466,6 +472,36 @@ mod tests {
             1_592_016,
             "bench device step prints it"
         );
+    }
+
+    #[test]
+    fn the_generator_is_sized_as_the_config_prunes_it() {
+        let text = "[experiment]\nname = \"t\"\nstages = [\"pretrain\", \"importance\", \"pruning\", \"distill\"]\n[model]\npreset = \"tiny\"\n";
+        let options = crate::config::LoadOptions { check_files: false };
+        let mut cfg = Config::parse(text, std::path::Path::new("t.toml"), options).unwrap();
+        let generator = |cfg: &Config| {
+            let e = estimate(cfg, 2, [3, 4, 8, 8], 4, "test".into());
+            let distill = e.stages.iter().find(|s| s.stage == Stage::Distill).unwrap();
+            let role = |name| {
+                distill
+                    .roles
+                    .iter()
+                    .find(|r| r.name == name)
+                    .unwrap()
+                    .params
+            };
+            (role("generator"), role("fake score"), role("teacher"))
+        };
+        let (pruned, pruned_fake, teacher) = generator(&cfg);
+        assert!(pruned < teacher, "{pruned} vs {teacher}");
+        assert_eq!(
+            pruned_fake, pruned,
+            "the fake score starts as the generator"
+        );
+        cfg.distill.prune_generator = false;
+        let (full, full_fake, _) = generator(&cfg);
+        assert_eq!(full, teacher, "plain DMD2's generator keeps every block");
+        assert_eq!(full_fake, teacher);
     }
 
     #[test]
