@@ -10,24 +10,12 @@ out=${1:-bench/results/paper}
 bin=./target/release/fastlightgen
 mkdir -p "$out"
 . bench/paper-runs.sh
-run_dir() { "$bin" validate --print-run-dir "$1"; }
 main=$(run_dir cluster-configs/demo-cpu.toml)
 [ -e "$main/eval.json" ] || "$bin" run cluster-configs/demo-cpu.toml
+# Plain DMD2 and no Stage II start from the teacher (all their stages); b2 = 0 shares Stages I
+# and II with FastLightGen (same seed, same keys) and reruns the later stages alone.
 for cfg in cluster-configs/paper/dmd2.toml cluster-configs/paper/no-stage2.toml cluster-configs/paper/b2-zero.toml; do
-  dir=$(run_dir "$cfg")
-  run_done "$cfg" "$dir" && continue
-  fresh_run_dir "$cfg" "$dir"
-  if grep -q '"pruning"' "$cfg"; then
-    # Stages I and II are the same as FastLightGen's (same seed, same keys): reuse their files
-    # and rerun the later stages alone, as any stage can be.
-    mkdir -p "$dir/pruning"
-    cp "$main/importance.json" "$main/importance.png" "$dir/"
-    cp "$main/pruning/model.safetensors" "$dir/pruning/"
-    "$bin" workers "$cfg" --stage distill --stage export --stage eval
-  else
-    "$bin" workers "$cfg"
-  fi
-  stamp_run "$cfg" "$dir"
+  if grep -q '"pruning"' "$cfg"; then reuse "$cfg" distill export eval; else full "$cfg"; fi
 done
 # Each run's numbers as its report states them (`fastlightgen report DIR --json`); this only
 # puts their rows side by side.

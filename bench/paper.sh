@@ -25,38 +25,11 @@ bin=./target/release/fastlightgen
 python3 bench/paper_configs.py --check
 . bench/paper-runs.sh
 mkdir -p "$out/cost" "$out/figures"
-run_dir() { "$bin" validate --print-run-dir "$1"; }
 main=$(run_dir cluster-configs/demo-cpu.toml)
 step() { echo; echo "== make paper: $* =="; }
 
 step "main table (FastLightGen and the baselines)"
 bench/paper-table.sh "$out"
-
-# A variant that shares Stage I (and, with "pruning", Stage II) with the demo: copy those
-# files and run the later stages alone.
-reuse() { # config, stages to rerun...
-  local cfg=$1; shift
-  local dir; dir=$(run_dir "$cfg")
-  if run_done "$cfg" "$dir"; then echo "$dir: done"; return; fi
-  fresh_run_dir "$cfg" "$dir"
-  mkdir -p "$dir"
-  cp "$main/importance.json" "$main/importance.png" "$dir/"
-  if [[ " $* " != *" pruning "* ]]; then
-    mkdir -p "$dir/pruning"
-    cp "$main/pruning/model.safetensors" "$dir/pruning/"
-  fi
-  local args=()
-  for s in "$@"; do args+=(--stage "$s"); done
-  "$bin" workers "$cfg" "${args[@]}"
-  stamp_run "$cfg" "$dir"
-}
-full() { # config
-  local dir; dir=$(run_dir "$1")
-  if run_done "$1" "$dir"; then echo "$dir: done"; return; fi
-  fresh_run_dir "$1" "$dir"
-  "$bin" workers "$1"
-  stamp_run "$1" "$dir"
-}
 
 step "alpha ablation (Stage II)"
 for a in 0 0.5 0.7 1-self; do reuse "cluster-configs/paper/alpha-$a.toml" pruning distill export eval; done
