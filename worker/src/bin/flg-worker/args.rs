@@ -83,6 +83,11 @@ pub enum Command {
     ///
     /// Writes into the run directory `<output_dir>/<name>/`: the resolved `config.toml`,
     /// `metrics.jsonl`, `pretrain/teacher.safetensors` and EMA snapshots.
+    ///
+    /// It takes no checkpoints (they are the coordinator's job): a run that dies starts over.
+    /// For a long run that should survive a kill, give the config a `[checkpoint]` section and
+    /// start it with `fastlightgen run CFG` (stages = ["pretrain"]); that resumes from the last
+    /// committed checkpoint.
     Train(TrainArgs),
 }
 
