@@ -3,6 +3,7 @@
 use crate::record::{median, smooth, RunRecord};
 use crate::{fmt_opt, Headline};
 use anyhow::Result;
+use flg_core::config::CandidateSelection;
 use flg_core::formats::eval::{Row, SCORES, STUDENT, TEACHER, TEACHER_FEW};
 use flg_core::Stage;
 use serde_json::Value;
@@ -283,6 +284,27 @@ pub fn importance(w: &mut String, run: &RunRecord) -> Result<()> {
         imp.removed_share * 100.0,
         imp.prune_ratio
     )?;
+    if let Some(joint) = imp.set_errors.last() {
+        let alone: f64 = imp
+            .blocks
+            .iter()
+            .filter(|b| imp.candidates.contains(&b.block))
+            .map(|b| b.score)
+            .sum();
+        let how = match imp.selection {
+            CandidateSelection::Single => "ranked one block at a time",
+            CandidateSelection::Greedy => {
+                "chosen greedily, each block measured with the ones before it removed"
+            }
+        };
+        writeln!(
+            w,
+            "The set was {how} (`importance.selection`). Removed together, the blocks raise the \
+             x0 error by {:.4} (from {:.4}); their single-block rises sum to {alone:.4}.\n",
+            joint - imp.baseline_error,
+            imp.baseline_error,
+        )?;
+    }
     Ok(())
 }
 

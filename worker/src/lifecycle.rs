@@ -243,9 +243,10 @@ fn run_stage(ctx: &StageCtx, stage: Stage, snapshot_every: u64) -> Result<()> {
             if lead {
                 stages::importance::write(&report, &ctx.run_dir)?;
                 println!(
-                    "importance: candidates {:?} ({:.0}% of block parameters) -> {}",
+                    "importance: candidates {:?} ({:.0}% of block parameters, {} choice) -> {}",
                     report.candidates,
                     report.removed_share * 100.0,
+                    report.selection.name(),
                     ctx.run_dir.importance().display()
                 );
             }

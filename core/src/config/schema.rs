@@ -328,6 +328,33 @@ pub struct Importance {
     /// Share of the blocks' parameters to remove, in (0, 1). [choice] 0.3.
     pub prune_ratio: f64,
     pub batch_size: u64,
+    /// How the removed set is chosen from the calibration errors (see [`CandidateSelection`]).
+    pub selection: CandidateSelection,
+}
+
+/// How Stage I turns block errors into the set of blocks to remove.
+///
+/// `single` (the paper's): rank the blocks by the error each causes when skipped alone and take
+/// the least important first. Blocks that are idle one at a time can still carry the same work
+/// between them, so their joint removal can cost far more than the sum of their scores.
+/// `greedy`: take the least important block, then re-measure every remaining block with the
+/// chosen ones already removed and take the one whose removal adds the least error; each round
+/// costs one forward per remaining block over the calibration set.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CandidateSelection {
+    Single,
+    Greedy,
+}
+
+impl CandidateSelection {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            CandidateSelection::Single => "single",
+            CandidateSelection::Greedy => "greedy",
+        }
+    }
 }
 
 impl Default for Importance {
@@ -338,6 +365,7 @@ impl Default for Importance {
             shift: 1.0,
             prune_ratio: 0.3,
             batch_size: 32,
+            selection: CandidateSelection::Single,
         }
     }
 }

@@ -142,31 +142,34 @@ fn block_importance_is_the_same_on_1_and_2_ranks() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = teacher_data(tmp.path(), 96);
     let worker = bin_dir().join("flg-worker");
-    let read = |w: u32| -> serde_json::Value {
+    let read = |name: &str| -> serde_json::Value {
         serde_json::from_str(
-            &std::fs::read_to_string(tmp.path().join(format!("runs/imp-w{w}/importance.json")))
+            &std::fs::read_to_string(tmp.path().join(format!("runs/{name}/importance.json")))
                 .unwrap(),
         )
         .unwrap()
     };
-    for w in [1u32, 2] {
-        let cfg = tmp.path().join(format!("imp{w}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "[experiment]\nname = \"imp-w{w}\"\nseed = 5\noutput_dir = {out:?}\nstages = [\"importance\"]\n\
-                 [cluster]\nworld_size = {w}\n[model]\npreset = \"tiny\"\nweights = {teacher:?}\n\
-                 [data]\npath = {data:?}\nnum_samples = 96\n\
-                 [importance]\ncalibration_samples = 24\ntimesteps_per_sample = 2\nbatch_size = 16\nprune_ratio = 0.3\n",
-                out = tmp.path().join("runs"),
-                teacher = shipped_teacher(),
-                data = data_dir,
-            ),
-        )
-        .unwrap();
-        run_mpi(w, &worker, &["run".into(), "--config".into(), cfg.into()]);
+    for selection in ["single", "greedy"] {
+        for w in [1u32, 2] {
+            let cfg = tmp.path().join(format!("imp-{selection}-{w}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[experiment]\nname = \"imp-{selection}-w{w}\"\nseed = 5\noutput_dir = {out:?}\nstages = [\"importance\"]\n\
+                     [cluster]\nworld_size = {w}\n[model]\npreset = \"tiny\"\nweights = {teacher:?}\n\
+                     [data]\npath = {data:?}\nnum_samples = 96\n\
+                     [importance]\ncalibration_samples = 24\ntimesteps_per_sample = 2\nbatch_size = 16\nprune_ratio = 0.3\n\
+                     selection = \"{selection}\"\n",
+                    out = tmp.path().join("runs"),
+                    teacher = shipped_teacher(),
+                    data = data_dir,
+                ),
+            )
+            .unwrap();
+            run_mpi(w, &worker, &["run".into(), "--config".into(), cfg.into()]);
+        }
     }
-    let (a, b) = (read(1), read(2));
+    let (a, b) = (read("imp-single-w1"), read("imp-single-w2"));
     assert_eq!(
         a["candidates"], b["candidates"],
         "same candidates on 1 and 2 ranks"
@@ -199,7 +202,48 @@ fn block_importance_is_the_same_on_1_and_2_ranks() {
     }
     // The trained teacher's blocks matter: skipping any of them costs something.
     assert!(sa.iter().all(|&s| s > 0.0), "{sa:?}");
-    assert!(tmp.path().join("runs/imp-w1/importance.png").is_file());
+    assert!(tmp
+        .path()
+        .join("runs/imp-single-w1/importance.png")
+        .is_file());
+
+    // The chosen set's error as it grows: the first candidate alone is its single-block error.
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let first = a["candidates"][0].as_u64().unwrap() as usize;
+    let single_sets = floats(&a["set_errors"]);
+    assert_eq!(single_sets.len(), 3);
+    let alone = a["blocks"][first]["error"].as_f64().unwrap();
+    assert!(
+        (single_sets[0] - alone).abs() <= 1e-9 * alone,
+        "{single_sets:?} vs {alone}"
+    );
+
+    // Greedy: the same choice on 1 and 2 ranks; it starts from the same block, and its pair
+    // can cost no more than the single ranking's pair (it measured that pair among others).
+    let (g1, g2) = (read("imp-greedy-w1"), read("imp-greedy-w2"));
+    assert_eq!(g1["selection"], "greedy");
+    assert_eq!(a["selection"], "single");
+    assert_eq!(
+        g1["candidates"], g2["candidates"],
+        "same greedy set on 1 and 2 ranks"
+    );
+    assert_eq!(g1["candidates"].as_array().unwrap().len(), 3);
+    assert_eq!(g1["candidates"][0], a["candidates"][0]);
+    let greedy_sets = floats(&g1["set_errors"]);
+    assert_eq!(greedy_sets.len(), 3);
+    assert!(
+        greedy_sets[1] <= single_sets[1] * (1.0 + 1e-9),
+        "{greedy_sets:?} vs {single_sets:?}"
+    );
+    for (x, y) in greedy_sets.iter().zip(floats(&g2["set_errors"])) {
+        assert!((x - y).abs() <= 1e-4 * x, "set error {x} vs {y}");
+    }
 }
 
 /// Unit prefetch (the gather thread) and kept block graphs (no recompute) change how a step
