@@ -91,6 +91,20 @@ fn fastlightgen_run_writes_a_report_whose_files_exist_and_whose_numbers_are_eval
             assert_eq!(&bytes[..3], b"GIF", "{l}");
         }
     }
+    // Stage I's paragraph gives the removed set's joint cost from importance.json.
+    let imp: serde_json::Value = json_file(&run.join("importance.json"));
+    let joint = imp["set_errors"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_f64()
+        .unwrap()
+        - imp["baseline_error"].as_f64().unwrap();
+    assert!(
+        md.contains(&format!("raise the x0 error by {joint:.4}")),
+        "{md}"
+    );
     // The quality table and the speedups are eval.json's numbers.
     for (label, r) in [
         ("| teacher |", &teacher),
