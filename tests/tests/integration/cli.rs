@@ -81,6 +81,12 @@ fn validate_command_reports_every_problem_and_exits_nonzero() {
     let wan = repo.join("cluster-configs/wan2.1-t2v-1.3b-8xh100.toml");
     let out = fastlightgen(&["validate", "--skip-files", wan.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // The 14-block teacher's configs (its weights exist only once it is trained).
+    for f in ["teacher14-cpu.toml", "fastlightgen14-cpu.toml"] {
+        let cfg = repo.join("cluster-configs/deep14").join(f);
+        let out = fastlightgen(&["validate", "--skip-files", cfg.to_str().unwrap()]);
+        assert!(out.status.success(), "{f}: {}", text(&out.stderr));
+    }
     // For scripts: the run directory alone, or the same errors and exit 1.
     let out = at_root(&[
         "validate",
