@@ -31,11 +31,16 @@ fn share_reached(removed: i64, total: i64, ratio: f64) -> bool {
     removed as f64 >= ratio * total as f64 * (1.0 - 1e-9)
 }
 
+/// Lower single-block score first; the lower block id on a tie.
+fn least_important_first(a: &BlockScore, b: &BlockScore) -> std::cmp::Ordering {
+    a.score.total_cmp(&b.score).then(a.block.cmp(&b.block))
+}
+
 /// Least important blocks first until their parameters reach `ratio` of all block parameters.
 pub fn choose_candidates(blocks: &[BlockScore], ratio: f64) -> (Vec<usize>, f64) {
     let total: i64 = blocks.iter().map(|b| b.params).sum();
     let mut order: Vec<&BlockScore> = blocks.iter().collect();
-    order.sort_by(|a, b| a.score.total_cmp(&b.score).then(a.block.cmp(&b.block)));
+    order.sort_by(|a, b| least_important_first(a, b));
     let (mut chosen, mut removed) = (Vec::new(), 0i64);
     for b in order {
         if share_reached(removed, total, ratio) {
@@ -55,8 +60,8 @@ fn without(all: &[usize], removed: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Greedy set choice: starting from `first` (the least important block alone, with x0 error
-/// `first_error`), each round asks `set_errors` for the x0 error of the chosen set plus each
+/// Greedy set choice: starting from the least important block alone (its `error` is the first
+/// set error), each round asks `set_errors` for the x0 error of the chosen set plus each
 /// remaining block and takes the smallest (the lower block id on a tie), until the chosen
 /// blocks reach `ratio` of the block parameters. Returns the candidates in the order taken and
 /// the error after each.
@@ -74,7 +79,7 @@ pub fn choose_greedy(
     };
     let first = blocks
         .iter()
-        .min_by(|a, b| a.score.total_cmp(&b.score).then(a.block.cmp(&b.block)))
+        .min_by(|a, b| least_important_first(a, b))
         .expect("a model has blocks");
     let (mut chosen, mut errors) = (vec![first.block], vec![first.error]);
     let mut removed = first.params;
