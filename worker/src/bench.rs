@@ -247,6 +247,7 @@ pub fn sharded_step(
             lr: 1e-4,
             ..Optim::default()
         },
+        0, // constant learning rate: no horizon
         0.0,
         comm,
     );
@@ -381,6 +382,7 @@ pub fn checkpoint_cost(
             lr: 1e-4,
             ..Optim::default()
         },
+        0, // constant learning rate: no horizon
         0.999,
         &Solo,
     );

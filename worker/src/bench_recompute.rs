@@ -146,6 +146,7 @@ pub fn run(
         crate::train::Role::new(
             ShardedDit::from_dit(&model, &Solo, Device::Cpu, Kind::Float).with_recompute(recompute),
             &optim(),
+            0, // constant learning rate: no horizon
             0.0,
             &Solo,
         )

@@ -4,10 +4,11 @@
 //! (one process) and on the flat local shards of the sharding layer, where the global gradient
 //! norm is a sum of per-rank squares.
 
-use flg_core::config::Optim;
+use flg_core::config::{LrSchedule, Optim};
 use tch::{Kind, Tensor};
 
-/// Decoupled-weight-decay Adam with linear warmup. Like PyTorch's, a parameter that gets no
+/// Decoupled-weight-decay Adam with linear warmup, then a constant or cosine learning rate
+/// (`Optim::schedule`). Like PyTorch's, a parameter that gets no
 /// gradient in a step is left alone (its moments and its own step count too).
 pub struct AdamW {
     pub cfg: Optim,
@@ -19,6 +20,8 @@ pub struct AdamW {
     v: Vec<Tensor>,
     /// Per parameter: 1 where weight decay applies, 0 where not (a scalar or a mask).
     decay: Vec<Tensor>,
+    /// The updates this optimiser takes in its stage: where a cosine schedule ends.
+    pub horizon: u64,
 }
 
 impl AdamW {
@@ -42,16 +45,36 @@ impl AdamW {
             m: params.iter().map(zeros).collect(),
             v: params.iter().map(zeros).collect(),
             decay,
+            horizon: 0,
         }
     }
 
-    /// The learning rate of update number `step` (0-based): linear warmup, then constant.
+    /// The same optimiser, told that it takes `updates` updates in its stage (a cosine
+    /// schedule reaches its final rate at the last of them).
+    pub fn over(mut self, updates: u64) -> AdamW {
+        self.horizon = updates;
+        self
+    }
+
+    /// The learning rate of update number `step` (0-based): linear warmup, then constant or
+    /// half a cosine down to `lr * final_lr_ratio` at update `horizon - 1`.
     pub fn lr_at(&self, step: u64) -> f64 {
-        let w = self.cfg.warmup_steps;
+        let (lr, w) = (self.cfg.lr, self.cfg.warmup_steps);
         if w > 0 && step < w {
-            self.cfg.lr * (step + 1) as f64 / w as f64
-        } else {
-            self.cfg.lr
+            return lr * (step + 1) as f64 / w as f64;
+        }
+        match self.cfg.schedule {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine => {
+                let last = self.horizon.saturating_sub(1).max(w);
+                let progress = if last > w {
+                    (step - w).min(last - w) as f64 / (last - w) as f64
+                } else {
+                    1.0
+                };
+                let r = self.cfg.final_lr_ratio;
+                lr * (r + (1.0 - r) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
+            }
         }
     }
 
@@ -183,6 +206,38 @@ mod tests {
         }
         assert!(p.abs().max().double_value(&[]) < 0.05, "{p}");
         assert!((opt.lr_at(0) - 0.02).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_cosine_schedule_warms_up_then_falls_to_its_final_rate_at_the_last_update() {
+        let cfg = Optim {
+            lr: 1.0,
+            warmup_steps: 10,
+            schedule: LrSchedule::Cosine,
+            final_lr_ratio: 0.1,
+            ..Optim::default()
+        };
+        let opt = AdamW::new(&cfg, &[Tensor::from_slice(&[0.0f32])]).over(111);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(opt.lr_at(0), 0.1) && close(opt.lr_at(9), 1.0));
+        assert!(close(opt.lr_at(10), 1.0));
+        // The decay runs over updates 10..=110: halfway, the mean of the start and the end.
+        assert!(close(opt.lr_at(60), 0.55), "{}", opt.lr_at(60));
+        assert!(close(opt.lr_at(110), 0.1));
+        // Past the horizon (a resumed run that was lengthened) it stays at the end.
+        assert!(close(opt.lr_at(500), 0.1));
+        let falling: Vec<f64> = (10..=110).map(|s| opt.lr_at(s)).collect();
+        assert!(falling.windows(2).all(|w| w[1] < w[0]));
+        // A constant schedule ignores the horizon.
+        let constant = AdamW::new(
+            &Optim {
+                schedule: LrSchedule::Constant,
+                ..cfg
+            },
+            &[],
+        )
+        .over(110);
+        assert!(close(constant.lr_at(110), 1.0));
     }
 
     #[test]

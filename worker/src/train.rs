@@ -183,9 +183,17 @@ pub struct Role {
 }
 
 impl Role {
-    pub fn new(model: ShardedDit, optim: &Optim, ema_decay: f64, comm: &dyn Collective) -> Role {
+    /// `updates`: the optimiser updates the role takes in its stage (where a cosine learning
+    /// rate ends).
+    pub fn new(
+        model: ShardedDit,
+        optim: &Optim,
+        updates: u64,
+        ema_decay: f64,
+        comm: &dyn Collective,
+    ) -> Role {
         let shards = model.shards();
-        let opt = AdamW::with_decay_masks(optim, &shards, model.decay_masks(comm));
+        let opt = AdamW::with_decay_masks(optim, &shards, model.decay_masks(comm)).over(updates);
         let ema = (ema_decay > 0.0).then(|| Ema::new(ema_decay, &shards));
         Role {
             model,

@@ -264,6 +264,21 @@ pub struct Optim {
     pub eps: f64,
     /// Clip the global gradient norm to this; 0 disables clipping.
     pub grad_clip: f64,
+    /// The learning rate after the warmup; see [`LrSchedule`].
+    pub schedule: LrSchedule,
+    /// With `schedule = "cosine"`: the learning rate at the role's last update, as a fraction
+    /// of `lr`.
+    pub final_lr_ratio: f64,
+}
+
+/// The learning rate after the warmup: `constant` at `lr`, or `cosine`: half a cosine from
+/// `lr` down to `lr * final_lr_ratio` at the role's last update of the stage (the stage's
+/// steps; for Stage III's generator, its `steps / generator_every` updates).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    Cosine,
 }
 
 impl Default for Optim {
@@ -276,6 +291,8 @@ impl Default for Optim {
             beta2: 0.999,
             eps: 1e-8,
             grad_clip: 1.0,
+            schedule: LrSchedule::Constant,
+            final_lr_ratio: 0.0,
         }
     }
 }

@@ -603,6 +603,12 @@ fn check_optim(issues: &mut Issues, key: &str, o: &Optim) {
     for (name, v) in [("weight_decay", o.weight_decay), ("grad_clip", o.grad_clip)] {
         non_negative(issues, &format!("{key}.{name}"), v);
     }
+    if !(0.0..=1.0).contains(&o.final_lr_ratio) {
+        issues.push(
+            format!("{key}.final_lr_ratio"),
+            format!("must be in [0, 1], got {}", o.final_lr_ratio),
+        );
+    }
     if o.lr > 1.0 {
         issues.push(
             format!("{key}.lr"),

@@ -97,8 +97,20 @@ impl Roles {
             FakeScoreBlocks::Full => full_ids.clone(),
         };
         Roles {
-            generator: Role::new(shard(&student), &d.generator_optim, d.ema_decay, comm),
-            fake: Role::new(shard(&base.pruned(&fake_ids)), &d.fake_optim, 0.0, comm),
+            generator: Role::new(
+                shard(&student),
+                &d.generator_optim,
+                d.steps / d.generator_every,
+                d.ema_decay,
+                comm,
+            ),
+            fake: Role::new(
+                shard(&base.pruned(&fake_ids)),
+                &d.fake_optim,
+                d.steps,
+                0.0,
+                comm,
+            ),
             real: shard(base),
             unpruned: unpruned.map(&shard),
             pruned_ids,
@@ -631,6 +643,7 @@ impl DistillStage {
                 &roles.fake.model,
                 &roles.fake_ids,
                 ctx.cfg.experiment.seed,
+                d.steps,
                 ctx.comm,
             )?);
         }

@@ -49,12 +49,14 @@ fn specs(dim: i64) -> Vec<ParamSpec> {
 
 impl GanClassifier {
     /// A fresh classifier for a fake score with blocks `fake_ids` (the generator's), with the
-    /// same weights on every rank (drawn from `seed`) and sharded like the fake score.
+    /// same weights on every rank (drawn from `seed`) and sharded like the fake score; it is
+    /// updated `updates` times (every Stage III step).
     pub fn new(
         g: &Gan,
         fake: &ShardedDit,
         fake_ids: &[usize],
         seed: u64,
+        updates: u64,
         comm: &dyn Collective,
     ) -> Result<GanClassifier> {
         let n = match g.feature_blocks as usize {
@@ -87,7 +89,7 @@ impl GanClassifier {
             Kind::Float,
         );
         Ok(GanClassifier {
-            role: Role::new(model, &g.classifier_optim, 0.0, comm),
+            role: Role::new(model, &g.classifier_optim, updates, 0.0, comm),
             feature_ids: fake_ids[..n].to_vec(),
         })
     }
@@ -195,7 +197,7 @@ mod tests {
         // The generator's GAN gradient is d/dx of a loss on the fake score's features with the
         // parameters fixed: check it along a random direction against a central difference.
         let fake = fake_score();
-        let c = GanClassifier::new(&Gan::default(), &fake, &fake.block_ids, 0, &Solo).unwrap();
+        let c = GanClassifier::new(&Gan::default(), &fake, &fake.block_ids, 0, 1, &Solo).unwrap();
         assert_eq!(c.feature_ids, vec![0, 1], "half of 4 blocks by default");
         tch::manual_seed(3);
         let opts = (Kind::Double, Device::Cpu);
@@ -229,7 +231,7 @@ mod tests {
             },
             ..Gan::default()
         };
-        let mut c = GanClassifier::new(&g, &fake, &fake.block_ids, 0, &Solo).unwrap();
+        let mut c = GanClassifier::new(&g, &fake, &fake.block_ids, 0, 1, &Solo).unwrap();
         tch::manual_seed(4);
         let o = (Kind::Float, Device::Cpu);
         let text = Tensor::randn([4, 4, 32], o);
@@ -269,7 +271,7 @@ mod tests {
             feature_blocks: 5,
             ..Gan::default()
         };
-        let err = GanClassifier::new(&g, &fake, &fake.block_ids, 0, &Solo)
+        let err = GanClassifier::new(&g, &fake, &fake.block_ids, 0, 1, &Solo)
             .err()
             .expect("5 of 4 blocks");
         assert!(

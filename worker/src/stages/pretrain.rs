@@ -35,7 +35,7 @@ impl PretrainStage {
             Some(w) => file::load(w, Some(&dims))?.0,
             None => Dit::init(&dims, cfg.experiment.seed),
         };
-        let role = Role::new(ctx.shard(&full), &p.optim, p.ema_decay, ctx.comm);
+        let role = Role::new(ctx.shard(&full), &p.optim, p.steps, p.ema_decay, ctx.comm);
         if ctx.lead() {
             tracing::info!(
                 params = full.param_count(),

@@ -43,11 +43,15 @@ pub struct PruningLosses {
 }
 
 /// Both passes on one local batch; backpropagates the Stage II loss into the shard gradients.
-/// U comes from `target`'s weights when given, else from `model`'s own.
+/// U comes from `target`'s weights when given, else from `model`'s own. With a separate
+/// target, the trained model's own unpruned pass serves only the `flow_full` diagnostic and
+/// costs a forward of every block, so it runs only when `measure_full` is set (`flow_full` is
+/// NaN otherwise); with U from the live weights it is U itself and always measured.
 #[allow(clippy::too_many_arguments)]
 pub fn pruning_backward(
     model: &mut ShardedDit,
     target: Option<&ShardedDit>,
+    measure_full: bool,
     comm: &dyn Collective,
     x0: &Tensor,
     text: &Tensor,
@@ -67,14 +71,15 @@ pub fn pruning_backward(
     // The flow loss of the trained model's own unpruned pass (what `flow_full` reports) is U's
     // only when U comes from the live weights.
     let own_full = match target {
-        None => u.shallow_clone(),
-        Some(_) => model.output(comm, &f.xt, &f.t, &f.text, &all),
+        None => Some(u.shallow_clone()),
+        Some(_) if measure_full => Some(model.output(comm, &f.xt, &f.t, &f.text, &all)),
+        Some(_) => None,
     };
     let (p, tape) = model.forward(comm, &f.xt, &f.t, &f.text, active);
     let n = p.numel() as f64;
     let grad = (&p - &u) * (2.0 * alpha / n) + (&p - &f.target) * (2.0 * (1.0 - alpha) / n);
     let gap = flow::mse(&p, &u).double_value(&[]);
-    let flow_full = flow::mse(&own_full, &f.target).double_value(&[]);
+    let flow_full = own_full.map_or(f64::NAN, |v| flow::mse(&v, &f.target).double_value(&[]));
     let flow_pruned = flow::mse(&p, &f.target).double_value(&[]);
     let loss = alpha * gap + (1.0 - alpha) * flow_pruned;
     model.backward(comm, tape, &grad);
@@ -125,6 +130,11 @@ pub fn removed_gap(
     all_reduce_mean(comm, &[flow::mse(&p, &u).double_value(&[])])[0]
 }
 
+/// With a separate target (frozen or EMA), the trained model's own unpruned pass is measured
+/// (`flow_full`) on every this many steps and the last one; on the demo's config that pass was
+/// a fifth of the step's time, spent on a number only the loss curve shows.
+pub const FULL_PASS_EVERY: u64 = 10;
+
 /// Draw stream of the held-out measurement.
 const HELD_OUT: u64 = 0x484f_4c44; // "HOLD"
 
@@ -142,6 +152,9 @@ pub struct PruningStage {
     kept: Vec<usize>,
     /// The held-out gap with every candidate removed, before training.
     pub gap_before: f64,
+    /// The latest measured `flow_full` (see [`FULL_PASS_EVERY`]), which the coordinator keeps
+    /// showing between measurements.
+    last_flow_full: f64,
 }
 
 impl PruningStage {
@@ -156,7 +169,7 @@ impl PruningStage {
             PruningTarget::Ema => p.target_ema_decay,
             PruningTarget::Live | PruningTarget::Frozen => 0.0,
         };
-        let role = Role::new(ctx.shard(teacher), &p.optim, ema_decay, ctx.comm);
+        let role = Role::new(ctx.shard(teacher), &p.optim, p.steps, ema_decay, ctx.comm);
         let frozen = (p.target == PruningTarget::Frozen).then(|| ctx.shard(teacher));
         let kept = super::kept_blocks(&role.model.block_ids, &candidates);
         if ctx.lead() {
@@ -171,6 +184,7 @@ impl PruningStage {
             candidates,
             kept,
             gap_before: f64::NAN,
+            last_flow_full: f64::NAN,
         }
     }
 
@@ -261,6 +275,7 @@ impl TrainingStage for PruningStage {
             ),
             _ => None,
         };
+        let measure_full = s % FULL_PASS_EVERY == 0 || s + 1 == p.steps;
         // Gradient accumulation: each micro-batch adds its share of the gradients.
         let local = x0.size()[0] as usize;
         let mut sums = [0.0; 4];
@@ -269,6 +284,7 @@ impl TrainingStage for PruningStage {
             let l = pruning_backward(
                 &mut self.role.model,
                 self.frozen.as_ref().or(ema.as_ref()),
+                measure_full,
                 ctx.comm,
                 &mb.of(&x0),
                 &mb.of(&text),
@@ -295,18 +311,22 @@ impl TrainingStage for PruningStage {
         };
         let norm = self.role.step(ctx.comm);
         let skipped: Vec<usize> = (0..num_blocks).filter(|b| !active.contains(b)).collect();
+        let mut line = serde_json::json!({
+            "skipped": skipped, "loss": l.loss, "gap": l.gap,
+            "flow_pruned": l.flow_pruned, "grad_norm": norm, "lr": self.role.opt.lr_at(s),
+        });
+        if l.flow_full.is_finite() {
+            self.last_flow_full = l.flow_full;
+            line["flow_full"] = l.flow_full.into();
+        }
         Ok(StepOutput {
             values: vec![
                 ("loss", l.loss),
                 ("gap", l.gap),
-                ("flow_full", l.flow_full),
+                ("flow_full", self.last_flow_full),
                 ("flow_pruned", l.flow_pruned),
             ],
-            line: Some(serde_json::json!({
-                "skipped": skipped, "loss": l.loss, "gap": l.gap,
-                "flow_full": l.flow_full, "flow_pruned": l.flow_pruned, "grad_norm": norm,
-                "lr": self.role.opt.lr_at(s),
-            })),
+            line: Some(line),
             message: Some(format!("pruning {:.4}", l.loss)),
         })
     }
@@ -378,10 +398,12 @@ mod tests {
         let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
         let d = draws(0, stage_id::PRUNING, 0, 0, 2, &x0.size()[1..], Device::Cpu);
         let active = [0usize, 1, 3];
-        let mut run = |target: Option<&ShardedDit>| {
+        // One step's losses and the gradients it left.
+        let mut run = |target: Option<&ShardedDit>, measure_full: bool| {
             let l = pruning_backward(
                 &mut live,
                 target,
+                measure_full,
                 &Solo,
                 &x0,
                 &text,
@@ -392,11 +414,25 @@ mod tests {
                 1.0,
                 &active,
             );
+            let grads: Vec<Tensor> = live.grads().into_iter().flatten().collect();
             live.zero_grad();
-            l
+            (l, grads)
         };
-        let with_frozen = run(Some(&frozen));
-        let with_self = run(None);
+        let (with_frozen, frozen_grads) = run(Some(&frozen), true);
+        let (with_self, _) = run(None, false);
+        // Without the diagnostic full pass: the same loss and gradients, no `flow_full`.
+        let (unmeasured, unmeasured_grads) = run(Some(&frozen), false);
+        assert!(unmeasured.flow_full.is_nan());
+        assert_eq!(
+            (unmeasured.loss, unmeasured.gap, unmeasured.flow_pruned),
+            (with_frozen.loss, with_frozen.gap, with_frozen.flow_pruned)
+        );
+        assert!(!frozen_grads.is_empty());
+        for (a, b) in frozen_grads.iter().zip(&unmeasured_grads) {
+            assert!(a.equal(b));
+        }
+        // From the live weights U is the full pass, so `flow_full` is always there.
+        assert!(with_self.flow_full.is_finite());
         let f = flow_inputs(&x0, &text, &d, 1.0, 0.0, &NullPrompt::zeros());
         let all = [0usize, 1, 2, 3];
         let p = live.output(&Solo, &f.xt, &f.t, &f.text, &active);
