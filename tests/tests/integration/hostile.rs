@@ -254,6 +254,19 @@ fn hostile_configs_data_and_model_files_are_refused_by_name_without_a_panic() {
             "pruning.optim.grad_clip",
         ),
         (
+            "final-lr-ratio-above-one",
+            vec![(
+                "pruning",
+                "optim = { schedule = \"cosine\", final_lr_ratio = 2.0 }",
+            )],
+            "pruning.optim.final_lr_ratio",
+        ),
+        (
+            "schedule-unknown",
+            vec![("pruning", "optim = { schedule = \"linear\" }")],
+            "pruning.optim.schedule",
+        ),
+        (
             "timesteps-nan",
             vec![("distill", "timesteps = [1.0, nan]")],
             "distill.timesteps[1]",
