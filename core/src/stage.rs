@@ -70,6 +70,7 @@ impl Stage {
                 ("gap", "|P - U|^2 (pruned vs full)"),
                 ("flow_full", "flow loss, full pass U"),
                 ("flow_pruned", "flow loss, pruned pass P"),
+                ("feature", "feature loss (token states against U's)"),
             ],
             Stage::Distill => &[
                 ("fake_loss", "fake-score flow loss"),

@@ -420,6 +420,10 @@ pub struct Pruning {
     pub target: PruningTarget,
     /// EMA decay of the `ema` target.
     pub target_ema_decay: f64,
+    /// Weight of a feature loss beside the output one (BK-SDM's feature distillation): after
+    /// each block the pruned pass runs, its token states against U's after the same block, as
+    /// a squared error relative to U's mean square, averaged over those blocks. 0: off.
+    pub feature_weight: f64,
 }
 
 impl Default for Pruning {
@@ -438,6 +442,7 @@ impl Default for Pruning {
             cfg_dropout: 0.1,
             target: PruningTarget::Live,
             target_ema_decay: 0.99,
+            feature_weight: 0.0,
         }
     }
 }

@@ -488,6 +488,7 @@ fn check_training(c: &Config, issues: &mut Issues) {
         }
         positive(issues, "pruning.shift", s.shift);
         unit_open_right(issues, "pruning.cfg_dropout", s.cfg_dropout);
+        non_negative(issues, "pruning.feature_weight", s.feature_weight);
         if s.target == PruningTarget::Ema && !(s.target_ema_decay > 0.0 && s.target_ema_decay < 1.0)
         {
             issues.push(

@@ -166,6 +166,14 @@ pub struct Tape {
     graphs: Vec<BlockGraph>,
 }
 
+impl Tape {
+    /// The token states [B, N, D] (compute precision) after each active block, in order: what
+    /// Stage II's feature loss compares.
+    pub fn block_outputs(&self) -> &[Tensor] {
+        &self.inputs[1..]
+    }
+}
+
 fn leaf(t: &Tensor) -> Tensor {
     t.detach().set_requires_grad(true)
 }
@@ -366,6 +374,26 @@ impl ShardedDit {
         self.run(comm, x, t, text, active, false).0
     }
 
+    /// The output and the token states after each of the blocks `active` (as
+    /// [`Tape::block_outputs`]), without a graph: a target for Stage II's feature loss.
+    pub fn output_and_states(
+        &self,
+        comm: &dyn Collective,
+        x: &Tensor,
+        t: &Tensor,
+        text: &Tensor,
+        active: &[usize],
+    ) -> (Tensor, Vec<Tensor>) {
+        let (out, tape) = self.run(comm, x, t, text, active, false);
+        (
+            out,
+            tape.block_outputs()
+                .iter()
+                .map(Tensor::shallow_clone)
+                .collect(),
+        )
+    }
+
     /// The token features [B, N, D] (f32) after the blocks `active` (a prefix of a pass's
     /// blocks), for Stage III's GAN classifier. The parameters are constants here: when `x`
     /// requires grad the autograd graph from `x` is kept, so that a loss on the features can be
@@ -491,6 +519,19 @@ impl ShardedDit {
     /// Backpropagates `grad_out` (d loss / d output, same shape as the output) through the
     /// taped forward, adding each unit's gradient (mean over ranks) to its local shard.
     pub fn backward(&mut self, comm: &dyn Collective, tape: Tape, grad_out: &Tensor) {
+        self.backward_with_states(comm, tape, grad_out, &[]);
+    }
+
+    /// [`ShardedDit::backward`] for a loss that also reads the token states after some blocks:
+    /// `state_grads` holds `(k, d loss / d state)` for the state after the `k`-th active block
+    /// ([`Tape::block_outputs`]`[k]`), added where the backward passes that state.
+    pub fn backward_with_states(
+        &mut self,
+        comm: &dyn Collective,
+        tape: Tape,
+        grad_out: &Tensor,
+        state_grads: &[(usize, Tensor)],
+    ) {
         let scaled;
         let grad_out = if self.grad_scale == 1.0 {
             grad_out
@@ -542,6 +583,9 @@ impl ShardedDit {
         let mut g_e0 = e0.zeros_like();
         let mut g_ctx = ctx.zeros_like();
         for (k, &id) in tape.active.iter().enumerate().rev() {
+            for (_, g) in state_grads.iter().filter(|(j, _)| *j == k) {
+                g_h += g.to_kind(kind) * self.grad_scale;
+            }
             let ui = self.unit_index(id);
             let (y, h_in, params) = match graphs.pop() {
                 Some(BlockGraph { y, h_in, params }) => (y, h_in, params),

@@ -157,3 +157,84 @@ fn kept_block_graphs_give_the_recomputed_gradients() {
         }
     }
 }
+
+/// A loss that reads the token states after some blocks (Stage II's feature loss) gets the
+/// gradient a central finite difference of the same loss gives, along a random direction in
+/// the parameters (f64 compute; the recompute path and the kept-graph path alike).
+#[test]
+fn gradients_of_a_loss_on_block_states_match_a_finite_difference() {
+    let (m, x, t, text, _) = model_and_batch(7, 5);
+    let active = [0usize, 2, 3, 6, 9];
+    for recompute in [true, false] {
+        let mut s =
+            ShardedDit::from_dit(&m, &Solo, Device::Cpu, Kind::Double).with_recompute(recompute);
+        let (out, tape) = s.forward(&Solo, &x, &t, &text, &active);
+        assert_eq!(tape.block_outputs().len(), active.len());
+        tch::manual_seed(11);
+        // Weights on the output, on the states after the second block and after the last.
+        let g_out = out.randn_like();
+        let g1 = tape.block_outputs()[1].randn_like();
+        let g4 = tape.block_outputs()[4].randn_like();
+        let loss = |o: &Tensor, st: &[Tensor]| {
+            let dot = |a: &Tensor, b: &Tensor| {
+                (a.to_kind(Kind::Double) * b.to_kind(Kind::Double))
+                    .sum(Kind::Double)
+                    .double_value(&[])
+            };
+            dot(o, &g_out) + dot(&st[1], &g1) + dot(&st[4], &g4)
+        };
+        s.backward_with_states(
+            &Solo,
+            tape,
+            &g_out,
+            &[(1, g1.shallow_clone()), (4, g4.shallow_clone())],
+        );
+        let dir: Vec<Tensor> = s.shards().iter().map(|p| p.randn_like()).collect();
+        let analytic: f64 = s
+            .grads()
+            .iter()
+            .zip(&dir)
+            .filter_map(|(g, d)| {
+                g.as_ref()
+                    .map(|g| (g * d).sum(Kind::Double).double_value(&[]))
+            })
+            .sum();
+        // The pass returns its output in f32, so a smaller step drowns in rounding.
+        let eps = 1e-3;
+        let at = |sign: f64| {
+            let shards = s
+                .shards()
+                .iter()
+                .zip(&dir)
+                .map(|(p, d)| p.to_kind(Kind::Double) + d.to_kind(Kind::Double) * (sign * eps))
+                .collect();
+            let (o, st) = s
+                .with_shards(shards)
+                .output_and_states(&Solo, &x, &t, &text, &active);
+            loss(&o, &st)
+        };
+        let numeric = (at(1.0) - at(-1.0)) / (2.0 * eps);
+        let rel = (analytic - numeric).abs() / numeric.abs().max(1e-12);
+        assert!(
+            rel < 1e-4,
+            "recompute {recompute}: analytic {analytic}, numeric {numeric}"
+        );
+        // The states' terms matter: without them the directional derivative differs.
+        s.zero_grad();
+        let (out, tape) = s.forward(&Solo, &x, &t, &text, &active);
+        s.backward(&Solo, tape, &(out.zeros_like() + &g_out));
+        let without: f64 = s
+            .grads()
+            .iter()
+            .zip(&dir)
+            .filter_map(|(g, d)| {
+                g.as_ref()
+                    .map(|g| (g * d).sum(Kind::Double).double_value(&[]))
+            })
+            .sum();
+        assert!(
+            (without - analytic).abs() > 1e-3 * analytic.abs(),
+            "{without} {analytic}"
+        );
+    }
+}

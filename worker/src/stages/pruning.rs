@@ -23,7 +23,7 @@ use crate::train::{
 };
 use crate::trainer::{StepOutput, TrainingStage};
 use anyhow::{Context, Result};
-use flg_core::config::PruningTarget;
+use flg_core::config::{Pruning, PruningTarget};
 use flg_core::formats::importance::ImportanceReport;
 use flg_core::Stage;
 use std::path::PathBuf;
@@ -40,6 +40,8 @@ pub struct PruningLosses {
     pub flow_full: f64,
     /// Flow-matching loss of the pruned pass.
     pub flow_pruned: f64,
+    /// The feature loss (`pruning.feature_weight`); NaN when off.
+    pub feature: f64,
 }
 
 /// Both passes on one local batch; backpropagates the Stage II loss into the shard gradients.
@@ -56,18 +58,20 @@ pub fn pruning_backward(
     x0: &Tensor,
     text: &Tensor,
     d: &Draws,
-    shift: f64,
-    cfg_dropout: f64,
+    p: &Pruning,
     null: &NullPrompt,
-    alpha: f64,
     active: &[usize],
 ) -> PruningLosses {
-    let f = flow_inputs(x0, text, d, shift, cfg_dropout, null);
+    let f = flow_inputs(x0, text, d, p.shift, p.cfg_dropout, null);
     let all = model.block_ids.clone();
-    // U is a target (stop-gradient): no tape.
-    let u = target
-        .unwrap_or(model)
-        .output(comm, &f.xt, &f.t, &f.text, &all);
+    // U is a target (stop-gradient): no tape. Its token states only for the feature loss.
+    let u_model = target.unwrap_or(model);
+    let (u, u_states) = if p.feature_weight > 0.0 {
+        let (u, states) = u_model.output_and_states(comm, &f.xt, &f.t, &f.text, &all);
+        (u, Some(states))
+    } else {
+        (u_model.output(comm, &f.xt, &f.t, &f.text, &all), None)
+    };
     // The flow loss of the trained model's own unpruned pass (what `flow_full` reports) is U's
     // only when U comes from the live weights.
     let own_full = match target {
@@ -75,21 +79,83 @@ pub fn pruning_backward(
         Some(_) if measure_full => Some(model.output(comm, &f.xt, &f.t, &f.text, &all)),
         Some(_) => None,
     };
-    let (p, tape) = model.forward(comm, &f.xt, &f.t, &f.text, active);
-    let n = p.numel() as f64;
-    let grad = (&p - &u) * (2.0 * alpha / n) + (&p - &f.target) * (2.0 * (1.0 - alpha) / n);
-    let gap = flow::mse(&p, &u).double_value(&[]);
+    let (pred, tape) = model.forward(comm, &f.xt, &f.t, &f.text, active);
+    let n = pred.numel() as f64;
+    let alpha = p.alpha;
+    let grad = (&pred - &u) * (2.0 * alpha / n) + (&pred - &f.target) * (2.0 * (1.0 - alpha) / n);
+    let gap = flow::mse(&pred, &u).double_value(&[]);
     let flow_full = own_full.map_or(f64::NAN, |v| flow::mse(&v, &f.target).double_value(&[]));
-    let flow_pruned = flow::mse(&p, &f.target).double_value(&[]);
-    let loss = alpha * gap + (1.0 - alpha) * flow_pruned;
-    model.backward(comm, tape, &grad);
-    let m = all_reduce_mean(comm, &[loss, gap, flow_full, flow_pruned]);
+    let flow_pruned = flow::mse(&pred, &f.target).double_value(&[]);
+    let (feature, state_grads) = match &u_states {
+        Some(states) => feature_loss(
+            comm,
+            tape.block_outputs(),
+            states,
+            active,
+            &all,
+            p.feature_weight,
+        ),
+        None => (f64::NAN, Vec::new()),
+    };
+    let loss = alpha * gap
+        + (1.0 - alpha) * flow_pruned
+        + if feature.is_finite() {
+            p.feature_weight * feature
+        } else {
+            0.0
+        };
+    model.backward_with_states(comm, tape, &grad, &state_grads);
+    let m = all_reduce_mean(comm, &[loss, gap, flow_full, flow_pruned, feature]);
     PruningLosses {
         loss: m[0],
         gap: m[1],
         flow_full: m[2],
         flow_pruned: m[3],
+        feature: m[4],
     }
+}
+
+/// The feature loss and its gradients: after each block `active[k]` of the pruned pass, its
+/// token states `pruned[k]` against U's after the same block (`full[j]`, `all[j]` that block),
+/// as `mean((h_P - h_U)^2) / mean(h_U^2)`, averaged over the blocks. The normaliser is U's
+/// mean square over every rank's batch (a constant of the step), so that each block counts
+/// alike whatever its scale and the loss is the same on any number of ranks. Returns the
+/// local loss and `(k, weight * d loss / d pruned[k])`.
+fn feature_loss(
+    comm: &dyn Collective,
+    pruned: &[Tensor],
+    full: &[Tensor],
+    active: &[usize],
+    all: &[usize],
+    weight: f64,
+) -> (f64, Vec<(usize, Tensor)>) {
+    use tch::Kind;
+    let pairs: Vec<(Tensor, Tensor)> = active
+        .iter()
+        .enumerate()
+        .map(|(k, id)| {
+            let j = all
+                .iter()
+                .position(|b| b == id)
+                .expect("the pruned pass runs blocks of the full one");
+            (pruned[k].to_kind(Kind::Float), full[j].to_kind(Kind::Float))
+        })
+        .collect();
+    let local_sq: Vec<f64> = pairs
+        .iter()
+        .map(|(_, u)| u.square().mean(Kind::Float).double_value(&[]))
+        .collect();
+    let scale = all_reduce_mean(comm, &local_sq);
+    let blocks = pairs.len() as f64;
+    let mut loss = 0.0;
+    let mut grads = Vec::with_capacity(pairs.len());
+    for (k, ((p, u), s)) in pairs.iter().zip(&scale).enumerate() {
+        let s = s.max(1e-12);
+        let diff = p - u;
+        loss += diff.square().mean(Kind::Float).double_value(&[]) / (s * blocks);
+        grads.push((k, diff * (2.0 * weight / (s * blocks * p.numel() as f64))));
+    }
+    (loss, grads)
 }
 
 /// `|P - U|^2` with every candidate removed, on a fixed held-out batch (the first
@@ -278,7 +344,7 @@ impl TrainingStage for PruningStage {
         let measure_full = s % FULL_PASS_EVERY == 0 || s + 1 == p.steps;
         // Gradient accumulation: each micro-batch adds its share of the gradients.
         let local = x0.size()[0] as usize;
-        let mut sums = [0.0; 4];
+        let mut sums = [0.0; 5];
         for mb in micro_batches(local, ctx.cfg.cluster.micro_batch_size) {
             self.role.model.grad_scale = mb.share;
             let l = pruning_backward(
@@ -289,15 +355,13 @@ impl TrainingStage for PruningStage {
                 &mb.of(&x0),
                 &mb.of(&text),
                 &mb.draws(&d),
-                p.shift,
-                p.cfg_dropout,
+                p,
                 &ctx.null_prompt,
-                p.alpha,
                 &active,
             );
-            for (s, v) in sums
-                .iter_mut()
-                .zip([l.loss, l.gap, l.flow_full, l.flow_pruned])
+            for (s, v) in
+                sums.iter_mut()
+                    .zip([l.loss, l.gap, l.flow_full, l.flow_pruned, l.feature])
             {
                 *s += mb.share * v;
             }
@@ -308,6 +372,7 @@ impl TrainingStage for PruningStage {
             gap: sums[1],
             flow_full: sums[2],
             flow_pruned: sums[3],
+            feature: sums[4],
         };
         let norm = self.role.step(ctx.comm);
         let skipped: Vec<usize> = (0..num_blocks).filter(|b| !active.contains(b)).collect();
@@ -319,12 +384,16 @@ impl TrainingStage for PruningStage {
             self.last_flow_full = l.flow_full;
             line["flow_full"] = l.flow_full.into();
         }
+        if l.feature.is_finite() {
+            line["feature"] = l.feature.into();
+        }
         Ok(StepOutput {
             values: vec![
                 ("loss", l.loss),
                 ("gap", l.gap),
                 ("flow_full", self.last_flow_full),
                 ("flow_pruned", l.flow_pruned),
+                ("feature", l.feature),
             ],
             line: Some(line),
             message: Some(format!("pruning {:.4}", l.loss)),
@@ -408,10 +477,13 @@ mod tests {
                 &x0,
                 &text,
                 &d,
-                1.0,
-                0.0,
+                &Pruning {
+                    shift: 1.0,
+                    cfg_dropout: 0.0,
+                    alpha: 1.0,
+                    ..Pruning::default()
+                },
                 &NullPrompt::zeros(),
-                1.0,
                 &active,
             );
             let grads: Vec<Tensor> = live.grads().into_iter().flatten().collect();
@@ -453,5 +525,52 @@ mod tests {
         );
         // `flow_full` is the trained model's own unpruned pass in both cases.
         assert!(close(with_frozen.flow_full, with_self.flow_full));
+    }
+
+    #[test]
+    fn the_feature_loss_is_zero_for_the_teachers_own_blocks_and_adds_to_the_objective() {
+        let mut dims = flg_core::config::preset("tiny").unwrap();
+        dims.num_blocks = 4;
+        let teacher = Dit::init(&dims, 3);
+        let shard = |m: &Dit| ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float);
+        let frozen = shard(&teacher);
+        let mut live = shard(&teacher);
+        tch::manual_seed(2);
+        let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
+        let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
+        let d = draws(0, stage_id::PRUNING, 0, 0, 2, &x0.size()[1..], Device::Cpu);
+        let cfg = |feature_weight: f64| Pruning {
+            shift: 1.0,
+            cfg_dropout: 0.0,
+            alpha: 1.0,
+            feature_weight,
+            ..Pruning::default()
+        };
+        let mut run = |p: &Pruning, active: &[usize]| {
+            let l = pruning_backward(
+                &mut live,
+                Some(&frozen),
+                false,
+                &Solo,
+                &x0,
+                &text,
+                &d,
+                p,
+                &NullPrompt::zeros(),
+                active,
+            );
+            live.zero_grad();
+            l
+        };
+        // Every block, the teacher's weights: the states are U's.
+        let same = run(&cfg(1.0), &[0, 1, 2, 3]);
+        assert!(same.feature.abs() < 1e-10, "{}", same.feature);
+        // Block 1 removed: the states after blocks 2 and 3 differ from U's.
+        let off = run(&cfg(0.0), &[0, 2, 3]);
+        let on = run(&cfg(0.5), &[0, 2, 3]);
+        assert!(off.feature.is_nan());
+        assert!(on.feature > 1e-4, "{}", on.feature);
+        assert!((on.loss - (on.gap + 0.5 * on.feature)).abs() < 1e-9);
+        assert_eq!(on.gap, off.gap);
     }
 }
