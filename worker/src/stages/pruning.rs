@@ -447,25 +447,30 @@ mod tests {
     use crate::model::Dit;
     use tch::{Device, Kind};
 
-    #[test]
-    fn a_frozen_target_stays_the_teacher_while_the_live_one_moves_with_training() {
+    /// A 4-block tiny teacher sharded twice (the frozen target, the live model) and a batch of
+    /// two videos with their Stage II draws (random seed `seed`).
+    fn teacher_and_batch(seed: i64) -> (ShardedDit, ShardedDit, Tensor, Tensor, Draws) {
         let mut dims = flg_core::config::preset("tiny").unwrap();
         dims.num_blocks = 4;
         let teacher = Dit::init(&dims, 3);
         let shard = |m: &Dit| ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float);
-        let frozen = shard(&teacher);
-        let mut live = shard(&teacher);
+        tch::manual_seed(seed);
+        let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
+        let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
+        let d = draws(0, stage_id::PRUNING, 0, 0, 2, &x0.size()[1..], Device::Cpu);
+        (shard(&teacher), shard(&teacher), x0, text, d)
+    }
+
+    #[test]
+    fn a_frozen_target_stays_the_teacher_while_the_live_one_moves_with_training() {
+        let (frozen, mut live, x0, text, d) = teacher_and_batch(1);
         // The live weights after some training: moved away from the teacher.
-        tch::manual_seed(1);
         {
             let _g = tch::no_grad_guard();
             for t in live.shards() {
                 let _ = t.shallow_clone().g_add_(&(t.randn_like() * 0.02));
             }
         }
-        let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
-        let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
-        let d = draws(0, stage_id::PRUNING, 0, 0, 2, &x0.size()[1..], Device::Cpu);
         let active = [0usize, 1, 3];
         // One step's losses and the gradients it left.
         let mut run = |target: Option<&ShardedDit>, measure_full: bool| {
@@ -529,16 +534,7 @@ mod tests {
 
     #[test]
     fn the_feature_loss_is_zero_for_the_teachers_own_blocks_and_adds_to_the_objective() {
-        let mut dims = flg_core::config::preset("tiny").unwrap();
-        dims.num_blocks = 4;
-        let teacher = Dit::init(&dims, 3);
-        let shard = |m: &Dit| ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float);
-        let frozen = shard(&teacher);
-        let mut live = shard(&teacher);
-        tch::manual_seed(2);
-        let x0 = Tensor::randn([2, 3, 8, 16, 16], (Kind::Float, Device::Cpu));
-        let text = Tensor::randn([2, 4, 32], (Kind::Float, Device::Cpu));
-        let d = draws(0, stage_id::PRUNING, 0, 0, 2, &x0.size()[1..], Device::Cpu);
+        let (frozen, mut live, x0, text, d) = teacher_and_batch(2);
         let cfg = |feature_weight: f64| Pruning {
             shift: 1.0,
             cfg_dropout: 0.0,
