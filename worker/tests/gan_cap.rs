@@ -33,7 +33,14 @@ fn gan_step(cap: Option<f64>) -> (Tensor, Option<f64>) {
         ShardedDit::from_dit(m, &Solo, Device::Cpu, Kind::Float)
     });
     if cap.is_some() {
-        let c = GanClassifier::new(&d.gan, &roles.fake.model, &roles.pruned_ids, 0, &Solo);
+        let c = GanClassifier::new(
+            &d.gan,
+            &roles.fake.model,
+            &roles.pruned_ids,
+            0,
+            d.steps,
+            &Solo,
+        );
         roles.gan = Some(c.unwrap());
     }
     tch::manual_seed(0);
