@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # docs/method.md's comparison on moving-shapes: FastLightGen (cluster-configs/demo-cpu.toml) and the
-# baselines of cluster-configs/paper/, each a real 2-rank run from the shipped tiny teacher,
+# baselines of cluster-configs/paper/, each a real 2-rank run from the demo's shipped teacher,
 # then one Markdown table of every `fastlightgen eval` score from their eval.json files.
 # Usage: bench/paper-table.sh [OUT_DIR]   (default bench/results/paper). A row whose eval.json
 # exists and whose config is unchanged (bench/paper-runs.sh) is not run again, so the script

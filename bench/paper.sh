@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make paper`: docs/method.md's experiments on moving-shapes with the same code as the demo, each a
-# real 2-rank run from the shipped tiny teacher:
+# real 2-rank run from the demo's shipped teacher (cluster-configs/demo-cpu.toml's model.weights):
 #   1. the main table: teacher 50-step CFG, teacher 4-step, plain DMD2, no Stage II, b2 = 0,
 #      FastLightGen (bench/paper-table.sh);
 #   2. the alpha ablation of Stage II: alpha = 0, 0.5, 0.7, 1.0 (the demo, frozen target), and
@@ -26,6 +26,7 @@ python3 bench/paper_configs.py --check
 . bench/paper-runs.sh
 mkdir -p "$out/cost" "$out/figures"
 main=$(run_dir cluster-configs/demo-cpu.toml)
+teacher=$(sed -n 's/^weights = "\(.*\)"/\1/p' cluster-configs/demo-cpu.toml | head -1)
 step() { echo; echo "== make paper: $* =="; }
 
 step "main table (FastLightGen and the baselines)"
@@ -50,7 +51,7 @@ sample() { # name, model, steps, cfg
   "$bin" sample --model "$2" --steps "$3" --cfg "$4" --num 64 --seed 0 --batch 32 --out "$dir" --eval > /dev/null
   echo "$dir: $(python3 -c "import json;print(json.load(open('$dir/eval.json'))['average'])")"
 }
-for n in 1 2 4 8 16 50; do sample teacher teacher/tiny-teacher.safetensors "$n" 4; done
+for n in 1 2 4 8 16 50; do sample teacher "$teacher" "$n" 4; done
 for st in "share-100:runs/paper-dmd2" "share-90:runs/paper-share-90" "share-70:$main" "share-50:runs/paper-share-50"; do
   for n in 1 2 4 8; do sample "${st%%:*}" "${st#*:}/export/student.safetensors" "$n" 1; done
 done

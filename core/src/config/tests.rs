@@ -50,7 +50,8 @@ fn shipped_demo_config_validates() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.cluster.world_size, 2);
     assert_eq!(c.cluster.device, Device::Cpu);
-    assert_eq!(c.model_dims().num_blocks, 10);
+    // The demo's teacher: 14 blocks of width 64 (cluster-configs/demo-teacher-cpu.toml).
+    assert_eq!((c.model_dims().num_blocks, c.model_dims().dim), (14, 64));
     let weights = configs_dir().join("..").join(
         c.model
             .weights
