@@ -57,7 +57,7 @@ def missing(n):
 
 
 lines = ["# `make paper`: FastLightGen's experiments on moving-shapes", ""]
-lines += ["Every row is a real 2-rank run from the shipped tiny teacher with the demo's settings",
+lines += ["Every row is a real 2-rank run from the demo's shipped teacher with the demo's settings",
           "(`cluster-configs/demo-cpu.toml`) except the one the row is about; 64 videos per row,",
           "the same prompts and noise, scored 0-1 against the data set's definition (Fréchet:",
           "lower is better). `make paper` (bench/paper.sh) reproduces all of it.", ""]
