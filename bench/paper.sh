@@ -17,7 +17,8 @@
 #
 # Resumable: a run whose eval.json exists and whose config is unchanged (bench/paper-runs.sh),
 # or a sampling whose eval.json is newer than its model, is not done again; stop it any time
-# and start it again. Takes about 3 hours on a 2-core CPU after the demo (estimated from stage times).
+# and start it again. Took about 3 hours on a 2-core CPU after the demo with the tiny teacher;
+# the demo's teacher since 2026-11-29 has a 1600-step Stage II, so expect longer (not yet measured).
 # Usage: bench/paper.sh [OUT_DIR]   (default bench/results/paper)
 set -euo pipefail
 out=${1:-bench/results/paper}
@@ -26,7 +27,8 @@ python3 bench/paper_configs.py --check
 . bench/paper-runs.sh
 mkdir -p "$out/cost" "$out/figures"
 main=$(run_dir cluster-configs/demo-cpu.toml)
-teacher=$(sed -n 's/^weights = "\(.*\)"/\1/p' cluster-configs/demo-cpu.toml | head -1)
+# The teacher rows sample the demo's own teacher (its model.weights).
+teacher=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["model"]["weights"])' cluster-configs/demo-cpu.toml)
 step() { echo; echo "== make paper: $* =="; }
 
 step "main table (FastLightGen and the baselines)"
